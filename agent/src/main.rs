@@ -1,0 +1,111 @@
+//! `fleet-agent`: parses flags, loads the config and runs the agent until
+//! SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_agent::config::{AgentConfig, DEFAULT_CONFIG_TOML};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fleet-agent", version, about = "Spark Fleet node agent")]
+struct Cli {
+    /// Config file (TOML). Without it the documented defaults apply.
+    #[arg(long, short, env = "FLEET_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `node_id`.
+    #[arg(long, env = "FLEET_NODE_ID")]
+    node_id: Option<String>,
+    /// Overrides `mqtt.url`.
+    #[arg(long, env = "FLEET_MQTT_URL")]
+    mqtt_url: Option<String>,
+    /// Overrides `data_dir`.
+    #[arg(long, env = "FLEET_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the documented default configuration.
+    GenerateConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenerateConfig) = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut cfg = match cli.config.as_deref().map(AgentConfig::load).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("fleet-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(v) = cli.node_id {
+        cfg.node_id = v;
+    }
+    if let Some(v) = cli.mqtt_url {
+        cfg.mqtt.url = v;
+    }
+    if let Some(v) = cli.data_dir {
+        cfg.data_dir = v;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = rt.block_on(async {
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        fleet_agent::run(cfg, shutdown).await
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

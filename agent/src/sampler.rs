@@ -1,0 +1,196 @@
+//! Samplers: sysinfo (cpu, memory, disk, network) and the board (SoC
+//! temperature, power). One `sample()` call reads everything once.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fleet_hardware::Board;
+use fleet_proto::v1::{NodeVitals, Sample};
+use sysinfo::{Disks, Networks, System};
+
+/// Metric names the agent produces (documented in docs/wire.md).
+pub mod metric {
+    pub const CPU_USAGE_PCT: &str = "cpu.usage_pct";
+    pub const CPU_LOAD1: &str = "cpu.load1";
+    pub const MEM_USED_PCT: &str = "mem.used_pct";
+    pub const MEM_USED_BYTES: &str = "mem.used_bytes";
+    pub const DISK_USED_PCT: &str = "disk.used_pct";
+    pub const NET_RX_BYTES_PER_S: &str = "net.rx_bytes_per_s";
+    pub const NET_TX_BYTES_PER_S: &str = "net.tx_bytes_per_s";
+    pub const SOC_TEMP_C: &str = "soc.temp_c";
+    pub const BATTERY_SOC_PCT: &str = "power.battery_soc_pct";
+    pub const ON_BATTERY: &str = "power.on_battery";
+    pub const INPUT_POWER_W: &str = "power.input_w";
+}
+
+/// Reads the machine and the board.
+pub struct Sampler {
+    // sysinfo handles keep the previous counters, so usage and rates are deltas.
+    system: Option<System>,
+    disks: Option<Disks>,
+    networks: Option<Networks>,
+    disk_path: PathBuf,
+    board: Box<dyn Board>,
+    last: Instant,
+    /// Latest readings, for the node status.
+    pub vitals: NodeVitals,
+    /// Hardware read errors so far (each logged once per kind).
+    pub hardware_errors: u64,
+    warned_hardware: bool,
+}
+
+impl Sampler {
+    /// A sampler over this machine and `board`; `disk_path` picks the filesystem.
+    #[must_use]
+    pub fn new(board: Box<dyn Board>, disk_path: PathBuf) -> Self {
+        let mut system = System::new().ok();
+        if let Some(s) = system.as_mut() {
+            s.refresh_cpu_usage();
+        }
+        Self {
+            system,
+            disks: Disks::new_with_refreshed_list().ok(),
+            networks: Networks::new_with_refreshed_list().ok(),
+            disk_path,
+            board,
+            last: Instant::now(),
+            vitals: NodeVitals::default(),
+            hardware_errors: 0,
+            warned_hardware: false,
+        }
+    }
+
+    /// Takes one reading of every metric, stamped `time_unix_ms`.
+    pub fn sample(&mut self, time_unix_ms: i64) -> Vec<Sample> {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).max(Duration::from_millis(1));
+        self.last = now;
+        let mut out = Vec::with_capacity(12);
+        let mut push = |metric: &str, value: f64| {
+            if value.is_finite() {
+                out.push(Sample {
+                    metric: metric.to_owned(),
+                    value,
+                    time_unix_ms,
+                });
+            }
+        };
+
+        let (mut cpu, mut mem_pct) = (0.0, 0.0);
+        if let Some(system) = self.system.as_mut() {
+            system.refresh_cpu_usage();
+            system.refresh_memory();
+            cpu = f64::from(system.global_cpu_usage());
+            push(metric::CPU_USAGE_PCT, cpu);
+            let total = system.total_memory();
+            let used = system.used_memory();
+            if total > 0 {
+                mem_pct = used as f64 * 100.0 / total as f64;
+                push(metric::MEM_USED_PCT, mem_pct);
+                push(metric::MEM_USED_BYTES, used as f64);
+            }
+        }
+        if let Ok(load) = System::load_average() {
+            push(metric::CPU_LOAD1, load.one);
+        }
+
+        if let Some(disks) = self.disks.as_mut() {
+            disks.refresh(false);
+            // The filesystem mounted deepest above disk_path holds it.
+            let disk = disks
+                .iter()
+                .filter(|d| self.disk_path.starts_with(d.mount_point()))
+                .max_by_key(|d| d.mount_point().as_os_str().len());
+            if let Some(d) = disk.filter(|d| d.total_space() > 0) {
+                let used = d.total_space().saturating_sub(d.available_space());
+                push(
+                    metric::DISK_USED_PCT,
+                    used as f64 * 100.0 / d.total_space() as f64,
+                );
+            }
+        }
+        if let Some(nets) = self.networks.as_mut() {
+            nets.refresh(true);
+            let (rx, tx) = nets
+                .iter()
+                .filter(|(name, _)| name.as_os_str() != "lo")
+                .fold((0u64, 0u64), |(r, t), (_, n)| {
+                    (r + n.received(), t + n.transmitted())
+                });
+            push(metric::NET_RX_BYTES_PER_S, rx as f64 / dt.as_secs_f64());
+            push(metric::NET_TX_BYTES_PER_S, tx as f64 / dt.as_secs_f64());
+        }
+
+        self.board.advance(dt, cpu / 100.0);
+        let temp = match self.board.soc_temperature_c() {
+            Ok(t) => t,
+            Err(e) => {
+                self.hardware_error(&e);
+                None
+            }
+        };
+        if let Some(t) = temp {
+            push(metric::SOC_TEMP_C, t);
+        }
+        let power = match self.board.read_power() {
+            Ok(p) => p,
+            Err(e) => {
+                self.hardware_error(&e);
+                Default::default()
+            }
+        };
+        if let Some(soc) = power.battery_soc_pct {
+            push(metric::BATTERY_SOC_PCT, soc);
+        }
+        if let Some(b) = power.on_battery {
+            push(metric::ON_BATTERY, if b { 1.0 } else { 0.0 });
+        }
+        if let Some(w) = power.input_power_w {
+            push(metric::INPUT_POWER_W, w);
+        }
+        self.vitals = NodeVitals {
+            cpu_usage_pct: Some(cpu),
+            mem_used_pct: Some(mem_pct),
+            soc_temp_c: temp,
+            battery_soc_pct: power.battery_soc_pct,
+            on_battery: power.on_battery,
+            input_power_w: power.input_power_w,
+        };
+        out
+    }
+
+    fn hardware_error(&mut self, e: &fleet_hardware::HardwareError) {
+        self.hardware_errors += 1;
+        if !self.warned_hardware {
+            self.warned_hardware = true;
+            tracing::warn!(error = %e, "Hardware reading failed; the metric is left out (logged once).");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_hardware::sim::{SimBoard, SimConfig};
+
+    #[test]
+    fn sample_has_system_and_board_metrics() {
+        let mut s = Sampler::new(Box::new(SimBoard::new(SimConfig::pi_on_ups(1))), "/".into());
+        let samples = s.sample(1234);
+        let names: Vec<&str> = samples.iter().map(|s| s.metric.as_str()).collect();
+        for m in [
+            metric::CPU_USAGE_PCT,
+            metric::MEM_USED_PCT,
+            metric::SOC_TEMP_C,
+            metric::BATTERY_SOC_PCT,
+        ] {
+            assert!(names.contains(&m), "{m} missing from {names:?}");
+        }
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.time_unix_ms == 1234 && s.value.is_finite())
+        );
+        assert!(s.vitals.battery_soc_pct.is_some());
+    }
+}

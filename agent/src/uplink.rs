@@ -1,0 +1,130 @@
+//! The MQTT connection: drives rumqttc's event loop, reconnects with backoff,
+//! and hands the agent connection changes and controller acks through
+//! `watch` channels (latest value wins, so the driver never blocks on the agent).
+
+use std::time::Duration;
+
+use fleet_proto::topics::{Channel, node_topic};
+use fleet_proto::v1::Ack;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttConfig;
+pub use fleet_proto::parse_mqtt_url;
+
+/// Connection state as the driver last saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub connected: bool,
+    /// Incremented at every successful connect.
+    pub generation: u64,
+}
+
+/// What the agent holds of its MQTT connection.
+pub struct MqttLink {
+    pub client: AsyncClient,
+    pub conn: watch::Receiver<ConnState>,
+    pub acks: watch::Receiver<Option<Ack>>,
+    /// Stops the driver once the agent has said goodbye.
+    pub stop: CancellationToken,
+    /// The driver task; aborted if the agent is dropped (e.g. a crash in tests).
+    pub driver: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+/// Builds the client with its last will and starts the driver.
+#[must_use]
+pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> MqttLink {
+    let (host, port) = parse_mqtt_url(&cfg.url).unwrap_or_else(|_| ("127.0.0.1".into(), 1883));
+    let mut opts = MqttOptions::new(format!("fleet-agent-{node_id}"), host, port);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(1 << 20, cfg.max_payload_bytes + 1024);
+    opts.set_last_will(LastWill::new(
+        node_topic(node_id, Channel::Status),
+        offline_status,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if !cfg.username.is_empty() {
+        opts.set_credentials(cfg.username.clone(), cfg.password.clone());
+    }
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (conn_tx, conn) = watch::channel(ConnState::default());
+    let (ack_tx, acks) = watch::channel(None);
+    let stop = CancellationToken::new();
+    let driver = tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        node_topic(node_id, Channel::Ack),
+        (cfg.reconnect_min, cfg.reconnect_max),
+        conn_tx,
+        ack_tx,
+        stop.clone(),
+    ));
+    MqttLink {
+        client,
+        conn,
+        acks,
+        stop,
+        driver: tokio_util::task::AbortOnDropHandle::new(driver),
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    ack_topic: String,
+    (backoff_min, backoff_max): (Duration, Duration),
+    conn_tx: watch::Sender<ConnState>,
+    ack_tx: watch::Sender<Option<Ack>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = backoff_min;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = backoff_min;
+                if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "Could not subscribe to the ack topic.");
+                }
+                conn_tx.send_modify(|s| {
+                    s.connected = true;
+                    s.generation += 1;
+                });
+                tracing::info!("Connected to the MQTT broker.");
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                match Ack::decode(p.payload) {
+                    Ok(ack) => {
+                        ack_tx.send_replace(Some(ack));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                if conn_tx.borrow().connected {
+                    tracing::warn!(error = %e, "Lost the MQTT broker; reconnecting.");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "MQTT connect failed.");
+                }
+                conn_tx.send_modify(|s| s.connected = false);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+    }
+    conn_tx.send_modify(|s| s.connected = false);
+}

@@ -1,0 +1,154 @@
+//! The gRPC `FleetService`: reads of the live view and the telemetry store.
+
+use std::pin::Pin;
+
+use fleet_proto::v1::fleet_service_server::FleetService;
+use fleet_proto::v1::{
+    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest,
+    QueryTelemetryResponse, WatchNodesRequest,
+};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ControllerError;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Points a query returns when the caller sets no limit, and at most.
+const DEFAULT_LIMIT: u32 = 10_000;
+const MAX_LIMIT: u32 = 1_000_000;
+/// Widest bucket accepted (31 days).
+const MAX_BUCKET_S: u32 = 31 * 86_400;
+/// Messages buffered per WatchNodes stream.
+const WATCH_STREAM_BUFFER: usize = 256;
+
+/// The service implementation.
+pub struct Api {
+    pub registry: Registry,
+    pub store: Store,
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+fn check_node_id(id: &str) -> Result<(), Status> {
+    fleet_proto::validate_node_id(id).map_err(|e| bad("node_id", e))
+}
+
+#[tonic::async_trait]
+impl FleetService for Api {
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let state = req.into_inner().state;
+        let nodes = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|n| state == 0 || n.status.as_ref().is_some_and(|s| s.state == state))
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
+        let id = req.into_inner().node_id;
+        check_node_id(&id)?;
+        self.registry
+            .get(&id)
+            .map(Response::new)
+            .ok_or_else(|| ControllerError::UnknownNode(id).into())
+    }
+
+    type WatchNodesStream = Pin<Box<dyn Stream<Item = Result<Node, Status>> + Send + 'static>>;
+
+    async fn watch_nodes(
+        &self,
+        _req: Request<WatchNodesRequest>,
+    ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let mut changes = self.registry.subscribe();
+        let registry = self.registry.clone();
+        // Ends when the client goes away (send fails) or the registry is dropped.
+        tokio::spawn(async move {
+            for n in registry.list() {
+                if tx.send(Ok(n)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match changes.recv().await {
+                    Ok(n) => {
+                        if tx.send(Ok(n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow to follow every change: send the whole view again.
+                        for n in registry.list() {
+                            if tx.send(Ok(n)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn query_telemetry(
+        &self,
+        req: Request<QueryTelemetryRequest>,
+    ) -> Result<Response<QueryTelemetryResponse>, Status> {
+        let q = req.into_inner();
+        check_node_id(&q.node_id)?;
+        if q.metric.is_empty() || q.metric.len() > 128 {
+            return Err(bad(
+                "metric",
+                "give a metric name such as cpu.usage_pct (1-128 characters)",
+            ));
+        }
+        let end = if q.end_unix_ms == 0 {
+            fleet_proto::now_unix_ms() + 1
+        } else {
+            q.end_unix_ms
+        };
+        if q.start_unix_ms < 0 || end <= q.start_unix_ms {
+            return Err(bad(
+                "start_unix_ms",
+                format!("must be >= 0 and before end ({end})"),
+            ));
+        }
+        if q.bucket_s > MAX_BUCKET_S {
+            return Err(bad("bucket_s", format!("at most {MAX_BUCKET_S} (31 days)")));
+        }
+        if q.limit > MAX_LIMIT {
+            return Err(bad("limit", format!("at most {MAX_LIMIT}")));
+        }
+        let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
+        let r = self
+            .store
+            .query(
+                &q.node_id,
+                &q.metric,
+                q.start_unix_ms,
+                end,
+                q.bucket_s,
+                limit as usize,
+            )
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(QueryTelemetryResponse {
+            node_id: q.node_id,
+            metric: q.metric,
+            bucket_s: q.bucket_s,
+            points: r.points,
+            truncated: r.truncated,
+        }))
+    }
+}

@@ -1,0 +1,111 @@
+//! `fleet-controller`: parses flags, builds the config and runs the
+//! controller until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_controller::config::{ControllerConfig, DEFAULT_CONFIG_TOML};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fleet-controller", version, about = "Spark Fleet controller")]
+struct Cli {
+    /// Config file (TOML). Without it the documented defaults apply.
+    #[arg(long, short, env = "FLEET_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+    /// External MQTT broker (mqtt://host:port); default: start the embedded one.
+    #[arg(long, env = "FLEET_MQTT_URL")]
+    mqtt_url: Option<String>,
+    /// Address of the embedded broker.
+    #[arg(long, env = "FLEET_MQTT_LISTEN")]
+    mqtt_listen: Option<SocketAddr>,
+    /// PostgreSQL URL; default: SQLite in --data-dir.
+    #[arg(long, env = "FLEET_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Directory of the SQLite store.
+    #[arg(long, env = "FLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "FLEET_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP (/metrics, /healthz) listen address.
+    #[arg(long, env = "FLEET_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the documented default configuration.
+    GenerateConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenerateConfig) = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into()),
+        )
+        .init();
+    let mut cfg = match cli
+        .config
+        .as_deref()
+        .map(ControllerConfig::load)
+        .transpose()
+    {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(v) = cli.mqtt_url {
+        cfg.mqtt.url = v;
+    }
+    if let Some(v) = cli.mqtt_listen {
+        cfg.mqtt.embedded_listen = v;
+    }
+    if let Some(v) = cli.database_url {
+        cfg.database_url = v;
+    }
+    if let Some(v) = cli.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = cli.grpc_listen {
+        cfg.grpc.listen = v;
+    }
+    if let Some(v) = cli.http_listen {
+        cfg.http.listen = v;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-controller: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = rt.block_on(async {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            fleet_controller::shutdown_signal().await;
+            s.cancel();
+        });
+        fleet_controller::run(cfg, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

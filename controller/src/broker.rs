@@ -1,0 +1,84 @@
+//! The embedded MQTT broker (rumqttd) of the one-machine default.
+//!
+//! It authenticates nothing and cannot restrict topics; real fleets use
+//! Mosquitto or EMQX (see docs/deploy.md).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::ControllerError;
+
+/// Starts rumqttd on `listen` on its own thread and waits until it accepts
+/// connections. `max_payload` is the largest message it lets through.
+///
+/// # Errors
+/// When the address is taken or the broker does not come up.
+pub async fn start_embedded(
+    listen: SocketAddr,
+    max_payload: usize,
+) -> Result<SocketAddr, ControllerError> {
+    // rumqttd only logs a failed bind from its own thread; find out first.
+    let probe = std::net::TcpListener::bind(listen).map_err(|e| ControllerError::PortInUse {
+        what: "embedded MQTT broker",
+        addr: listen,
+        flag: "--mqtt-listen (or --mqtt-url for an external broker)",
+        reason: e.to_string(),
+    })?;
+    let listen = probe
+        .local_addr()
+        .map_err(|e| ControllerError::Io(e.to_string()))?;
+    drop(probe);
+
+    let router = RouterConfig {
+        max_connections: 20_000,
+        max_outgoing_packet_count: 1000,
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let server = ServerSettings {
+        name: "fleet-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: max_payload,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded MQTT broker stopped.");
+            }
+        })
+        .map_err(|e| ControllerError::Io(format!("cannot start the broker thread: {e}")))?;
+
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            tracing::info!(%listen, "Embedded MQTT broker listening.");
+            return Ok(listen);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ControllerError::Io(format!(
+        "embedded MQTT broker did not start listening on {listen}"
+    )))
+}

@@ -1,0 +1,188 @@
+//! The controller's TOML configuration: plain data, documented defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ControllerError;
+
+/// The documented default configuration, printed by `fleet-controller generate-config`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
+
+/// See `default-config.toml` for every key; `Default` equals that file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// SQLite directory. Default "./fleet-data".
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; empty for SQLite. Default "".
+    pub database_url: String,
+    pub mqtt: MqttConfig,
+    pub grpc: ListenConfig,
+    pub http: ListenConfig,
+    pub ingest: IngestConfig,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// External broker URL; empty starts the embedded one. Default "".
+    pub url: String,
+    /// Embedded broker address. Default 127.0.0.1:1883.
+    pub embedded_listen: SocketAddr,
+    /// Default "".
+    pub username: String,
+    /// Default "".
+    pub password: String,
+    /// Larger payloads are dropped. Default 1048576.
+    pub max_payload_bytes: usize,
+}
+
+/// `[grpc]` / `[http]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Socket address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Writer queue capacity in batches. Default 4096.
+    pub queue_batches: usize,
+    /// Rows per database write at most. Default 20000.
+    pub max_rows_per_write: usize,
+    /// Longest wait to fill a write. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub max_write_delay: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./fleet-data"),
+            database_url: String::new(),
+            mqtt: MqttConfig::default(),
+            grpc: ListenConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            },
+            http: ListenConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            username: String::new(),
+            password: String::new(),
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_batches: 4096,
+            max_rows_per_write: 20_000,
+            max_write_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Parses and checks a config document; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// `ControllerError::Config` naming the origin, the key and the reason.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ControllerError> {
+        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| {
+            ControllerError::Config(format!("{origin}: {}", e.to_string().trim_end()))
+        })?;
+        cfg.validate()
+            .map_err(|e| ControllerError::Config(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid config.
+    pub fn load(path: &Path) -> Result<Self, ControllerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ControllerError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.database_url.is_empty()
+            && !(self.database_url.starts_with("postgres://")
+                || self.database_url.starts_with("postgresql://"))
+        {
+            return Err("key `database_url`: expected postgres://user:password@host:port/db (or empty for SQLite)".into());
+        }
+        if !self.mqtt.url.is_empty() {
+            fleet_proto::parse_mqtt_url(&self.mqtt.url)
+                .map_err(|e| format!("key `mqtt.url`: {e}"))?;
+        }
+        if self.mqtt.max_payload_bytes < 1024 {
+            return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
+        }
+        if self.ingest.queue_batches == 0 || self.ingest.max_rows_per_write == 0 {
+            return Err(
+                "keys `ingest.queue_batches` and `ingest.max_rows_per_write` must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_is_the_default() {
+        assert_eq!(
+            ControllerConfig::from_toml(DEFAULT_CONFIG_TOML, "d").unwrap(),
+            ControllerConfig::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let m = ControllerConfig::from_toml("[grpc]\nlisten = \"nowhere\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("c.toml") && m.contains("listen"), "{m}");
+        let m = ControllerConfig::from_toml("[ingest]\nqueue = 3\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("queue"), "{m}");
+        let m = ControllerConfig::from_toml("database_url = \"mysql://x\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("database_url"), "{m}");
+        let m = ControllerConfig::from_toml("[mqtt]\nurl = \"mqtts:/x\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("mqtt.url"), "{m}");
+    }
+}

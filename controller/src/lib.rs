@@ -1,0 +1,247 @@
+//! The Spark Fleet controller: ingests what agents publish over MQTT (an
+//! embedded rumqttd by default, or an external broker), keeps the live view
+//! of every node, writes telemetry in bulk into SQLite or PostgreSQL with
+//! exactly-once rows, acknowledges committed batches end to end, and serves
+//! the gRPC `FleetService` (with health and reflection) and Prometheus
+//! metrics. `run` is the whole controller; the binaries only parse flags.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod registry;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fleet_proto::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ControllerConfig;
+use metrics::Metrics;
+use registry::Registry;
+use store::Store;
+
+/// Errors of the controller library; mapped to gRPC codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} for the {what}: {reason}; choose another address with {flag}")]
+    PortInUse {
+        what: &'static str,
+        addr: SocketAddr,
+        flag: &'static str,
+        reason: String,
+    },
+    #[error("node {0} is not known to this controller")]
+    UnknownNode(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ControllerError> for tonic::Status {
+    fn from(e: ControllerError) -> Self {
+        match e {
+            ControllerError::UnknownNode(_) => tonic::Status::not_found(e.to_string()),
+            ControllerError::Config(_) => tonic::Status::invalid_argument(e.to_string()),
+            ControllerError::Db(_) | ControllerError::Migrate(_) => {
+                tracing::error!(error = %e, "Database error answering a gRPC call.");
+                tonic::Status::unavailable("the telemetry store is unavailable; retry later")
+            }
+            ControllerError::PortInUse { .. } | ControllerError::Io(_) => {
+                tonic::Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// A started controller: where it listens, and handles tests and
+/// `fleet-local` read.
+pub struct Controller {
+    /// gRPC FleetService address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP (/metrics, /healthz) address.
+    pub http_addr: SocketAddr,
+    /// The broker agents should use.
+    pub mqtt_url: String,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub store: Store,
+    tasks: TaskTracker,
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ControllerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControllerError::PortInUse {
+            what,
+            addr,
+            flag,
+            reason: e.to_string(),
+        })
+}
+
+impl Controller {
+    /// Opens the store, starts the embedded broker if no external one is
+    /// configured, binds every listener and starts the tasks. They stop when
+    /// `shutdown` is cancelled; `wait` then waits for them.
+    ///
+    /// # Errors
+    /// Bad config, an unreachable database, a port in use.
+    pub async fn start(
+        cfg: ControllerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ControllerError> {
+        cfg.validate().map_err(ControllerError::Config)?;
+        let store = if cfg.database_url.is_empty() {
+            Store::open_sqlite(&cfg.data_dir).await?
+        } else {
+            Store::open_postgres(&cfg.database_url).await?
+        };
+        let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
+        let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
+        let mqtt_url = if cfg.mqtt.url.is_empty() {
+            let max = (cfg.mqtt.max_payload_bytes * 4).max(16 << 20);
+            let addr = broker::start_embedded(cfg.mqtt.embedded_listen, max).await?;
+            format!("mqtt://{addr}")
+        } else {
+            cfg.mqtt.url.clone()
+        };
+        let grpc_addr = grpc
+            .local_addr()
+            .map_err(|e| ControllerError::Io(e.to_string()))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| ControllerError::Io(e.to_string()))?;
+
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(metrics.clone());
+        let tasks = TaskTracker::new();
+
+        let (client, eventloop) =
+            ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password)
+                .map_err(ControllerError::Config)?;
+        let (writer_tx, writer_rx) = mpsc::channel(cfg.ingest.queue_batches);
+        let writer = ingest::writer::Writer {
+            store: store.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            client: client.clone(),
+            cfg: cfg.ingest.clone(),
+        };
+        tasks.spawn(writer.run(writer_rx, shutdown.clone()));
+        let reader = ingest::mqtt::Reader {
+            client,
+            eventloop,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            writer_tx,
+            max_payload_bytes: cfg.mqtt.max_payload_bytes,
+        };
+        tasks.spawn(reader.run(shutdown.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<FleetServiceServer<api::Api>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
+        let api = api::Api {
+            registry: registry.clone(),
+            store: store.clone(),
+        };
+        let grpc_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(FleetServiceServer::new(api))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    grpc_shutdown.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server stopped.");
+            }
+        });
+        let app = http::router(metrics.clone(), store.clone());
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let r = axum::serve(http, app)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server stopped.");
+            }
+        });
+        tasks.close();
+        tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            mqtt_url,
+            metrics,
+            registry,
+            store,
+            tasks,
+        })
+    }
+
+    /// Waits for every task to finish (after `shutdown` was cancelled).
+    pub async fn wait(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled, then stops its tasks.
+///
+/// # Errors
+/// As `Controller::start`.
+pub async fn run(
+    cfg: ControllerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    let c = Controller::start(cfg, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some controller tasks did not stop within 10 s.");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (systemd and Kubernetes stop with SIGTERM).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics of the controller, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of `fleet_messages_received_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: &'static str,
+}
+
+/// Label of `fleet_messages_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Every metric the controller keeps.
+pub struct Metrics {
+    pub registry: Registry,
+    pub received: Family<ChannelLabel, Counter>,
+    pub dropped: Family<ReasonLabel, Counter>,
+    pub rows_written: Counter,
+    pub rows_duplicate: Counter,
+    pub batches_written: Counter,
+    pub write_seconds: Histogram,
+    pub write_errors: Counter,
+    pub nodes_online: Gauge,
+    pub nodes_known: Gauge,
+    pub ingest_queue: Gauge,
+    pub acks_published: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fleet");
+        let m = Self {
+            received: Family::default(),
+            dropped: Family::default(),
+            rows_written: Counter::default(),
+            rows_duplicate: Counter::default(),
+            batches_written: Counter::default(),
+            write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            write_errors: Counter::default(),
+            nodes_online: Gauge::default(),
+            nodes_known: Gauge::default(),
+            ingest_queue: Gauge::default(),
+            acks_published: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "MQTT messages received, by channel",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "rows_written",
+            "Telemetry rows inserted",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            "rows_duplicate",
+            "Telemetry rows skipped as already stored",
+            m.rows_duplicate.clone(),
+        );
+        registry.register(
+            "batches_written",
+            "Telemetry batches committed",
+            m.batches_written.clone(),
+        );
+        registry.register(
+            "write_latency_seconds",
+            "Duration of one bulk database write",
+            m.write_seconds.clone(),
+        );
+        registry.register(
+            "write_errors",
+            "Failed database writes (batches are resent by agents)",
+            m.write_errors.clone(),
+        );
+        registry.register(
+            "nodes_online",
+            "Nodes whose last status is online",
+            m.nodes_online.clone(),
+        );
+        registry.register(
+            "nodes_known",
+            "Nodes in the live view",
+            m.nodes_known.clone(),
+        );
+        registry.register(
+            "ingest_queue_batches",
+            "Batches waiting for the database writer",
+            m.ingest_queue.clone(),
+        );
+        registry.register(
+            "acks_published",
+            "End-to-end acks published to agents",
+            m.acks_published.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one dropped message.
+    pub fn drop_msg(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The text exposition format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

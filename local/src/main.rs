@@ -1,0 +1,206 @@
+//! `fleet-local`: a whole Spark Fleet on one machine. Runs the controller on
+//! its embedded defaults (rumqttd, SQLite) and N real agents on simulated
+//! hardware in this process, each with its own MQTT connection and node id,
+//! and prints a short live summary. With `--mqtt-url` (and `--controller-url`)
+//! it runs only the agents against an existing controller and broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use fleet_agent::config::{AgentConfig, HardwareBackend};
+use fleet_controller::ControllerConfig;
+use fleet_proto::v1::fleet_service_client::FleetServiceClient;
+use fleet_proto::v1::{ListNodesRequest, NodeState};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-local",
+    version,
+    about = "Run a controller and N simulated agents on this machine"
+)]
+struct Cli {
+    /// Number of simulated agents.
+    #[arg(long, default_value_t = 5)]
+    agents: usize,
+    /// Where the controller's SQLite store and the agents' state live.
+    #[arg(long, default_value = "./fleet-data")]
+    data_dir: PathBuf,
+    /// Telemetry interval of every agent.
+    #[arg(long, default_value = "1s")]
+    interval: humantime::Duration,
+    /// Stop by itself after this long (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+    /// Use this broker and start no controller (agents only).
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// gRPC endpoint of the existing controller, for the summary.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    controller_url: String,
+    /// Addresses of the in-process controller.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
+    /// Prefix of the agents' node ids.
+    #[arg(long, default_value = "sim")]
+    node_prefix: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off,fleet_local=info".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-local: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-local: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let controller_stop = CancellationToken::new();
+    let agents_stop = CancellationToken::new();
+    let (mqtt_url, grpc_url, controller) = match &cli.mqtt_url {
+        Some(url) => (url.clone(), cli.controller_url.clone(), None),
+        None => {
+            let cfg = ControllerConfig {
+                data_dir: cli.data_dir.join("controller"),
+                grpc: fleet_controller::config::ListenConfig {
+                    listen: cli.grpc_listen,
+                },
+                http: fleet_controller::config::ListenConfig {
+                    listen: cli.http_listen,
+                },
+                mqtt: fleet_controller::config::MqttConfig {
+                    embedded_listen: cli.mqtt_listen,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
+            let grpc = format!("http://{}", c.grpc_addr);
+            println!("Spark Fleet on this machine");
+            println!("  gRPC API     {grpc}   (fleetctl --server {grpc} nodes list)");
+            println!("  metrics      http://{}/metrics", c.http_addr);
+            println!("  MQTT broker  {}", c.mqtt_url);
+            println!(
+                "  store        SQLite in {}",
+                cli.data_dir.join("controller").display()
+            );
+            (c.mqtt_url.clone(), grpc, Some(c))
+        }
+    };
+
+    let agents = TaskTracker::new();
+    for i in 0..cli.agents {
+        let node_id = format!("{}-{i:03}", cli.node_prefix);
+        let mut cfg = AgentConfig::default();
+        cfg.data_dir = cli.data_dir.join("agents").join(&node_id);
+        cfg.node_id = node_id;
+        cfg.mqtt.url = mqtt_url.clone();
+        cfg.telemetry.interval = cli.interval.into();
+        cfg.telemetry.flush_interval = cli.interval.into();
+        cfg.telemetry.status_interval = Duration::from_secs(10);
+        cfg.hardware.backend = HardwareBackend::Sim;
+        cfg.hardware.sim_seed = i as u64;
+        cfg.labels.insert("site".into(), format!("site-{}", i % 3));
+        let stop = agents_stop.clone();
+        agents.spawn(async move {
+            if let Err(e) = fleet_agent::run(cfg, stop).await {
+                eprintln!("fleet-local: agent stopped: {e}");
+            }
+        });
+    }
+    agents.close();
+    println!(
+        "  agents       {} simulated ({}-000 ...), interval {}",
+        cli.agents, cli.node_prefix, cli.interval
+    );
+    println!("Ctrl-C stops everything.");
+
+    let started = Instant::now();
+    let deadline = cli.duration.map(|d| started + Duration::from(d));
+    let mut summary = tokio::time::interval(Duration::from_secs(5));
+    summary.tick().await;
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        let until_deadline = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            _ = fleet_controller::shutdown_signal() => break,
+            () = tokio::time::sleep(until_deadline) => break,
+            _ = summary.tick() => {
+                match fleet_summary(&grpc_url).await {
+                    Ok((online, known, stored)) => {
+                        let dt = last.0.elapsed().as_secs_f64().max(1e-3);
+                        let rate = stored.saturating_sub(last.1) as f64 / dt;
+                        last = (Instant::now(), stored);
+                        println!("[{:>5}s] nodes online {online}/{known}, samples stored {stored} ({rate:.0}/s)", started.elapsed().as_secs());
+                    }
+                    Err(e) => println!("[{:>5}s] controller not answering: {e:#}", started.elapsed().as_secs()),
+                }
+            }
+        }
+    }
+    println!("Stopping agents...");
+    agents_stop.cancel();
+    agents.wait().await;
+    if let Some(c) = controller {
+        let rows = c.metrics.rows_written.get();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "rows_written={rows} seconds={secs:.1} rows_per_s={:.0}",
+            rows as f64 / secs
+        );
+        controller_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+    }
+    Ok(())
+}
+
+async fn fleet_summary(url: &str) -> anyhow::Result<(usize, usize, u64)> {
+    let mut client = FleetServiceClient::connect(url.to_owned())
+        .await
+        .context("connect")?;
+    let nodes = client
+        .list_nodes(ListNodesRequest::default())
+        .await?
+        .into_inner()
+        .nodes;
+    let online = nodes
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.state == NodeState::Online as i32)
+        })
+        .count();
+    Ok((
+        online,
+        nodes.len(),
+        nodes.iter().map(|n| n.samples_stored).sum(),
+    ))
+}
