@@ -4,21 +4,13 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "fleet/v1/telemetry.proto",
-        "fleet/v1/node.proto",
-        "fleet/v1/jobs.proto",
-        "fleet/v1/fleet.proto",
-    ];
+    let files = ["fleet/v1/telemetry.proto", "fleet/v1/node.proto", "fleet/v1/jobs.proto", "fleet/v1/fleet.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("fleet_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out.join("fleet_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

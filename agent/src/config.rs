@@ -155,10 +155,9 @@ impl AgentConfig {
     /// # Errors
     /// `AgentError::Config` naming the origin, the key and the reason.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, AgentError> {
-        let cfg: AgentConfig = toml::from_str(text)
-            .map_err(|e| AgentError::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
-        cfg.validate()
-            .map_err(|e| AgentError::Config(format!("{origin}: {e}")))?;
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| AgentError::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        cfg.validate().map_err(|e| AgentError::Config(format!("{origin}: {e}")))?;
         Ok(cfg)
     }
 
@@ -167,19 +166,16 @@ impl AgentConfig {
     /// # Errors
     /// When the file cannot be read or is not a valid config.
     pub fn load(path: &Path) -> Result<Self, AgentError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            AgentError::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AgentError::Config(format!("cannot read config file {}: {e}", path.display())))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     fn validate(&self) -> Result<(), String> {
         if !self.node_id.is_empty() {
-            fleet_proto::validate_node_id(&self.node_id)
-                .map_err(|e| format!("key `node_id`: {e}"))?;
+            fleet_proto::validate_node_id(&self.node_id).map_err(|e| format!("key `node_id`: {e}"))?;
         }
-        crate::uplink::parse_mqtt_url(&self.mqtt.url)
-            .map_err(|e| format!("key `mqtt.url`: {e}"))?;
+        crate::uplink::parse_mqtt_url(&self.mqtt.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
         let t = &self.telemetry;
         for (key, d) in [
             ("telemetry.interval", t.interval),
@@ -189,16 +185,16 @@ impl AgentConfig {
             ("mqtt.reconnect_min", self.mqtt.reconnect_min),
         ] {
             if d < Duration::from_millis(10) {
-                return Err(format!(
-                    "key `{key}`: {d:?} is too short; use at least 10ms"
-                ));
+                return Err(format!("key `{key}`: {d:?} is too short; use at least 10ms"));
             }
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             return Err("key `mqtt.keep_alive`: use at least 1s".into());
         }
         if t.max_batch_samples == 0 || t.max_unacked_batches == 0 {
-            return Err("keys `telemetry.max_batch_samples` and `telemetry.max_unacked_batches` must be at least 1".into());
+            return Err(
+                "keys `telemetry.max_batch_samples` and `telemetry.max_unacked_batches` must be at least 1".into()
+            );
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
@@ -219,11 +215,7 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let c = AgentConfig::from_toml(
-            "node_id = \"pi-9\"\n[telemetry]\ninterval = \"250ms\"\n",
-            "t",
-        )
-        .unwrap();
+        let c = AgentConfig::from_toml("node_id = \"pi-9\"\n[telemetry]\ninterval = \"250ms\"\n", "t").unwrap();
         assert_eq!(c.node_id, "pi-9");
         assert_eq!(c.telemetry.interval, Duration::from_millis(250));
         assert_eq!(c.telemetry.flush_interval, Duration::from_secs(1));
@@ -231,33 +223,20 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err =
-            AgentConfig::from_toml("[telemetry]\nintervall = \"1s\"\n", "/etc/fleet/agent.toml")
-                .unwrap_err();
+        let err = AgentConfig::from_toml("[telemetry]\nintervall = \"1s\"\n", "/etc/fleet/agent.toml").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("/etc/fleet/agent.toml") && msg.contains("intervall"),
-            "{msg}"
-        );
+        assert!(msg.contains("/etc/fleet/agent.toml") && msg.contains("intervall"), "{msg}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let msg = AgentConfig::from_toml("[telemetry]\ninterval = \"soon\"\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let msg = AgentConfig::from_toml("[telemetry]\ninterval = \"soon\"\n", "a.toml").unwrap_err().to_string();
         assert!(msg.contains("a.toml") && msg.contains("interval"), "{msg}");
-        let msg = AgentConfig::from_toml("node_id = \"a/b\"\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let msg = AgentConfig::from_toml("node_id = \"a/b\"\n", "a.toml").unwrap_err().to_string();
         assert!(msg.contains("node_id"), "{msg}");
-        let msg = AgentConfig::from_toml("[mqtt]\nurl = \"http://x\"\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let msg = AgentConfig::from_toml("[mqtt]\nurl = \"http://x\"\n", "a.toml").unwrap_err().to_string();
         assert!(msg.contains("mqtt.url"), "{msg}");
-        let msg = AgentConfig::from_toml("[hardware]\nbackend = \"gpio\"\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let msg = AgentConfig::from_toml("[hardware]\nbackend = \"gpio\"\n", "a.toml").unwrap_err().to_string();
         assert!(msg.contains("backend"), "{msg}");
     }
 }

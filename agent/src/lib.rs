@@ -50,10 +50,7 @@ pub enum AgentError {
 
 impl AgentError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        AgentError::Io {
-            path: path.to_owned(),
-            source,
-        }
+        AgentError::Io { path: path.to_owned(), source }
     }
 }
 
@@ -72,11 +69,8 @@ pub struct AgentReport {
 /// # Errors
 /// When no valid id can be found.
 pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
-    let id = if cfg.node_id.is_empty() {
-        sysinfo::System::host_name().unwrap_or_default()
-    } else {
-        cfg.node_id.clone()
-    };
+    let id =
+        if cfg.node_id.is_empty() { sysinfo::System::host_name().unwrap_or_default() } else { cfg.node_id.clone() };
     fleet_proto::validate_node_id(&id)
         .map_err(|e| AgentError::Config(format!("{e}; set `node_id` in the config file")))?;
     Ok(id)
@@ -85,9 +79,7 @@ pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
 fn board(cfg: &AgentConfig) -> Box<dyn Board> {
     match cfg.hardware.backend {
         HardwareBackend::Sysfs => Box::new(SysfsBoard::new(&cfg.hardware.sys_root)),
-        HardwareBackend::Sim => {
-            Box::new(SimBoard::new(SimConfig::pi_on_ups(cfg.hardware.sim_seed)))
-        }
+        HardwareBackend::Sim => Box::new(SimBoard::new(SimConfig::pi_on_ups(cfg.hardware.sim_seed))),
     }
 }
 
@@ -159,11 +151,7 @@ impl Agent {
 
     fn publish_status(&mut self, state: NodeState, sampler: Option<&Sampler>) {
         let bytes = self.status(state, sampler).encode_to_vec();
-        if let Err(e) =
-            self.link
-                .client
-                .try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, bytes)
-        {
+        if let Err(e) = self.link.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, bytes) {
             self.counters.publish_failures += 1;
             tracing::debug!(error = %e, "Status not published.");
         }
@@ -174,19 +162,10 @@ impl Agent {
         if !self.link.conn.borrow().connected {
             return;
         }
-        let due = self.outbox.due(
-            Instant::now().into_std(),
-            self.cfg.telemetry.ack_timeout,
-            RESEND_PER_TICK,
-        );
+        let due = self.outbox.due(Instant::now().into_std(), self.cfg.telemetry.ack_timeout, RESEND_PER_TICK);
         for b in due {
             let bytes = b.encode_to_vec();
-            match self.link.client.try_publish(
-                self.telemetry_topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                bytes,
-            ) {
+            match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, bytes) {
                 Ok(()) => self.counters.batches_published += 1,
                 Err(e) => {
                     self.counters.publish_failures += 1;
@@ -228,10 +207,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let mut outbox = Outbox::new(cfg.telemetry.max_unacked_batches);
     let restored = outbox.restore(&unsent_path)?;
     if restored > 0 {
-        tracing::info!(
-            batches = restored,
-            "Resending batches kept from the previous run."
-        );
+        tracing::info!(batches = restored, "Resending batches kept from the previous run.");
     }
 
     let offline = NodeStatus {
@@ -266,8 +242,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status_tick = interval(tcfg.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut deliver_tick =
-        interval((tcfg.ack_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut deliver_tick = interval((tcfg.ack_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     deliver_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn = agent.link.conn.clone();
     let mut acks = agent.link.acks.clone();
@@ -322,17 +297,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let mut counters = agent.counters;
     counters.batches_dropped = agent.outbox.dropped_batches;
     counters.batches_unacked = kept as u64;
-    tracing::info!(
-        samples = counters.samples_taken,
-        acked = counters.samples_acked,
-        "Agent stopped."
-    );
-    Ok(AgentReport {
-        node_id: agent.node_id,
-        boot_id: agent.boot_id,
-        counters,
-        batches_kept: kept,
-    })
+    tracing::info!(samples = counters.samples_taken, acked = counters.samples_acked, "Agent stopped.");
+    Ok(AgentReport { node_id: agent.node_id, boot_id: agent.boot_id, counters, batches_kept: kept })
 }
 
 fn flush(agent: &mut Agent, next_seq: &mut u64, pending: &mut Vec<Sample>) {
@@ -359,13 +325,8 @@ mod tests {
 
     #[test]
     fn batches_are_numbered_contiguously_and_fit() {
-        let samples: Vec<Sample> = (0..100)
-            .map(|i| Sample {
-                metric: "cpu.usage_pct".into(),
-                value: f64::from(i),
-                time_unix_ms: 1,
-            })
-            .collect();
+        let samples: Vec<Sample> =
+            (0..100).map(|i| Sample { metric: "cpu.usage_pct".into(), value: f64::from(i), time_unix_ms: 1 }).collect();
         let mut seq = 7;
         let b = cut_batches("n", "b", &mut seq, samples, 30, 600);
         assert_eq!(seq, 107);

@@ -40,9 +40,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let mut cfg = match cli.config.as_deref().map(AgentConfig::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
@@ -60,10 +58,7 @@ fn main() -> ExitCode {
     if let Some(v) = cli.data_dir {
         cfg.data_dir = v;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fleet-agent: cannot start the runtime: {e}");

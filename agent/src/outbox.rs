@@ -40,12 +40,7 @@ impl Outbox {
     /// An empty outbox holding at most `max` batches.
     #[must_use]
     pub fn new(max: usize) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            max: max.max(1),
-            dropped_batches: 0,
-            dropped_samples: 0,
-        }
+        Self { entries: VecDeque::new(), max: max.max(1), dropped_batches: 0, dropped_samples: 0 }
     }
 
     /// Number of batches waiting for their ack.
@@ -62,22 +57,19 @@ impl Outbox {
 
     /// Adds a batch; drops (and counts) the oldest when full.
     pub fn push(&mut self, batch: TelemetryBatch) {
-        if self.entries.len() >= self.max {
-            if let Some(old) = self.entries.pop_front() {
-                self.dropped_batches += 1;
-                self.dropped_samples += old.batch.samples.len() as u64;
-                tracing::error!(
-                    boot_id = %old.batch.boot_id,
-                    first_seq = old.batch.first_seq,
-                    samples = old.batch.samples.len(),
-                    "Outbox full: dropped the oldest unacknowledged batch."
-                );
-            }
+        if self.entries.len() >= self.max
+            && let Some(old) = self.entries.pop_front()
+        {
+            self.dropped_batches += 1;
+            self.dropped_samples += old.batch.samples.len() as u64;
+            tracing::error!(
+                boot_id = %old.batch.boot_id,
+                first_seq = old.batch.first_seq,
+                samples = old.batch.samples.len(),
+                "Outbox full: dropped the oldest unacknowledged batch."
+            );
         }
-        self.entries.push_back(Entry {
-            batch,
-            last_sent: None,
-        });
+        self.entries.push_back(Entry { batch, last_sent: None });
     }
 
     /// Removes every batch the ack covers; returns the samples acknowledged.
@@ -122,10 +114,7 @@ impl Outbox {
 
     /// Marks a batch as not sent (the client refused it), so `due` returns it again.
     pub fn mark_unsent(&mut self, boot_id: &str, first_seq: u64) {
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.batch.boot_id == boot_id && e.batch.first_seq == first_seq)
+        if let Some(e) = self.entries.iter_mut().find(|e| e.batch.boot_id == boot_id && e.batch.first_seq == first_seq)
         {
             e.last_sent = None;
         }
@@ -148,14 +137,10 @@ impl Outbox {
         let tmp = path.with_extension("tmp");
         let mut buf = Vec::new();
         for e in &self.entries {
-            e.batch
-                .encode_length_delimited(&mut buf)
-                .map_err(|e| AgentError::io(&tmp, std::io::Error::other(e)))?;
+            e.batch.encode_length_delimited(&mut buf).map_err(|e| AgentError::io(&tmp, std::io::Error::other(e)))?;
         }
         let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-        f.write_all(&buf)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AgentError::io(&tmp, e))?;
+        f.write_all(&buf).and_then(|()| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))?;
         Ok(self.entries.len())
     }
@@ -202,13 +187,7 @@ mod tests {
             node_id: "n".into(),
             boot_id: boot.into(),
             first_seq: first,
-            samples: (0..n)
-                .map(|i| Sample {
-                    metric: "m".into(),
-                    value: i as f64,
-                    time_unix_ms: 1,
-                })
-                .collect(),
+            samples: (0..n).map(|i| Sample { metric: "m".into(), value: i as f64, time_unix_ms: 1 }).collect(),
             low_water_seq: 0,
         }
     }
@@ -219,28 +198,10 @@ mod tests {
         o.push(batch("a", 0, 3));
         o.push(batch("a", 3, 3));
         o.push(batch("b", 0, 3));
-        assert_eq!(
-            o.ack(&Ack {
-                boot_id: "a".into(),
-                up_to_seq: 4
-            }),
-            3
-        );
+        assert_eq!(o.ack(&Ack { boot_id: "a".into(), up_to_seq: 4 }), 3);
         assert_eq!(o.len(), 2);
-        assert_eq!(
-            o.ack(&Ack {
-                boot_id: "a".into(),
-                up_to_seq: 5
-            }),
-            3
-        );
-        assert_eq!(
-            o.ack(&Ack {
-                boot_id: "a".into(),
-                up_to_seq: 100
-            }),
-            0
-        );
+        assert_eq!(o.ack(&Ack { boot_id: "a".into(), up_to_seq: 5 }), 3);
+        assert_eq!(o.ack(&Ack { boot_id: "a".into(), up_to_seq: 100 }), 0);
         assert_eq!(o.len(), 1);
     }
 
@@ -254,10 +215,7 @@ mod tests {
         let now = Instant::now();
         let due = o.due(now, Duration::from_secs(5), 10);
         assert_eq!(due.len(), 2);
-        assert!(
-            due.iter().all(|b| b.low_water_seq == 2),
-            "low water moves past the dropped batch"
-        );
+        assert!(due.iter().all(|b| b.low_water_seq == 2), "low water moves past the dropped batch");
     }
 
     #[test]
@@ -269,21 +227,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(o.due(t0, Duration::from_secs(5), 3).len(), 3);
         assert_eq!(o.due(t0, Duration::from_secs(5), 10).len(), 2);
-        assert_eq!(
-            o.due(t0 + Duration::from_secs(1), Duration::from_secs(5), 10)
-                .len(),
-            0
-        );
+        assert_eq!(o.due(t0 + Duration::from_secs(1), Duration::from_secs(5), 10).len(), 0);
         o.mark_unsent("a", 4);
-        assert_eq!(
-            o.due(t0 + Duration::from_secs(1), Duration::from_secs(5), 10)[0].first_seq,
-            4
-        );
-        assert_eq!(
-            o.due(t0 + Duration::from_secs(6), Duration::from_secs(5), 10)
-                .len(),
-            5
-        );
+        assert_eq!(o.due(t0 + Duration::from_secs(1), Duration::from_secs(5), 10)[0].first_seq, 4);
+        assert_eq!(o.due(t0 + Duration::from_secs(6), Duration::from_secs(5), 10).len(), 5);
     }
 
     #[test]

@@ -68,11 +68,7 @@ impl Sampler {
         let mut out = Vec::with_capacity(12);
         let mut push = |metric: &str, value: f64| {
             if value.is_finite() {
-                out.push(Sample {
-                    metric: metric.to_owned(),
-                    value,
-                    time_unix_ms,
-                });
+                out.push(Sample { metric: metric.to_owned(), value, time_unix_ms });
             }
         };
 
@@ -103,10 +99,7 @@ impl Sampler {
                 .max_by_key(|d| d.mount_point().as_os_str().len());
             if let Some(d) = disk.filter(|d| d.total_space() > 0) {
                 let used = d.total_space().saturating_sub(d.available_space());
-                push(
-                    metric::DISK_USED_PCT,
-                    used as f64 * 100.0 / d.total_space() as f64,
-                );
+                push(metric::DISK_USED_PCT, used as f64 * 100.0 / d.total_space() as f64);
             }
         }
         if let Some(nets) = self.networks.as_mut() {
@@ -114,9 +107,7 @@ impl Sampler {
             let (rx, tx) = nets
                 .iter()
                 .filter(|(name, _)| name.as_os_str() != "lo")
-                .fold((0u64, 0u64), |(r, t), (_, n)| {
-                    (r + n.received(), t + n.transmitted())
-                });
+                .fold((0u64, 0u64), |(r, t), (_, n)| (r + n.received(), t + n.transmitted()));
             push(metric::NET_RX_BYTES_PER_S, rx as f64 / dt.as_secs_f64());
             push(metric::NET_TX_BYTES_PER_S, tx as f64 / dt.as_secs_f64());
         }
@@ -178,19 +169,10 @@ mod tests {
         let mut s = Sampler::new(Box::new(SimBoard::new(SimConfig::pi_on_ups(1))), "/".into());
         let samples = s.sample(1234);
         let names: Vec<&str> = samples.iter().map(|s| s.metric.as_str()).collect();
-        for m in [
-            metric::CPU_USAGE_PCT,
-            metric::MEM_USED_PCT,
-            metric::SOC_TEMP_C,
-            metric::BATTERY_SOC_PCT,
-        ] {
+        for m in [metric::CPU_USAGE_PCT, metric::MEM_USED_PCT, metric::SOC_TEMP_C, metric::BATTERY_SOC_PCT] {
             assert!(names.contains(&m), "{m} missing from {names:?}");
         }
-        assert!(
-            samples
-                .iter()
-                .all(|s| s.time_unix_ms == 1234 && s.value.is_finite())
-        );
+        assert!(samples.iter().all(|s| s.time_unix_ms == 1234 && s.value.is_finite()));
         assert!(s.vitals.battery_soc_pct.is_some());
     }
 }

@@ -41,12 +41,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
     opts.set_max_packet_size(1 << 20, cfg.max_payload_bytes + 1024);
-    opts.set_last_will(LastWill::new(
-        node_topic(node_id, Channel::Status),
-        offline_status,
-        QoS::AtLeastOnce,
-        true,
-    ));
+    opts.set_last_will(LastWill::new(node_topic(node_id, Channel::Status), offline_status, QoS::AtLeastOnce, true));
     if !cfg.username.is_empty() {
         opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     }
@@ -63,13 +58,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
         ack_tx,
         stop.clone(),
     ));
-    MqttLink {
-        client,
-        conn,
-        acks,
-        stop,
-        driver: tokio_util::task::AbortOnDropHandle::new(driver),
-    }
+    MqttLink { client, conn, acks, stop, driver: tokio_util::task::AbortOnDropHandle::new(driver) }
 }
 
 async fn drive(
@@ -99,16 +88,14 @@ async fn drive(
                 });
                 tracing::info!("Connected to the MQTT broker.");
             }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                match Ack::decode(p.payload) {
-                    Ok(ack) => {
-                        ack_tx.send_replace(Some(ack));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
-                    }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match Ack::decode(p.payload) {
+                Ok(ack) => {
+                    ack_tx.send_replace(Some(ack));
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
+                }
+            },
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {

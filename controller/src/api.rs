@@ -4,8 +4,8 @@ use std::pin::Pin;
 
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
-    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest,
-    QueryTelemetryResponse, WatchNodesRequest,
+    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest, QueryTelemetryResponse,
+    WatchNodesRequest,
 };
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -40,10 +40,7 @@ fn check_node_id(id: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl FleetService for Api {
-    async fn list_nodes(
-        &self,
-        req: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         let state = req.into_inner().state;
         let nodes = self
             .registry
@@ -57,18 +54,12 @@ impl FleetService for Api {
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
         let id = req.into_inner().node_id;
         check_node_id(&id)?;
-        self.registry
-            .get(&id)
-            .map(Response::new)
-            .ok_or_else(|| ControllerError::UnknownNode(id).into())
+        self.registry.get(&id).map(Response::new).ok_or_else(|| ControllerError::UnknownNode(id).into())
     }
 
     type WatchNodesStream = Pin<Box<dyn Stream<Item = Result<Node, Status>> + Send + 'static>>;
 
-    async fn watch_nodes(
-        &self,
-        _req: Request<WatchNodesRequest>,
-    ) -> Result<Response<Self::WatchNodesStream>, Status> {
+    async fn watch_nodes(&self, _req: Request<WatchNodesRequest>) -> Result<Response<Self::WatchNodesStream>, Status> {
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let mut changes = self.registry.subscribe();
         let registry = self.registry.clone();
@@ -108,21 +99,11 @@ impl FleetService for Api {
         let q = req.into_inner();
         check_node_id(&q.node_id)?;
         if q.metric.is_empty() || q.metric.len() > 128 {
-            return Err(bad(
-                "metric",
-                "give a metric name such as cpu.usage_pct (1-128 characters)",
-            ));
+            return Err(bad("metric", "give a metric name such as cpu.usage_pct (1-128 characters)"));
         }
-        let end = if q.end_unix_ms == 0 {
-            fleet_proto::now_unix_ms() + 1
-        } else {
-            q.end_unix_ms
-        };
+        let end = if q.end_unix_ms == 0 { fleet_proto::now_unix_ms() + 1 } else { q.end_unix_ms };
         if q.start_unix_ms < 0 || end <= q.start_unix_ms {
-            return Err(bad(
-                "start_unix_ms",
-                format!("must be >= 0 and before end ({end})"),
-            ));
+            return Err(bad("start_unix_ms", format!("must be >= 0 and before end ({end})")));
         }
         if q.bucket_s > MAX_BUCKET_S {
             return Err(bad("bucket_s", format!("at most {MAX_BUCKET_S} (31 days)")));
@@ -133,14 +114,7 @@ impl FleetService for Api {
         let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
         let r = self
             .store
-            .query(
-                &q.node_id,
-                &q.metric,
-                q.start_unix_ms,
-                end,
-                q.bucket_s,
-                limit as usize,
-            )
+            .query(&q.node_id, &q.metric, q.start_unix_ms, end, q.bucket_s, limit as usize)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(QueryTelemetryResponse {

@@ -16,10 +16,7 @@ use crate::ControllerError;
 ///
 /// # Errors
 /// When the address is taken or the broker does not come up.
-pub async fn start_embedded(
-    listen: SocketAddr,
-    max_payload: usize,
-) -> Result<SocketAddr, ControllerError> {
+pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, ControllerError> {
     // rumqttd only logs a failed bind from its own thread; find out first.
     let probe = std::net::TcpListener::bind(listen).map_err(|e| ControllerError::PortInUse {
         what: "embedded MQTT broker",
@@ -27,9 +24,7 @@ pub async fn start_embedded(
         flag: "--mqtt-listen (or --mqtt-url for an external broker)",
         reason: e.to_string(),
     })?;
-    let listen = probe
-        .local_addr()
-        .map_err(|e| ControllerError::Io(e.to_string()))?;
+    let listen = probe.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
     drop(probe);
 
     let router = RouterConfig {
@@ -55,12 +50,7 @@ pub async fn start_embedded(
             dynamic_filters: true,
         },
     };
-    let config = Config {
-        id: 0,
-        router,
-        v4: Some(HashMap::from([("1".to_owned(), server)])),
-        ..Default::default()
-    };
+    let config = Config { id: 0, router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Default::default() };
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -78,7 +68,5 @@ pub async fn start_embedded(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(ControllerError::Io(format!(
-        "embedded MQTT broker did not start listening on {listen}"
-    )))
+    Err(ControllerError::Io(format!("embedded MQTT broker did not start listening on {listen}")))
 }

@@ -68,12 +68,8 @@ impl Default for ControllerConfig {
             data_dir: PathBuf::from("./fleet-data"),
             database_url: String::new(),
             mqtt: MqttConfig::default(),
-            grpc: ListenConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            },
-            http: ListenConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            },
+            grpc: ListenConfig { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
+            http: ListenConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
             ingest: IngestConfig::default(),
         }
     }
@@ -93,11 +89,7 @@ impl Default for MqttConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self {
-            queue_batches: 4096,
-            max_rows_per_write: 20_000,
-            max_write_delay: Duration::from_millis(100),
-        }
+        Self { queue_batches: 4096, max_rows_per_write: 20_000, max_write_delay: Duration::from_millis(100) }
     }
 }
 
@@ -107,11 +99,9 @@ impl ControllerConfig {
     /// # Errors
     /// `ControllerError::Config` naming the origin, the key and the reason.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ControllerError> {
-        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| {
-            ControllerError::Config(format!("{origin}: {}", e.to_string().trim_end()))
-        })?;
-        cfg.validate()
-            .map_err(|e| ControllerError::Config(format!("{origin}: {e}")))?;
+        let cfg: ControllerConfig = toml::from_str(text)
+            .map_err(|e| ControllerError::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        cfg.validate().map_err(|e| ControllerError::Config(format!("{origin}: {e}")))?;
         Ok(cfg)
     }
 
@@ -120,9 +110,8 @@ impl ControllerConfig {
     /// # Errors
     /// When the file cannot be read or is not a valid config.
     pub fn load(path: &Path) -> Result<Self, ControllerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ControllerError::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ControllerError::Config(format!("cannot read config file {}: {e}", path.display())))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -131,24 +120,20 @@ impl ControllerConfig {
     /// # Errors
     /// A sentence naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.database_url.is_empty()
-            && !(self.database_url.starts_with("postgres://")
-                || self.database_url.starts_with("postgresql://"))
-        {
-            return Err("key `database_url`: expected postgres://user:password@host:port/db (or empty for SQLite)".into());
+        let pg = ["postgres://", "postgresql://"];
+        if !self.database_url.is_empty() && !pg.iter().any(|p| self.database_url.starts_with(p)) {
+            return Err(
+                "key `database_url`: expected postgres://user:password@host:port/db (or empty for SQLite)".into()
+            );
         }
         if !self.mqtt.url.is_empty() {
-            fleet_proto::parse_mqtt_url(&self.mqtt.url)
-                .map_err(|e| format!("key `mqtt.url`: {e}"))?;
+            fleet_proto::parse_mqtt_url(&self.mqtt.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
         }
         if self.ingest.queue_batches == 0 || self.ingest.max_rows_per_write == 0 {
-            return Err(
-                "keys `ingest.queue_batches` and `ingest.max_rows_per_write` must be at least 1"
-                    .into(),
-            );
+            return Err("keys `ingest.queue_batches` and `ingest.max_rows_per_write` must be at least 1".into());
         }
         Ok(())
     }
@@ -160,29 +145,18 @@ mod tests {
 
     #[test]
     fn documented_default_is_the_default() {
-        assert_eq!(
-            ControllerConfig::from_toml(DEFAULT_CONFIG_TOML, "d").unwrap(),
-            ControllerConfig::default()
-        );
+        assert_eq!(ControllerConfig::from_toml(DEFAULT_CONFIG_TOML, "d").unwrap(), ControllerConfig::default());
     }
 
     #[test]
     fn errors_name_file_key_and_reason() {
-        let m = ControllerConfig::from_toml("[grpc]\nlisten = \"nowhere\"\n", "c.toml")
-            .unwrap_err()
-            .to_string();
+        let m = ControllerConfig::from_toml("[grpc]\nlisten = \"nowhere\"\n", "c.toml").unwrap_err().to_string();
         assert!(m.contains("c.toml") && m.contains("listen"), "{m}");
-        let m = ControllerConfig::from_toml("[ingest]\nqueue = 3\n", "c.toml")
-            .unwrap_err()
-            .to_string();
+        let m = ControllerConfig::from_toml("[ingest]\nqueue = 3\n", "c.toml").unwrap_err().to_string();
         assert!(m.contains("queue"), "{m}");
-        let m = ControllerConfig::from_toml("database_url = \"mysql://x\"\n", "c.toml")
-            .unwrap_err()
-            .to_string();
+        let m = ControllerConfig::from_toml("database_url = \"mysql://x\"\n", "c.toml").unwrap_err().to_string();
         assert!(m.contains("database_url"), "{m}");
-        let m = ControllerConfig::from_toml("[mqtt]\nurl = \"mqtts:/x\"\n", "c.toml")
-            .unwrap_err()
-            .to_string();
+        let m = ControllerConfig::from_toml("[mqtt]\nurl = \"mqtts:/x\"\n", "c.toml").unwrap_err().to_string();
         assert!(m.contains("mqtt.url"), "{m}");
     }
 }

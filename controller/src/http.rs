@@ -27,22 +27,13 @@ pub fn router(metrics: Arc<Metrics>, store: Store) -> Router {
 }
 
 async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
 }
 
 async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".to_owned()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database: no answer within 2s\n".to_owned(),
-        ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database: no answer within 2s\n".to_owned()),
     }
 }

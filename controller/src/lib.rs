@@ -35,12 +35,7 @@ pub enum ControllerError {
     #[error("configuration error: {0}")]
     Config(String),
     #[error("cannot listen on {addr} for the {what}: {reason}; choose another address with {flag}")]
-    PortInUse {
-        what: &'static str,
-        addr: SocketAddr,
-        flag: &'static str,
-        reason: String,
-    },
+    PortInUse { what: &'static str, addr: SocketAddr, flag: &'static str, reason: String },
     #[error("node {0} is not known to this controller")]
     UnknownNode(String),
     #[error("database error: {0}")]
@@ -60,9 +55,7 @@ impl From<ControllerError> for tonic::Status {
                 tracing::error!(error = %e, "Database error answering a gRPC call.");
                 tonic::Status::unavailable("the telemetry store is unavailable; retry later")
             }
-            ControllerError::PortInUse { .. } | ControllerError::Io(_) => {
-                tonic::Status::internal(e.to_string())
-            }
+            ControllerError::PortInUse { .. } | ControllerError::Io(_) => tonic::Status::internal(e.to_string()),
         }
     }
 }
@@ -82,19 +75,8 @@ pub struct Controller {
     tasks: TaskTracker,
 }
 
-async fn bind(
-    addr: SocketAddr,
-    what: &'static str,
-    flag: &'static str,
-) -> Result<TcpListener, ControllerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ControllerError::PortInUse {
-            what,
-            addr,
-            flag,
-            reason: e.to_string(),
-        })
+async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, ControllerError> {
+    TcpListener::bind(addr).await.map_err(|e| ControllerError::PortInUse { what, addr, flag, reason: e.to_string() })
 }
 
 impl Controller {
@@ -104,10 +86,7 @@ impl Controller {
     ///
     /// # Errors
     /// Bad config, an unreachable database, a port in use.
-    pub async fn start(
-        cfg: ControllerConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Self, ControllerError> {
+    pub async fn start(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<Self, ControllerError> {
         cfg.validate().map_err(ControllerError::Config)?;
         let store = if cfg.database_url.is_empty() {
             Store::open_sqlite(&cfg.data_dir).await?
@@ -123,20 +102,15 @@ impl Controller {
         } else {
             cfg.mqtt.url.clone()
         };
-        let grpc_addr = grpc
-            .local_addr()
-            .map_err(|e| ControllerError::Io(e.to_string()))?;
-        let http_addr = http
-            .local_addr()
-            .map_err(|e| ControllerError::Io(e.to_string()))?;
+        let grpc_addr = grpc.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
+        let http_addr = http.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
 
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone());
         let tasks = TaskTracker::new();
 
         let (client, eventloop) =
-            ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password)
-                .map_err(ControllerError::Config)?;
+            ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password).map_err(ControllerError::Config)?;
         let (writer_tx, writer_rx) = mpsc::channel(cfg.ingest.queue_batches);
         let writer = ingest::writer::Writer {
             store: store.clone(),
@@ -163,10 +137,7 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
-        let api = api::Api {
-            registry: registry.clone(),
-            store: store.clone(),
-        };
+        let api = api::Api { registry: registry.clone(), store: store.clone() };
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let r = tonic::transport::Server::builder()
@@ -185,24 +156,14 @@ impl Controller {
         let app = http::router(metrics.clone(), store.clone());
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let r = axum::serve(http, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await;
+            let r = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "HTTP server stopped.");
             }
         });
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self {
-            grpc_addr,
-            http_addr,
-            mqtt_url,
-            metrics,
-            registry,
-            store,
-            tasks,
-        })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, tasks })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).
@@ -215,16 +176,10 @@ impl Controller {
 ///
 /// # Errors
 /// As `Controller::start`.
-pub async fn run(
-    cfg: ControllerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), ControllerError> {
+pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<(), ControllerError> {
     let c = Controller::start(cfg, shutdown.clone()).await?;
     shutdown.cancelled().await;
-    if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait()).await.is_err() {
         tracing::warn!("Some controller tasks did not stop within 10 s.");
     }
     Ok(())

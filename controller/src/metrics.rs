@@ -60,61 +60,21 @@ impl Metrics {
             acks_published: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "messages_received",
-            "MQTT messages received, by channel",
-            m.received.clone(),
-        );
-        registry.register(
-            "messages_dropped",
-            "Messages dropped, by reason",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "rows_written",
-            "Telemetry rows inserted",
-            m.rows_written.clone(),
-        );
-        registry.register(
-            "rows_duplicate",
-            "Telemetry rows skipped as already stored",
-            m.rows_duplicate.clone(),
-        );
-        registry.register(
-            "batches_written",
-            "Telemetry batches committed",
-            m.batches_written.clone(),
-        );
-        registry.register(
-            "write_latency_seconds",
-            "Duration of one bulk database write",
-            m.write_seconds.clone(),
-        );
+        registry.register("messages_received", "MQTT messages received, by channel", m.received.clone());
+        registry.register("messages_dropped", "Messages dropped, by reason", m.dropped.clone());
+        registry.register("rows_written", "Telemetry rows inserted", m.rows_written.clone());
+        registry.register("rows_duplicate", "Telemetry rows skipped as already stored", m.rows_duplicate.clone());
+        registry.register("batches_written", "Telemetry batches committed", m.batches_written.clone());
+        registry.register("write_latency_seconds", "Duration of one bulk database write", m.write_seconds.clone());
         registry.register(
             "write_errors",
             "Failed database writes (batches are resent by agents)",
             m.write_errors.clone(),
         );
-        registry.register(
-            "nodes_online",
-            "Nodes whose last status is online",
-            m.nodes_online.clone(),
-        );
-        registry.register(
-            "nodes_known",
-            "Nodes in the live view",
-            m.nodes_known.clone(),
-        );
-        registry.register(
-            "ingest_queue_batches",
-            "Batches waiting for the database writer",
-            m.ingest_queue.clone(),
-        );
-        registry.register(
-            "acks_published",
-            "End-to-end acks published to agents",
-            m.acks_published.clone(),
-        );
+        registry.register("nodes_online", "Nodes whose last status is online", m.nodes_online.clone());
+        registry.register("nodes_known", "Nodes in the live view", m.nodes_known.clone());
+        registry.register("ingest_queue_batches", "Batches waiting for the database writer", m.ingest_queue.clone());
+        registry.register("acks_published", "End-to-end acks published to agents", m.acks_published.clone());
         Self { registry, ..m }
     }
 

@@ -25,36 +25,19 @@ impl Registry {
     #[must_use]
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
-        Self {
-            nodes: Arc::default(),
-            changes,
-            metrics,
-        }
+        Self { nodes: Arc::default(), changes, metrics }
     }
 
     fn with_nodes<R>(&self, f: impl FnOnce(&mut HashMap<String, Node>) -> R) -> R {
-        let mut guard = self
-            .nodes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
     fn refresh_gauges(&self, nodes: &HashMap<String, Node>) {
-        let online = nodes
-            .values()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == NodeState::Online as i32)
-            })
-            .count();
-        self.metrics
-            .nodes_online
-            .set(i64::try_from(online).unwrap_or(i64::MAX));
-        self.metrics
-            .nodes_known
-            .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+        let online =
+            nodes.values().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)).count();
+        self.metrics.nodes_online.set(i64::try_from(online).unwrap_or(i64::MAX));
+        self.metrics.nodes_known.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
     }
 
     /// Applies a status message. An offline status from an older run (a late
@@ -62,10 +45,9 @@ impl Registry {
     pub fn update_status(&self, status: NodeStatus) {
         let now = fleet_proto::now_unix_ms();
         let changed = self.with_nodes(|nodes| {
-            let node = nodes.entry(status.node_id.clone()).or_insert_with(|| Node {
-                node_id: status.node_id.clone(),
-                ..Default::default()
-            });
+            let node = nodes
+                .entry(status.node_id.clone())
+                .or_insert_with(|| Node { node_id: status.node_id.clone(), ..Default::default() });
             if let Some(cur) = &node.status {
                 let stale_will = status.state == NodeState::Offline as i32
                     && cur.boot_id != status.boot_id
@@ -89,10 +71,9 @@ impl Registry {
     pub fn record_samples(&self, node_id: &str, samples: u64) {
         let now = fleet_proto::now_unix_ms();
         self.with_nodes(|nodes| {
-            let node = nodes.entry(node_id.to_owned()).or_insert_with(|| Node {
-                node_id: node_id.to_owned(),
-                ..Default::default()
-            });
+            let node = nodes
+                .entry(node_id.to_owned())
+                .or_insert_with(|| Node { node_id: node_id.to_owned(), ..Default::default() });
             node.samples_stored += samples;
             node.last_seen_unix_ms = now;
             if nodes.len() != usize::try_from(self.metrics.nodes_known.get()).unwrap_or(0) {
@@ -104,10 +85,7 @@ impl Registry {
     /// Every node, sorted by id.
     #[must_use]
     pub fn list(&self) -> Vec<Node> {
-        let guard = self
-            .nodes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<Node> = guard.values().cloned().collect();
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
@@ -116,10 +94,7 @@ impl Registry {
     /// One node.
     #[must_use]
     pub fn get(&self, node_id: &str) -> Option<Node> {
-        let guard = self
-            .nodes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.get(node_id).cloned()
     }
 
@@ -135,12 +110,7 @@ mod tests {
     use super::*;
 
     fn status(node: &str, boot: &str, state: NodeState) -> NodeStatus {
-        NodeStatus {
-            node_id: node.into(),
-            boot_id: boot.into(),
-            state: state as i32,
-            ..Default::default()
-        }
+        NodeStatus { node_id: node.into(), boot_id: boot.into(), state: state as i32, ..Default::default() }
     }
 
     #[test]
@@ -149,15 +119,9 @@ mod tests {
         r.update_status(status("a", "1", NodeState::Online));
         r.update_status(status("a", "2", NodeState::Online));
         r.update_status(status("a", "1", NodeState::Offline));
-        assert_eq!(
-            r.get("a").unwrap().status.unwrap().state,
-            NodeState::Online as i32
-        );
+        assert_eq!(r.get("a").unwrap().status.unwrap().state, NodeState::Online as i32);
         r.update_status(status("a", "2", NodeState::Offline));
-        assert_eq!(
-            r.get("a").unwrap().status.unwrap().state,
-            NodeState::Offline as i32
-        );
+        assert_eq!(r.get("a").unwrap().status.unwrap().state, NodeState::Offline as i32);
     }
 
     #[test]
@@ -170,12 +134,6 @@ mod tests {
         r.record_samples("c", 5);
         assert_eq!((m.nodes_online.get(), m.nodes_known.get()), (2, 3));
         assert_eq!(rx.try_recv().unwrap().node_id, "a");
-        assert_eq!(
-            r.list()
-                .iter()
-                .map(|n| n.node_id.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(r.list().iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
     }
 }

@@ -74,14 +74,7 @@ impl SimBoard {
         let rng = fastrand::Rng::with_seed(cfg.seed);
         let temp_c = cfg.ambient_c + cfg.c_per_w * cfg.idle_w;
         let soc_pct = cfg.initial_soc_pct.clamp(0.0, 100.0);
-        Self {
-            cfg,
-            rng,
-            t: Duration::ZERO,
-            soc_pct,
-            temp_c,
-            load: 0.0,
-        }
+        Self { cfg, rng, t: Duration::ZERO, soc_pct, temp_c, load: 0.0 }
     }
 
     /// Switches the external input (e.g. a scripted mains cut).
@@ -134,11 +127,7 @@ impl PowerSource for SimBoard {
         let load_w = self.load_w();
         let j = self.jitter();
         let present = input_w > 0.5;
-        let input_voltage_v = if present {
-            Some(5.1 + j * 0.05)
-        } else {
-            Some(0.0)
-        };
+        let input_voltage_v = if present { Some(5.1 + j * 0.05) } else { Some(0.0) };
         let delivered = input_w.min(load_w + 10.0);
         Ok(PowerReading {
             input_present: Some(present),
@@ -196,10 +185,7 @@ mod tests {
         b.advance(Duration::from_secs(3600), 1.0);
         let off = b.read_power().unwrap();
         // 6.4 W for an hour from 22 Wh is about 29 %.
-        assert!(
-            (off.battery_soc_pct.unwrap() - (50.0 - 6.4 / 22.0 * 100.0)).abs() < 0.5,
-            "{off:?}"
-        );
+        assert!((off.battery_soc_pct.unwrap() - (50.0 - 6.4 / 22.0 * 100.0)).abs() < 0.5, "{off:?}");
         assert_eq!(off.on_battery, Some(true));
         b.set_input(SimInput::Mains { on: true });
         b.advance(Duration::from_secs(600), 0.0);
@@ -222,10 +208,7 @@ mod tests {
     #[test]
     fn solar_delivers_only_by_day() {
         let mut cfg = SimConfig::pi_on_ups(3);
-        cfg.input = SimInput::Solar {
-            peak_w: 10.0,
-            day: Duration::from_secs(86_400),
-        };
+        cfg.input = SimInput::Solar { peak_w: 10.0, day: Duration::from_secs(86_400) };
         let mut b = SimBoard::new(cfg);
         b.advance(Duration::from_secs(43_200), 0.0); // noon-ish
         let noon = b.read_power().unwrap().input_power_w.unwrap();

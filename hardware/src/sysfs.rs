@@ -7,13 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::{Board, HardwareError, PowerReading, PowerSource, ThermalSensor};
 
 /// Thermal zone types that denote the SoC/CPU, best first.
-const SOC_ZONE_TYPES: [&str; 5] = [
-    "cpu-thermal",
-    "cpu_thermal",
-    "soc-thermal",
-    "soc_thermal",
-    "x86_pkg_temp",
-];
+const SOC_ZONE_TYPES: [&str; 5] = ["cpu-thermal", "cpu_thermal", "soc-thermal", "soc_thermal", "x86_pkg_temp"];
 
 /// Reads a small sysfs file; `Ok(None)` when it does not exist.
 fn read_attr(path: &Path) -> Result<Option<String>, HardwareError> {
@@ -22,26 +16,17 @@ fn read_attr(path: &Path) -> Result<Option<String>, HardwareError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         // Some drivers answer ENODATA/EINVAL for attributes they expose but cannot fill.
         Err(e) if matches!(e.raw_os_error(), Some(61 | 22 | 19)) => Ok(None),
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => Err(HardwareError::PermissionDenied {
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(HardwareError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            Err(HardwareError::PermissionDenied { path: path.to_owned() })
+        }
+        Err(source) => Err(HardwareError::Io { path: path.to_owned(), source }),
     }
 }
 
 fn read_num(path: &Path) -> Result<Option<f64>, HardwareError> {
     match read_attr(path)? {
         None => Ok(None),
-        Some(v) => v
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| HardwareError::Parse {
-                path: path.to_owned(),
-                value: v,
-            }),
+        Some(v) => v.parse::<f64>().map(Some).map_err(|_| HardwareError::Parse { path: path.to_owned(), value: v }),
     }
 }
 
@@ -71,10 +56,7 @@ impl SysfsThermal {
     fn zone(&self) -> Result<Option<PathBuf>, HardwareError> {
         let zones: Vec<PathBuf> = sorted_entries(&self.root)
             .into_iter()
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone"))
-            })
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone")))
             .collect();
         for wanted in SOC_ZONE_TYPES {
             for z in &zones {
@@ -128,8 +110,7 @@ impl PowerSource for SysfsPower {
                     if let Some(status) = read_attr(&supply.join("status"))? {
                         let charging = status == "Charging";
                         r.charging = Some(r.charging.unwrap_or(false) || charging);
-                        r.on_battery =
-                            Some(r.on_battery.unwrap_or(false) || status == "Discharging");
+                        r.on_battery = Some(r.on_battery.unwrap_or(false) || status == "Discharging");
                     }
                 }
                 "Mains" | "USB" | "USB_C" | "USB_PD" | "Wireless" => {

@@ -19,11 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
-#[command(
-    name = "fleet-local",
-    version,
-    about = "Run a controller and N simulated agents on this machine"
-)]
+#[command(name = "fleet-local", version, about = "Run a controller and N simulated agents on this machine")]
 struct Cli {
     /// Number of simulated agents.
     #[arg(long, default_value_t = 5)]
@@ -87,16 +83,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let cfg = ControllerConfig {
                 data_dir: cli.data_dir.join("controller"),
-                grpc: fleet_controller::config::ListenConfig {
-                    listen: cli.grpc_listen,
-                },
-                http: fleet_controller::config::ListenConfig {
-                    listen: cli.http_listen,
-                },
-                mqtt: fleet_controller::config::MqttConfig {
-                    embedded_listen: cli.mqtt_listen,
-                    ..Default::default()
-                },
+                grpc: fleet_controller::config::ListenConfig { listen: cli.grpc_listen },
+                http: fleet_controller::config::ListenConfig { listen: cli.http_listen },
+                mqtt: fleet_controller::config::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
                 ..Default::default()
             };
             let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
@@ -105,10 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  gRPC API     {grpc}   (fleetctl --server {grpc} nodes list)");
             println!("  metrics      http://{}/metrics", c.http_addr);
             println!("  MQTT broker  {}", c.mqtt_url);
-            println!(
-                "  store        SQLite in {}",
-                cli.data_dir.join("controller").display()
-            );
+            println!("  store        SQLite in {}", cli.data_dir.join("controller").display());
             (c.mqtt_url.clone(), grpc, Some(c))
         }
     };
@@ -116,9 +102,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let agents = TaskTracker::new();
     for i in 0..cli.agents {
         let node_id = format!("{}-{i:03}", cli.node_prefix);
-        let mut cfg = AgentConfig::default();
-        cfg.data_dir = cli.data_dir.join("agents").join(&node_id);
-        cfg.node_id = node_id;
+        let mut cfg =
+            AgentConfig { data_dir: cli.data_dir.join("agents").join(&node_id), node_id, ..Default::default() };
         cfg.mqtt.url = mqtt_url.clone();
         cfg.telemetry.interval = cli.interval.into();
         cfg.telemetry.flush_interval = cli.interval.into();
@@ -134,10 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
     agents.close();
-    println!(
-        "  agents       {} simulated ({}-000 ...), interval {}",
-        cli.agents, cli.node_prefix, cli.interval
-    );
+    println!("  agents       {} simulated ({}-000 ...), interval {}", cli.agents, cli.node_prefix, cli.interval);
     println!("Ctrl-C stops everything.");
 
     let started = Instant::now();
@@ -146,9 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     summary.tick().await;
     let mut last = (Instant::now(), 0u64);
     loop {
-        let until_deadline = deadline.map_or(Duration::MAX, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = fleet_controller::shutdown_signal() => break,
             () = tokio::time::sleep(until_deadline) => break,
@@ -171,10 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(c) = controller {
         let rows = c.metrics.rows_written.get();
         let secs = started.elapsed().as_secs_f64();
-        println!(
-            "rows_written={rows} seconds={secs:.1} rows_per_s={:.0}",
-            rows as f64 / secs
-        );
+        println!("rows_written={rows} seconds={secs:.1} rows_per_s={:.0}", rows as f64 / secs);
         controller_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
     }
@@ -182,25 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn fleet_summary(url: &str) -> anyhow::Result<(usize, usize, u64)> {
-    let mut client = FleetServiceClient::connect(url.to_owned())
-        .await
-        .context("connect")?;
-    let nodes = client
-        .list_nodes(ListNodesRequest::default())
-        .await?
-        .into_inner()
-        .nodes;
-    let online = nodes
-        .iter()
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .is_some_and(|s| s.state == NodeState::Online as i32)
-        })
-        .count();
-    Ok((
-        online,
-        nodes.len(),
-        nodes.iter().map(|n| n.samples_stored).sum(),
-    ))
+    let mut client = FleetServiceClient::connect(url.to_owned()).await.context("connect")?;
+    let nodes = client.list_nodes(ListNodesRequest::default()).await?.into_inner().nodes;
+    let online =
+        nodes.iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)).count();
+    Ok((online, nodes.len(), nodes.iter().map(|n| n.samples_stored).sum()))
 }

@@ -12,8 +12,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every `fleet.v1` file, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/fleet_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fleet_descriptor.bin"));
 
 /// Node ids are used in topic names, file names and SQL; keep them tame.
 pub const MAX_NODE_ID_LEN: usize = 64;
@@ -41,10 +40,7 @@ pub fn validate_node_id(id: &str) -> Result<(), NodeIdError> {
     if id.len() > MAX_NODE_ID_LEN {
         return Err(NodeIdError::TooLong(id.len()));
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err(NodeIdError::BadChar(id.to_owned()));
     }
     Ok(())
@@ -71,11 +67,7 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
         .ok_or_else(|| format!("{url:?} is not an mqtt:// URL (expected mqtt://host:port)"))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?} has a bad port {p:?}"))?,
-        ),
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?} has a bad port {p:?}"))?),
         None => (rest, 1883),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -97,17 +89,10 @@ mod tests {
             node_id: "pi-01".into(),
             boot_id: "b".into(),
             first_seq: 42,
+            low_water_seq: 40,
             samples: vec![
-                Sample {
-                    metric: "cpu.usage_pct".into(),
-                    value: 12.5,
-                    time_unix_ms: 1_700_000_000_000,
-                },
-                Sample {
-                    metric: "soc.temp_c".into(),
-                    value: -3.0,
-                    time_unix_ms: 1_700_000_000_001,
-                },
+                Sample { metric: "cpu.usage_pct".into(), value: 12.5, time_unix_ms: 1_700_000_000_000 },
+                Sample { metric: "soc.temp_c".into(), value: -3.0, time_unix_ms: 1_700_000_000_001 },
             ],
         };
         let bytes = batch.encode_to_vec();
@@ -119,15 +104,8 @@ mod tests {
         let status = NodeStatus {
             node_id: "pi-01".into(),
             state: NodeState::Online as i32,
-            counters: Some(AgentCounters {
-                samples_taken: 7,
-                ..Default::default()
-            }),
-            vitals: Some(NodeVitals {
-                soc_temp_c: Some(51.0),
-                battery_soc_pct: None,
-                ..Default::default()
-            }),
+            counters: Some(AgentCounters { samples_taken: 7, ..Default::default() }),
+            vitals: Some(NodeVitals { soc_temp_c: Some(51.0), battery_soc_pct: None, ..Default::default() }),
             labels: [("site".to_owned(), "barn".to_owned())].into(),
             ..Default::default()
         };
@@ -138,26 +116,12 @@ mod tests {
 
     #[test]
     fn other_messages_round_trip() {
-        let desired = DesiredState {
-            node_id: "n".into(),
-            version: 3,
-            models: vec!["minilm".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            DesiredState::decode(desired.encode_to_vec().as_slice()).unwrap(),
-            desired
-        );
-        let job = Job {
-            job_id: "j".into(),
-            input: Some(job::Input::Text("hi".into())),
-            ..Default::default()
-        };
+        let desired =
+            DesiredState { node_id: "n".into(), version: 3, models: vec!["minilm".into()], ..Default::default() };
+        assert_eq!(DesiredState::decode(desired.encode_to_vec().as_slice()).unwrap(), desired);
+        let job = Job { job_id: "j".into(), input: Some(job::Input::Text("hi".into())), ..Default::default() };
         assert_eq!(Job::decode(job.encode_to_vec().as_slice()).unwrap(), job);
-        let ack = Ack {
-            boot_id: "b".into(),
-            up_to_seq: 9,
-        };
+        let ack = Ack { boot_id: "b".into(), up_to_seq: 9 };
         assert_eq!(Ack::decode(ack.encode_to_vec().as_slice()).unwrap(), ack);
     }
 
@@ -170,26 +134,14 @@ mod tests {
     fn node_ids_are_checked() {
         assert!(validate_node_id("pi-01.barn_2").is_ok());
         assert_eq!(validate_node_id(""), Err(NodeIdError::Empty));
-        assert!(matches!(
-            validate_node_id("a/b"),
-            Err(NodeIdError::BadChar(_))
-        ));
-        assert!(matches!(
-            validate_node_id("+"),
-            Err(NodeIdError::BadChar(_))
-        ));
-        assert!(matches!(
-            validate_node_id(&"x".repeat(65)),
-            Err(NodeIdError::TooLong(65))
-        ));
+        assert!(matches!(validate_node_id("a/b"), Err(NodeIdError::BadChar(_))));
+        assert!(matches!(validate_node_id("+"), Err(NodeIdError::BadChar(_))));
+        assert!(matches!(validate_node_id(&"x".repeat(65)), Err(NodeIdError::TooLong(65))));
     }
 
     #[test]
     fn mqtt_urls() {
-        assert_eq!(
-            parse_mqtt_url("mqtt://127.0.0.1:1884"),
-            Ok(("127.0.0.1".into(), 1884))
-        );
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Ok(("127.0.0.1".into(), 1884)));
         assert_eq!(parse_mqtt_url("tcp://broker"), Ok(("broker".into(), 1883)));
         assert_eq!(parse_mqtt_url("mqtt://[::1]:9/"), Ok(("::1".into(), 9)));
         assert!(parse_mqtt_url("http://x").is_err());
@@ -204,8 +156,6 @@ mod tests {
     }
 
     fn prost_types_free_check(bytes: &[u8]) -> bool {
-        bytes
-            .windows(b"FleetService".len())
-            .any(|w| w == b"FleetService")
+        bytes.windows(b"FleetService".len()).any(|w| w == b"FleetService")
     }
 }

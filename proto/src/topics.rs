@@ -68,14 +68,7 @@ impl Channel {
     /// True for channels an agent publishes on (the controller subscribes).
     #[must_use]
     pub const fn is_uplink(self) -> bool {
-        matches!(
-            self,
-            Channel::Telemetry
-                | Channel::Status
-                | Channel::Reported
-                | Channel::Events
-                | Channel::Results
-        )
+        matches!(self, Channel::Telemetry | Channel::Status | Channel::Reported | Channel::Events | Channel::Results)
     }
 
     fn from_level(level: &str) -> Option<Channel> {
@@ -116,10 +109,7 @@ mod tests {
             let t = node_topic("pi-7", c);
             assert_eq!(parse_node_topic(&t), Some(("pi-7", c)));
         }
-        assert_eq!(
-            node_topic("pi-7", Channel::Telemetry),
-            "fleet/v1/nodes/pi-7/telemetry"
-        );
+        assert_eq!(node_topic("pi-7", Channel::Telemetry), "fleet/v1/nodes/pi-7/telemetry");
         assert_eq!(all_nodes_filter(Channel::Status), "fleet/v1/nodes/+/status");
     }
 

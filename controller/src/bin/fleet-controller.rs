@@ -55,12 +55,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into()),
         )
         .init();
-    let mut cfg = match cli
-        .config
-        .as_deref()
-        .map(ControllerConfig::load)
-        .transpose()
-    {
+    let mut cfg = match cli.config.as_deref().map(ControllerConfig::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             eprintln!("fleet-controller: {e}");

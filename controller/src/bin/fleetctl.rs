@@ -5,25 +5,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_proto::v1::fleet_service_client::FleetServiceClient;
-use fleet_proto::v1::{
-    GetNodeRequest, ListNodesRequest, Node, NodeState, QueryTelemetryRequest, WatchNodesRequest,
-};
+use fleet_proto::v1::{GetNodeRequest, ListNodesRequest, Node, NodeState, QueryTelemetryRequest, WatchNodesRequest};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(
-    name = "fleetctl",
-    version,
-    about = "Operate a Spark Fleet through its controller"
-)]
+#[command(name = "fleetctl", version, about = "Operate a Spark Fleet through its controller")]
 struct Cli {
     /// Controller gRPC endpoint.
-    #[arg(
-        long,
-        global = true,
-        env = "FLEET_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, global = true, env = "FLEET_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
@@ -76,10 +65,7 @@ enum NodesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fleetctl: {e}");
@@ -121,11 +107,7 @@ fn status_error(e: tonic::Status) -> anyhow::Error {
 }
 
 fn state_name(n: &Node) -> &'static str {
-    match n
-        .status
-        .as_ref()
-        .map(|s| NodeState::try_from(s.state).unwrap_or_default())
-    {
+    match n.status.as_ref().map(|s| NodeState::try_from(s.state).unwrap_or_default()) {
         Some(NodeState::Online) => "online",
         Some(NodeState::Offline) => "offline",
         _ => "unknown",
@@ -193,67 +175,32 @@ fn print_table(nodes: &[Node]) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli.server).await?;
     match cli.command {
-        Command::Nodes {
-            command: NodesCommand::List,
-        } => {
-            let nodes = client
-                .list_nodes(ListNodesRequest::default())
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .nodes;
+        Command::Nodes { command: NodesCommand::List } => {
+            let nodes = client.list_nodes(ListNodesRequest::default()).await.map_err(status_error)?.into_inner().nodes;
             if cli.output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&nodes.iter().map(node_json).collect::<Vec<_>>())?
-                );
+                println!("{}", serde_json::to_string_pretty(&nodes.iter().map(node_json).collect::<Vec<_>>())?);
             } else {
                 print_table(&nodes);
             }
         }
-        Command::Nodes {
-            command: NodesCommand::Get { node },
-        } => {
-            let n = client
-                .get_node(GetNodeRequest { node_id: node })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+        Command::Nodes { command: NodesCommand::Get { node } } => {
+            let n = client.get_node(GetNodeRequest { node_id: node }).await.map_err(status_error)?.into_inner();
             println!("{}", serde_json::to_string_pretty(&node_json(&n))?);
         }
-        Command::Nodes {
-            command: NodesCommand::Watch,
-        } => {
-            let mut stream = client
-                .watch_nodes(WatchNodesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+        Command::Nodes { command: NodesCommand::Watch } => {
+            let mut stream = client.watch_nodes(WatchNodesRequest {}).await.map_err(status_error)?.into_inner();
             while let Some(n) = stream.message().await.map_err(status_error)? {
                 if cli.output == Output::Json {
                     println!("{}", serde_json::to_string(&node_json(&n))?);
                 } else {
-                    println!(
-                        "{} {:<24} {}",
-                        fleet_proto::now_unix_ms(),
-                        n.node_id,
-                        state_name(&n)
-                    );
+                    println!("{} {:<24} {}", fleet_proto::now_unix_ms(), n.node_id, state_name(&n));
                 }
             }
         }
-        Command::Telemetry {
-            node,
-            metric,
-            since,
-            bucket,
-            limit,
-        } => {
+        Command::Telemetry { node, metric, since, bucket, limit } => {
             let now = fleet_proto::now_unix_ms();
             let since_ms = i64::try_from(Duration::from(since).as_millis()).unwrap_or(i64::MAX);
-            let bucket_s = bucket.map_or(0, |b| {
-                u32::try_from(Duration::from(b).as_secs()).unwrap_or(u32::MAX)
-            });
+            let bucket_s = bucket.map_or(0, |b| u32::try_from(Duration::from(b).as_secs()).unwrap_or(u32::MAX));
             let r = client
                 .query_telemetry(QueryTelemetryRequest {
                     node_id: node,
@@ -279,15 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )?
                 );
             } else {
-                println!(
-                    "{:<15} {:>12} {:>12} {:>12} {:>8}",
-                    "TIME_MS", "AVG", "MIN", "MAX", "COUNT"
-                );
+                println!("{:<15} {:>12} {:>12} {:>12} {:>8}", "TIME_MS", "AVG", "MIN", "MAX", "COUNT");
                 for p in &r.points {
-                    println!(
-                        "{:<15} {:>12.3} {:>12.3} {:>12.3} {:>8}",
-                        p.time_unix_ms, p.avg, p.min, p.max, p.count
-                    );
+                    println!("{:<15} {:>12.3} {:>12.3} {:>12.3} {:>8}", p.time_unix_ms, p.avg, p.min, p.max, p.count);
                 }
                 if r.truncated {
                     eprintln!("(truncated at {limit} points; raise --limit or use --bucket)");

@@ -24,10 +24,7 @@ impl RunMark {
     /// A mark where 0..next is committed.
     #[must_use]
     pub fn from_next(next: u64) -> Self {
-        Self {
-            next,
-            ranges: BTreeMap::new(),
-        }
+        Self { next, ranges: BTreeMap::new() }
     }
 
     /// Records a committed range [start, end) and the agent's low water mark.
@@ -70,11 +67,7 @@ impl AckTracker {
     /// The mark of a run, if it is known in memory.
     #[must_use]
     pub fn get(&self, node_id: &str, boot_id: &str) -> Option<&RunMark> {
-        self.nodes
-            .get(node_id)?
-            .iter()
-            .find(|(b, _)| b == boot_id)
-            .map(|(_, m)| m)
+        self.nodes.get(node_id)?.iter().find(|(b, _)| b == boot_id).map(|(_, m)| m)
     }
 
     /// Stores a run's mark, forgetting the node's oldest run beyond the cap.

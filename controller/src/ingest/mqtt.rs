@@ -26,11 +26,7 @@ const MAX_NAME_LEN: usize = 128;
 ///
 /// # Errors
 /// When the URL is not an mqtt:// URL.
-pub fn client(
-    url: &str,
-    username: &str,
-    password: &str,
-) -> Result<(AsyncClient, EventLoop), String> {
+pub fn client(url: &str, username: &str, password: &str) -> Result<(AsyncClient, EventLoop), String> {
     let (host, port) = fleet_proto::parse_mqtt_url(url)?;
     let id = format!("fleet-controller-{}", &uuid_like());
     let mut opts = MqttOptions::new(id, host, port);
@@ -87,7 +83,7 @@ impl Refusal {
 #[derive(Debug)]
 pub enum Accepted {
     Telemetry(TelemetryBatch),
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
     /// Retained-message clear (empty payload) or a channel not handled yet.
     Ignored,
 }
@@ -96,11 +92,7 @@ pub enum Accepted {
 ///
 /// # Errors
 /// The refusal and the node id it concerns (or the topic if none).
-pub fn classify(
-    topic: &str,
-    payload: &[u8],
-    max_payload: usize,
-) -> Result<(Channel, Accepted), (Refusal, String)> {
+pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Channel, Accepted), (Refusal, String)> {
     let Some((node_id, channel)) = parse_node_topic(topic) else {
         return Err((Refusal::BadTopic, topic.to_owned()));
     };
@@ -121,12 +113,8 @@ pub fn classify(
                 && b.boot_id.len() <= MAX_NAME_LEN
                 && !b.samples.is_empty()
                 && b.samples.len() <= MAX_SAMPLES_PER_BATCH
-                && b.first_seq
-                    .checked_add(b.samples.len() as u64)
-                    .is_some_and(|e| i64::try_from(e).is_ok())
-                && b.samples
-                    .iter()
-                    .all(|s| !s.metric.is_empty() && s.metric.len() <= MAX_NAME_LEN);
+                && b.first_seq.checked_add(b.samples.len() as u64).is_some_and(|e| i64::try_from(e).is_ok())
+                && b.samples.iter().all(|s| !s.metric.is_empty() && s.metric.len() <= MAX_NAME_LEN);
             if !valid {
                 return Err((Refusal::Invalid, who()));
             }
@@ -140,7 +128,7 @@ pub fn classify(
             if s.node_id != node_id {
                 return Err((Refusal::NodeMismatch, who()));
             }
-            Ok((channel, Accepted::Status(s)))
+            Ok((channel, Accepted::Status(Box::new(s))))
         }
         _ => Ok((channel, Accepted::Ignored)),
     }
@@ -149,21 +137,9 @@ pub fn classify(
 impl Reader {
     /// Reads until `shutdown`; reconnects with backoff on broker errors.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Reader {
-            client,
-            mut eventloop,
-            registry,
-            metrics,
-            writer_tx,
-            max_payload_bytes,
-        } = self;
+        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes } = self;
         // The event loop is not Sync, so handling borrows only this part.
-        let handler = Handler {
-            registry,
-            metrics,
-            writer_tx,
-            max_payload_bytes,
-        };
+        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
         let mut connected = false;
@@ -176,15 +152,9 @@ impl Reader {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(200);
-                    for c in [
-                        Channel::Telemetry,
-                        Channel::Status,
-                        Channel::Reported,
-                        Channel::Events,
-                        Channel::Results,
-                    ] {
-                        if let Err(e) = client.try_subscribe(all_nodes_filter(c), QoS::AtLeastOnce)
-                        {
+                    for c in [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results]
+                    {
+                        if let Err(e) = client.try_subscribe(all_nodes_filter(c), QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "Cannot subscribe to node topics.");
                         }
                     }
@@ -224,12 +194,7 @@ struct Handler {
 
 impl Handler {
     /// Handles one publish. `Err` only when the writer is gone (shutdown).
-    async fn handle(
-        &self,
-        p: Publish,
-        limiter: &mut LogLimiter,
-        shutdown: &CancellationToken,
-    ) -> Result<(), ()> {
+    async fn handle(&self, p: Publish, limiter: &mut LogLimiter, shutdown: &CancellationToken) -> Result<(), ()> {
         match classify(&p.topic, &p.payload, self.max_payload_bytes) {
             Err((reason, who)) => {
                 self.metrics.drop_msg(reason.label());
@@ -240,12 +205,7 @@ impl Handler {
                 Ok(())
             }
             Ok((channel, accepted)) => {
-                self.metrics
-                    .received
-                    .get_or_create(&ChannelLabel {
-                        channel: channel.as_str(),
-                    })
-                    .inc();
+                self.metrics.received.get_or_create(&ChannelLabel { channel: channel.as_str() }).inc();
                 match accepted {
                     Accepted::Telemetry(b) => {
                         self.metrics.ingest_queue.inc();
@@ -255,7 +215,7 @@ impl Handler {
                         }
                     }
                     Accepted::Status(s) => {
-                        self.registry.update_status(s);
+                        self.registry.update_status(*s);
                         Ok(())
                     }
                     Accepted::Ignored => Ok(()),
@@ -275,11 +235,7 @@ mod tests {
             node_id: node.into(),
             boot_id: "b".into(),
             first_seq: 0,
-            samples: vec![Sample {
-                metric: "m".into(),
-                value: 1.0,
-                time_unix_ms: 1,
-            }],
+            samples: vec![Sample { metric: "m".into(), value: 1.0, time_unix_ms: 1 }],
             low_water_seq: 0,
         }
     }
@@ -287,60 +243,25 @@ mod tests {
     #[test]
     fn refusals() {
         let t = "fleet/v1/nodes/a/telemetry";
-        assert_eq!(
-            classify(t, &[0xff; 16], 1024).unwrap_err().0,
-            Refusal::Decode
-        );
-        assert_eq!(
-            classify(t, &[0u8; 2048], 1024).unwrap_err().0,
-            Refusal::Oversized
-        );
-        assert_eq!(
-            classify(t, &batch("b").encode_to_vec(), 1024)
-                .unwrap_err()
-                .0,
-            Refusal::NodeMismatch
-        );
-        assert_eq!(
-            classify("fleet/v1/nodes/a+/telemetry", b"", 1024)
-                .unwrap_err()
-                .0,
-            Refusal::BadTopic
-        );
-        assert_eq!(
-            classify("other/topic", b"", 1024).unwrap_err().0,
-            Refusal::BadTopic
-        );
+        assert_eq!(classify(t, &[0xff; 16], 1024).unwrap_err().0, Refusal::Decode);
+        assert_eq!(classify(t, &[0u8; 2048], 1024).unwrap_err().0, Refusal::Oversized);
+        assert_eq!(classify(t, &batch("b").encode_to_vec(), 1024).unwrap_err().0, Refusal::NodeMismatch);
+        assert_eq!(classify("fleet/v1/nodes/a+/telemetry", b"", 1024).unwrap_err().0, Refusal::BadTopic);
+        assert_eq!(classify("other/topic", b"", 1024).unwrap_err().0, Refusal::BadTopic);
         // A status published on a telemetry topic is the wrong type.
-        let status = NodeStatus {
-            node_id: "a".into(),
-            boot_id: "b".into(),
-            state: 1,
-            ..Default::default()
-        };
+        let status = NodeStatus { node_id: "a".into(), boot_id: "b".into(), state: 1, ..Default::default() };
         assert!(classify(t, &status.encode_to_vec(), 1024).is_err());
         let mut empty = batch("a");
         empty.samples.clear();
-        assert_eq!(
-            classify(t, &empty.encode_to_vec(), 1024).unwrap_err().0,
-            Refusal::Invalid
-        );
+        assert_eq!(classify(t, &empty.encode_to_vec(), 1024).unwrap_err().0, Refusal::Invalid);
         let mut huge = batch("a");
         huge.first_seq = u64::MAX;
-        assert_eq!(
-            classify(t, &huge.encode_to_vec(), 1024).unwrap_err().0,
-            Refusal::Invalid
-        );
+        assert_eq!(classify(t, &huge.encode_to_vec(), 1024).unwrap_err().0, Refusal::Invalid);
     }
 
     #[test]
     fn accepted() {
-        let (c, a) = classify(
-            "fleet/v1/nodes/a/telemetry",
-            &batch("a").encode_to_vec(),
-            1024,
-        )
-        .unwrap();
+        let (c, a) = classify("fleet/v1/nodes/a/telemetry", &batch("a").encode_to_vec(), 1024).unwrap();
         assert_eq!(c, Channel::Telemetry);
         assert!(matches!(a, Accepted::Telemetry(_)));
         let (_, a) = classify("fleet/v1/nodes/a/status", b"", 1024).unwrap();

@@ -56,9 +56,7 @@ impl Writer {
                     None => break,
                 }
             }
-            self.metrics
-                .ingest_queue
-                .dec_by(i64::try_from(group.len()).unwrap_or(0));
+            self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
             if self.write_group(group, &mut tracker).await.is_err() {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -68,11 +66,7 @@ impl Writer {
         }
     }
 
-    async fn write_group(
-        &self,
-        group: Vec<TelemetryBatch>,
-        tracker: &mut AckTracker,
-    ) -> Result<(), ()> {
+    async fn write_group(&self, group: Vec<TelemetryBatch>, tracker: &mut AckTracker) -> Result<(), ()> {
         // Non-finite values have no place in SQL; they are refused and counted,
         // yet their seqs count as handled so the ack can move on.
         let ranges: Vec<(String, String, u64, u64, u64)> = group
@@ -87,22 +81,11 @@ impl Writer {
                 )
             })
             .collect();
-        let non_finite: u64 = group
-            .iter()
-            .map(|b| b.samples.iter().filter(|s| !s.value.is_finite()).count() as u64)
-            .sum();
-        let group = if non_finite > 0 {
-            split_finite(group)
-        } else {
-            group
-        };
+        let non_finite: u64 =
+            group.iter().map(|b| b.samples.iter().filter(|s| !s.value.is_finite()).count() as u64).sum();
+        let group = if non_finite > 0 { split_finite(group) } else { group };
         if non_finite > 0 {
-            self.metrics
-                .dropped
-                .get_or_create(&ReasonLabel {
-                    reason: "non_finite_value",
-                })
-                .inc_by(non_finite);
+            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "non_finite_value" }).inc_by(non_finite);
         }
 
         // New marks, tentatively: applied to the tracker only after commit.
@@ -130,11 +113,7 @@ impl Writer {
         let ack_marks: Vec<AckMark> = marks
             .iter()
             .filter_map(|((n, b), m)| {
-                m.up_to().map(|u| AckMark {
-                    node_id: n.clone(),
-                    boot_id: b.clone(),
-                    up_to_seq: u,
-                })
+                m.up_to().map(|u| AckMark { node_id: n.clone(), boot_id: b.clone(), up_to_seq: u })
             })
             .collect();
 
@@ -142,13 +121,9 @@ impl Writer {
         let started = Instant::now();
         match self.store.write(&group, &ack_marks).await {
             Ok(inserted) => {
-                self.metrics
-                    .write_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.rows_written.inc_by(inserted);
-                self.metrics
-                    .rows_duplicate
-                    .inc_by(rows.saturating_sub(inserted));
+                self.metrics.rows_duplicate.inc_by(rows.saturating_sub(inserted));
                 self.metrics.batches_written.inc_by(group.len() as u64);
                 let mut per_node: HashMap<&str, u64> = HashMap::new();
                 for b in &group {
@@ -159,10 +134,7 @@ impl Writer {
                 }
                 for ((node, boot), mark) in marks {
                     if let Some(up_to) = mark.up_to() {
-                        let ack = Ack {
-                            boot_id: boot.clone(),
-                            up_to_seq: up_to,
-                        };
+                        let ack = Ack { boot_id: boot.clone(), up_to_seq: up_to };
                         match self.client.try_publish(
                             node_topic(&node, Channel::Ack),
                             QoS::AtLeastOnce,
@@ -225,22 +197,10 @@ mod tests {
             node_id: "n".into(),
             boot_id: "b".into(),
             first_seq: 10,
-            samples: v
-                .iter()
-                .map(|&value| Sample {
-                    metric: "m".into(),
-                    value,
-                    time_unix_ms: 0,
-                })
-                .collect(),
+            samples: v.iter().map(|&value| Sample { metric: "m".into(), value, time_unix_ms: 0 }).collect(),
             low_water_seq: 0,
         };
         let out = split_finite(vec![b]);
-        assert_eq!(
-            out.iter()
-                .map(|b| (b.first_seq, b.samples.len()))
-                .collect::<Vec<_>>(),
-            [(10, 1), (12, 2)]
-        );
+        assert_eq!(out.iter().map(|b| (b.first_seq, b.samples.len())).collect::<Vec<_>>(), [(10, 1), (12, 2)]);
     }
 }

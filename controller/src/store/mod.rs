@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use fleet_proto::v1::{TelemetryBatch, TelemetryPoint};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row};
 
 use crate::ControllerError;
@@ -64,10 +62,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Store::Sqlite(pool))
     }
@@ -82,9 +77,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .map_err(|e| {
-                ControllerError::Config(format!("cannot connect to --database-url: {e}"))
-            })?;
+            .map_err(|e| ControllerError::Config(format!("cannot connect to --database-url: {e}")))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Store::Postgres(pool))
     }
@@ -104,8 +97,12 @@ impl Store {
     /// When it does not.
     pub async fn ping(&self) -> Result<(), ControllerError> {
         match self {
-            Store::Sqlite(p) => drop(sqlx::query("SELECT 1").execute(p).await?),
-            Store::Postgres(p) => drop(sqlx::query("SELECT 1").execute(p).await?),
+            Store::Sqlite(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+            Store::Postgres(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
         }
         Ok(())
     }
@@ -115,42 +112,35 @@ impl Store {
     ///
     /// # Errors
     /// Database errors; nothing is committed then.
-    pub async fn write(
-        &self,
-        batches: &[TelemetryBatch],
-        marks: &[AckMark],
-    ) -> Result<u64, ControllerError> {
+    pub async fn write(&self, batches: &[TelemetryBatch], marks: &[AckMark]) -> Result<u64, ControllerError> {
         match self {
             Store::Postgres(pool) => write_pg(pool, batches, marks).await,
             Store::Sqlite(pool) => write_sqlite(pool, batches, marks).await,
         }
     }
 
+    /// Number of telemetry rows stored for `node_id` (all nodes if `None`).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn count_samples(&self, node_id: Option<&str>) -> Result<u64, ControllerError> {
+        let sql = "SELECT count(*) FROM telemetry WHERE $1 IS NULL OR node_id = $1";
+        let n: i64 = match self {
+            Store::Postgres(p) => sqlx::query_scalar(sql).bind(node_id).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(sql).bind(node_id).fetch_one(p).await?,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The persisted ack watermark of one agent run.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn load_ack(
-        &self,
-        node_id: &str,
-        boot_id: &str,
-    ) -> Result<Option<u64>, ControllerError> {
+    pub async fn load_ack(&self, node_id: &str, boot_id: &str) -> Result<Option<u64>, ControllerError> {
         let sql = "SELECT up_to_seq FROM ack_state WHERE node_id = $1 AND boot_id = $2";
         let v: Option<i64> = match self {
-            Store::Postgres(p) => {
-                sqlx::query_scalar(sql)
-                    .bind(node_id)
-                    .bind(boot_id)
-                    .fetch_optional(p)
-                    .await?
-            }
-            Store::Sqlite(p) => {
-                sqlx::query_scalar(sql)
-                    .bind(node_id)
-                    .bind(boot_id)
-                    .fetch_optional(p)
-                    .await?
-            }
+            Store::Postgres(p) => sqlx::query_scalar(sql).bind(node_id).bind(boot_id).fetch_optional(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(sql).bind(node_id).bind(boot_id).fetch_optional(p).await?,
         };
         Ok(v.and_then(|v| u64::try_from(v).ok()))
     }
@@ -169,11 +159,8 @@ impl Store {
         bucket_s: u32,
         limit: usize,
     ) -> Result<QueryResult, ControllerError> {
-        let cap = if bucket_s == 0 {
-            i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
-        } else {
-            MAX_ROWS_SCANNED
-        };
+        let cap =
+            if bucket_s == 0 { i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1) } else { MAX_ROWS_SCANNED };
         let rows: Vec<(i64, f64)> = match self {
             Store::Postgres(p) => sqlx::query(
                 "SELECT (extract(epoch FROM ts) * 1000)::int8 AS t, value FROM telemetry \
@@ -207,38 +194,18 @@ impl Store {
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<f64, _>(1)?)))
             .collect::<Result<_, sqlx::Error>>()?,
         };
-        Ok(aggregate(
-            &rows,
-            bucket_s,
-            limit,
-            rows.len() as i64 >= cap && bucket_s > 0,
-        ))
+        Ok(aggregate(&rows, bucket_s, limit, rows.len() as i64 >= cap && bucket_s > 0))
     }
 }
 
 /// Turns time-ordered raw rows into points: one per row, or one per bucket.
-fn aggregate(
-    rows: &[(i64, f64)],
-    bucket_s: u32,
-    limit: usize,
-    scan_truncated: bool,
-) -> QueryResult {
+fn aggregate(rows: &[(i64, f64)], bucket_s: u32, limit: usize, scan_truncated: bool) -> QueryResult {
     let mut points: Vec<TelemetryPoint> = Vec::new();
     if bucket_s == 0 {
         for &(t, v) in rows.iter().take(limit) {
-            points.push(TelemetryPoint {
-                time_unix_ms: t,
-                avg: v,
-                min: v,
-                max: v,
-                last: v,
-                count: 1,
-            });
+            points.push(TelemetryPoint { time_unix_ms: t, avg: v, min: v, max: v, last: v, count: 1 });
         }
-        return QueryResult {
-            points,
-            truncated: rows.len() > limit,
-        };
+        return QueryResult { points, truncated: rows.len() > limit };
     }
     let width = i64::from(bucket_s) * 1000;
     let mut sum = 0.0;
@@ -255,34 +222,17 @@ fn aggregate(
             }
             _ => {
                 if points.len() == limit {
-                    return QueryResult {
-                        points,
-                        truncated: true,
-                    };
+                    return QueryResult { points, truncated: true };
                 }
                 sum = v;
-                points.push(TelemetryPoint {
-                    time_unix_ms: start,
-                    avg: v,
-                    min: v,
-                    max: v,
-                    last: v,
-                    count: 1,
-                });
+                points.push(TelemetryPoint { time_unix_ms: start, avg: v, min: v, max: v, last: v, count: 1 });
             }
         }
     }
-    QueryResult {
-        points,
-        truncated: scan_truncated,
-    }
+    QueryResult { points, truncated: scan_truncated }
 }
 
-async fn write_pg(
-    pool: &PgPool,
-    batches: &[TelemetryBatch],
-    marks: &[AckMark],
-) -> Result<u64, ControllerError> {
+async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) -> Result<u64, ControllerError> {
     let n: usize = batches.iter().map(|b| b.samples.len()).sum();
     let (mut nodes, mut boots, mut seqs, mut ts, mut metrics, mut values) = (
         Vec::with_capacity(n),
@@ -343,19 +293,15 @@ async fn write_sqlite(
     batches: &[TelemetryBatch],
     marks: &[AckMark],
 ) -> Result<u64, ControllerError> {
-    let rows = batches.iter().flat_map(|b| {
-        b.samples
-            .iter()
-            .enumerate()
-            .map(move |(i, s)| (b, i64_of(b.first_seq + i as u64), s))
-    });
+    let rows = batches
+        .iter()
+        .flat_map(|b| b.samples.iter().enumerate().map(move |(i, s)| (b, i64_of(b.first_seq + i as u64), s)));
     let rows: Vec<_> = rows.collect();
     let mut tx = pool.begin().await?;
     let mut inserted = 0;
     for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::new(
-            "INSERT OR IGNORE INTO telemetry (node_id, boot_id, seq, ts_ms, metric, value) ",
-        );
+        let mut qb =
+            QueryBuilder::new("INSERT OR IGNORE INTO telemetry (node_id, boot_id, seq, ts_ms, metric, value) ");
         qb.push_values(chunk, |mut r, (b, seq, s)| {
             r.push_bind(b.node_id.as_str())
                 .push_bind(b.boot_id.as_str())
@@ -390,14 +336,11 @@ mod tests {
 
     #[test]
     fn buckets_aggregate_avg_min_max_last() {
-        let rows = [(1000, 1.0), (1500, 3.0), (2000, 10.0), (4999, 2.0)];
+        let rows = [(1000, 1.0), (1500, 3.0), (2000, 10.0), (3999, 2.0)];
         let r = aggregate(&rows, 2, 10, false);
         assert_eq!(r.points.len(), 2);
         let p = &r.points[0];
-        assert_eq!(
-            (p.time_unix_ms, p.count, p.min, p.max, p.last),
-            (0, 2, 1.0, 3.0, 3.0)
-        );
+        assert_eq!((p.time_unix_ms, p.count, p.min, p.max, p.last), (0, 2, 1.0, 3.0, 3.0));
         assert!((p.avg - 2.0).abs() < 1e-12);
         let q = &r.points[1];
         assert_eq!((q.time_unix_ms, q.count, q.last), (2000, 2, 2.0));
