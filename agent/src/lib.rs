@@ -150,6 +150,10 @@ impl Agent {
     }
 
     fn publish_status(&mut self, state: NodeState, sampler: Option<&Sampler>) {
+        if !self.link.conn.borrow().connected {
+            // Sent again on connect; while away the broker's last will speaks for us.
+            return;
+        }
         let bytes = self.status(state, sampler).encode_to_vec();
         if let Err(e) = self.link.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, bytes) {
             self.counters.publish_failures += 1;
@@ -157,7 +161,33 @@ impl Agent {
         }
     }
 
-    /// Hands due batches to the MQTT client (only while connected).
+    /// Publishes fresh batches at once, ahead of any backlog, so live data is
+    /// never starved by a replay; batches the client refuses wait in the outbox.
+    fn publish_live(&mut self, batches: Vec<TelemetryBatch>) {
+        let connected = self.link.conn.borrow().connected;
+        for mut b in batches {
+            if connected {
+                b.low_water_seq = self.outbox.low_water(&b.boot_id, b.first_seq);
+                let bytes = b.encode_to_vec();
+                match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, bytes) {
+                    Ok(()) => {
+                        self.counters.batches_published += 1;
+                        self.outbox.push_sent(b, Instant::now().into_std());
+                        continue;
+                    }
+                    Err(e) => {
+                        self.counters.publish_failures += 1;
+                        tracing::debug!(error = %e, "MQTT client queue full; batch stays in the outbox.");
+                    }
+                }
+            }
+            self.outbox.push(b);
+        }
+    }
+
+    /// Hands due batches (never sent, or unacknowledged past the ack timeout)
+    /// to the MQTT client, oldest first and at most `RESEND_PER_TICK` a call;
+    /// only while connected.
     fn deliver(&mut self) {
         if !self.link.conn.borrow().connected {
             return;
@@ -313,10 +343,7 @@ fn flush(agent: &mut Agent, next_seq: &mut u64, pending: &mut Vec<Sample>) {
         agent.cfg.telemetry.max_batch_samples,
         agent.cfg.mqtt.max_payload_bytes,
     );
-    for b in batches {
-        agent.outbox.push(b);
-    }
-    agent.deliver();
+    agent.publish_live(batches);
 }
 
 #[cfg(test)]

@@ -72,6 +72,21 @@ impl Outbox {
         self.entries.push_back(Entry { batch, last_sent: None });
     }
 
+    /// Adds a batch that was just handed to the MQTT client at `now`.
+    pub fn push_sent(&mut self, batch: TelemetryBatch, now: Instant) {
+        self.push(batch);
+        if let Some(e) = self.entries.back_mut() {
+            e.last_sent = Some(now);
+        }
+    }
+
+    /// The lowest seq of `boot_id` still held (what `low_water_seq` says);
+    /// `default` when the outbox holds nothing of that run.
+    #[must_use]
+    pub fn low_water(&self, boot_id: &str, default: u64) -> u64 {
+        self.entries.iter().find(|e| e.batch.boot_id == boot_id).map_or(default, |e| e.batch.first_seq)
+    }
+
     /// Removes every batch the ack covers; returns the samples acknowledged.
     pub fn ack(&mut self, ack: &Ack) -> u64 {
         let mut acked = 0;

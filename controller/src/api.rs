@@ -28,6 +28,8 @@ const WATCH_STREAM_BUFFER: usize = 256;
 pub struct Api {
     pub registry: Registry,
     pub store: Store,
+    /// Ends open WatchNodes streams when the controller stops, so shutdown never waits on a client.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
@@ -63,30 +65,12 @@ impl FleetService for Api {
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let mut changes = self.registry.subscribe();
         let registry = self.registry.clone();
-        // Ends when the client goes away (send fails) or the registry is dropped.
+        let shutdown = self.shutdown.clone();
+        // Ends when the client goes away (send fails) or the controller stops.
         tokio::spawn(async move {
-            for n in registry.list() {
-                if tx.send(Ok(n)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                match changes.recv().await {
-                    Ok(n) => {
-                        if tx.send(Ok(n)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Too slow to follow every change: send the whole view again.
-                        for n in registry.list() {
-                            if tx.send(Ok(n)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
+            tokio::select! {
+                () = forward_changes(registry, &mut changes, &tx) => {}
+                () = shutdown.cancelled() => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -124,5 +108,36 @@ impl FleetService for Api {
             points: r.points,
             truncated: r.truncated,
         }))
+    }
+}
+
+/// Sends the whole view, then every change; the whole view again after a lag.
+async fn forward_changes(
+    registry: Registry,
+    changes: &mut broadcast::Receiver<Node>,
+    tx: &mpsc::Sender<Result<Node, Status>>,
+) {
+    for n in registry.list() {
+        if tx.send(Ok(n)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        match changes.recv().await {
+            Ok(n) => {
+                if tx.send(Ok(n)).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Too slow to follow every change: send the whole view again.
+                for n in registry.list() {
+                    if tx.send(Ok(n)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }

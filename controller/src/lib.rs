@@ -137,7 +137,7 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
-        let api = api::Api { registry: registry.clone(), store: store.clone() };
+        let api = api::Api { registry: registry.clone(), store: store.clone(), shutdown: shutdown.clone() };
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let r = tonic::transport::Server::builder()
