@@ -14,26 +14,27 @@ const T: Duration = Duration::from_secs(15);
 
 /// Controller + 3 agents: all online, rows for each, a clean stop loses
 /// nothing, a crash turns offline through the last will.
-async fn three_agent_fleet(cfg: ControllerConfig) -> anyhow::Result<()> {
+async fn three_agent_fleet(cfg: ControllerConfig, prefix: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let c = Controller::start(cfg, stop.clone()).await?;
     let mut agents: Vec<_> =
-        (0..3).map(|i| AgentHandle::spawn(agent_config(&format!("node-{i}"), &c.mqtt_url, dir.path()))).collect();
+        (0..3).map(|i| AgentHandle::spawn(agent_config(&format!("{prefix}{i}"), &c.mqtt_url, dir.path()))).collect();
     let mut api = grpc(c.grpc_addr).await?;
 
     wait_for(T, "ListNodes to show 3 online nodes", || {
         let mut api = api.clone();
         async move {
             let nodes = list_nodes(&mut api).await.ok()?;
-            (nodes.iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)).count()
-                == 3)
-                .then_some(())
+            let online = |n: &&fleet_proto::v1::Node| {
+                n.node_id.starts_with(prefix) && n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)
+            };
+            (nodes.iter().filter(online).count() == 3).then_some(())
         }
     })
     .await?;
     for i in 0..3 {
-        let node = format!("node-{i}");
+        let node = format!("{prefix}{i}");
         let store = c.store.clone();
         wait_for(T, &format!("telemetry rows of {node} in the store"), || {
             let (store, node) = (store.clone(), node.clone());
@@ -45,7 +46,7 @@ async fn three_agent_fleet(cfg: ControllerConfig) -> anyhow::Result<()> {
     // Query the API: raw and bucketed.
     let raw = api
         .query_telemetry(QueryTelemetryRequest {
-            node_id: "node-2".into(),
+            node_id: format!("{prefix}2"),
             metric: "soc.temp_c".into(),
             start_unix_ms: 0,
             end_unix_ms: 0,
@@ -58,7 +59,7 @@ async fn three_agent_fleet(cfg: ControllerConfig) -> anyhow::Result<()> {
     assert!(raw.points.iter().all(|p| p.count == 1 && p.avg > -50.0 && p.avg < 150.0));
     let bucketed = api
         .query_telemetry(QueryTelemetryRequest {
-            node_id: "node-2".into(),
+            node_id: format!("{prefix}2"),
             metric: "soc.temp_c".into(),
             start_unix_ms: 0,
             end_unix_ms: 0,
@@ -75,23 +76,25 @@ async fn three_agent_fleet(cfg: ControllerConfig) -> anyhow::Result<()> {
     let report = a0.stop().await?;
     assert_eq!(report.batches_kept, 0, "{report:?}");
     assert_eq!(report.counters.samples_acked, report.counters.samples_taken, "{report:?}");
-    assert_eq!(c.store.count_samples(Some("node-0")).await?, report.counters.samples_taken);
-    wait_for(T, "node-0 to be offline after its clean stop", || {
+    assert_eq!(c.store.count_samples(Some(&format!("{prefix}0"))).await?, report.counters.samples_taken);
+    wait_for(T, "node 0 to be offline after its clean stop", || {
         let mut api = api.clone();
-        async move { (state_of(&list_nodes(&mut api).await.ok()?, "node-0")? == NodeState::Offline).then_some(()) }
+        let node = format!("{prefix}0");
+        async move { (state_of(&list_nodes(&mut api).await.ok()?, &node)? == NodeState::Offline).then_some(()) }
     })
     .await?;
 
     // A crash: the broker publishes the last will.
     agents.remove(0).crash();
-    wait_for(T, "node-1 to turn offline through its last will", || {
+    wait_for(T, "node 1 to turn offline through its last will", || {
         let mut api = api.clone();
-        async move { (state_of(&list_nodes(&mut api).await.ok()?, "node-1")? == NodeState::Offline).then_some(()) }
+        let node = format!("{prefix}1");
+        async move { (state_of(&list_nodes(&mut api).await.ok()?, &node)? == NodeState::Offline).then_some(()) }
     })
     .await?;
-    assert_eq!(state_of(&list_nodes(&mut api).await?, "node-2"), Some(NodeState::Online));
+    assert_eq!(state_of(&list_nodes(&mut api).await?, &format!("{prefix}2")), Some(NodeState::Online));
 
-    let node = api.get_node(GetNodeRequest { node_id: "node-2".into() }).await?.into_inner();
+    let node = api.get_node(GetNodeRequest { node_id: format!("{prefix}2") }).await?.into_inner();
     assert!(node.samples_stored > 0);
     for a in agents {
         a.stop().await?;
@@ -104,7 +107,7 @@ async fn three_agent_fleet(cfg: ControllerConfig) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_and_sqlite() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    three_agent_fleet(controller_config(dir.path(), "", "")).await
+    three_agent_fleet(controller_config(dir.path(), "", ""), "node-").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +115,27 @@ async fn mosquitto_and_postgres() -> anyhow::Result<()> {
     let broker = Mosquitto::start().await?;
     let db = TestDb::create().await?;
     let dir = tempfile::tempdir()?;
-    three_agent_fleet(controller_config(dir.path(), &broker.url, &db.url)).await?;
+    three_agent_fleet(controller_config(dir.path(), &broker.url, &db.url), "node-").await?;
+    db.cleanup().await
+}
+
+/// The same on the Mosquitto that scripts/test started (FLEET_TEST_MQTT_URL), which other
+/// runs share: node ids are unique to this run and only they are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mosquitto_from_scripts_test_and_postgres() -> anyhow::Result<()> {
+    let own;
+    let url = match std::env::var("FLEET_TEST_MQTT_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            eprintln!("FLEET_TEST_MQTT_URL is not set (scripts/test sets it): using a Mosquitto of this test's own");
+            own = Mosquitto::start().await?;
+            own.url.clone()
+        }
+    };
+    let db = TestDb::create().await?;
+    let dir = tempfile::tempdir()?;
+    let prefix = format!("shared-{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    three_agent_fleet(controller_config(dir.path(), &url, &db.url), &prefix).await?;
     db.cleanup().await
 }
 
@@ -284,6 +307,26 @@ async fn grpc_bad_arguments_health_and_not_found() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // Reflection lists our service, so grpcurl works without the .proto files.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr))?.connect().await?;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await?.and_then(|r| r.message_response)
+    else {
+        anyhow::bail!("reflection did not list services");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "fleet.v1.FleetService"), "{names:?}");
+    assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
     stop.cancel();
     c.wait().await;
     Ok(())
