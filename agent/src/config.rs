@@ -72,6 +72,9 @@ pub struct TelemetryConfig {
     /// Status republish interval. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// Wait for acks at shutdown. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// Which board implementation the agent reads.
@@ -134,6 +137,7 @@ impl Default for TelemetryConfig {
             ack_timeout: Duration::from_secs(15),
             max_unacked_batches: 3600,
             status_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -28,8 +28,6 @@ use config::HardwareBackend;
 use outbox::Outbox;
 use sampler::Sampler;
 
-/// How long a clean shutdown waits for the controller to acknowledge the last batches.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// File in `data_dir` holding batches still unacknowledged at shutdown.
 pub const UNSENT_FILE: &str = "unsent.pb";
 /// Batches (re)sent per delivery tick at most, so a backlog cannot starve live data.
@@ -207,16 +205,13 @@ impl Agent {
         }
     }
 
-    fn take_acks(&mut self) {
-        let ack = self.link.acks.borrow_and_update().clone();
-        if let Some(ack) = ack {
-            self.counters.samples_acked += self.outbox.ack(&ack);
-        }
+    fn take_ack(&mut self, ack: &fleet_proto::v1::Ack) {
+        self.counters.samples_acked += self.outbox.ack(ack);
     }
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops cleanly: the last
-/// samples are cut into a batch, the agent waits up to 5 s for the
+/// samples are cut into a batch, the agent waits up to `shutdown_grace` for the
 /// controller's ack, publishes its offline status, disconnects, and keeps any
 /// unacknowledged batch in `data_dir` for the next start.
 ///
@@ -275,7 +270,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let mut deliver_tick = interval((tcfg.ack_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     deliver_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn = agent.link.conn.clone();
-    let mut acks = agent.link.acks.clone();
 
     loop {
         tokio::select! {
@@ -297,21 +291,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
                     agent.deliver();
                 }
             }
-            Ok(()) = acks.changed() => {
-                acks.mark_unchanged();
-                agent.take_acks();
-            }
+            Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
         }
     }
 
     // Clean shutdown: nothing sampled is silently lost.
     flush(&mut agent, &mut next_seq, &mut pending);
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let deadline = Instant::now() + tcfg.shutdown_grace;
     while !agent.outbox.is_empty() && Instant::now() < deadline {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             _ = deliver_tick.tick() => agent.deliver(),
-            Ok(()) = acks.changed() => { acks.mark_unchanged(); agent.take_acks(); }
+            Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
         }
     }
     agent.publish_status(NodeState::Offline, Some(&sampler));

@@ -1,6 +1,7 @@
 //! The MQTT connection: drives rumqttc's event loop, reconnects with backoff,
 //! and hands the agent connection changes and controller acks through
-//! `watch` channels (latest value wins, so the driver never blocks on the agent).
+//! a `watch` (latest state wins) and a bounded queue of acks filled with
+//! `try_send`, so the driver never blocks on the agent.
 
 use std::time::Duration;
 
@@ -8,11 +9,14 @@ use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::Ack;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 pub use fleet_proto::parse_mqtt_url;
+
+/// Acks buffered between the MQTT driver and the agent loop.
+const ACK_QUEUE: usize = 256;
 
 /// Connection state as the driver last saw it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +30,9 @@ pub struct ConnState {
 pub struct MqttLink {
     pub client: AsyncClient,
     pub conn: watch::Receiver<ConnState>,
-    pub acks: watch::Receiver<Option<Ack>>,
+    /// Acks from the controller. Bounded; a full queue drops the ack (the next
+    /// one, or the retained one after a resend, covers the same seqs).
+    pub acks: mpsc::Receiver<Ack>,
     /// Stops the driver once the agent has said goodbye.
     pub stop: CancellationToken,
     /// The driver task; aborted if the agent is dropped (e.g. a crash in tests).
@@ -47,7 +53,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (conn_tx, conn) = watch::channel(ConnState::default());
-    let (ack_tx, acks) = watch::channel(None);
+    let (ack_tx, acks) = mpsc::channel(ACK_QUEUE);
     let stop = CancellationToken::new();
     let driver = tokio::spawn(drive(
         eventloop,
@@ -67,7 +73,7 @@ async fn drive(
     ack_topic: String,
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
-    ack_tx: watch::Sender<Option<Ack>>,
+    ack_tx: mpsc::Sender<Ack>,
     stop: CancellationToken,
 ) {
     let mut backoff = backoff_min;
@@ -90,7 +96,9 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match Ack::decode(p.payload) {
                 Ok(ack) => {
-                    ack_tx.send_replace(Some(ack));
+                    if ack_tx.try_send(ack).is_err() {
+                        tracing::debug!("Ack queue full; the ack is dropped (a later one covers it).");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")

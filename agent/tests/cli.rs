@@ -28,3 +28,44 @@ fn bad_config_file_fails_at_start_with_file_key_and_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// SIGTERM with no broker in reach: the agent exits cleanly and keeps every
+/// batch it could not deliver, for the next start.
+#[test]
+fn sigterm_without_broker_keeps_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = \"sig\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             [telemetry]\ninterval = \"100ms\"\nflush_interval = \"100ms\"\nshutdown_grace = \"200ms\"\n\
+             [hardware]\nbackend = \"sim\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN).arg("--config").arg(&cfg).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "agent did not stop within 10 s of SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let kept = std::fs::read(dir.path().join("state").join(fleet_agent::UNSENT_FILE)).unwrap();
+    let mut rest = kept.as_slice();
+    let mut batches = 0;
+    while !rest.is_empty() {
+        let b = <fleet_proto::v1::TelemetryBatch as prost::Message>::decode_length_delimited(&mut rest).unwrap();
+        assert_eq!(b.node_id, "sig");
+        batches += 1;
+    }
+    assert!(batches >= 5, "kept {batches} batches");
+}

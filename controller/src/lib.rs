@@ -29,6 +29,9 @@ use metrics::Metrics;
 use registry::Registry;
 use store::Store;
 
+/// How long `Controller::start` waits for the broker to confirm ingest's subscriptions.
+const INGEST_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Errors of the controller library; mapped to gRPC codes in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -112,6 +115,7 @@ impl Controller {
         let (client, eventloop) =
             ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password).map_err(ControllerError::Config)?;
         let (writer_tx, writer_rx) = mpsc::channel(cfg.ingest.queue_batches);
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
         let writer = ingest::writer::Writer {
             store: store.clone(),
             registry: registry.clone(),
@@ -127,8 +131,15 @@ impl Controller {
             metrics: metrics.clone(),
             writer_tx,
             max_payload_bytes: cfg.mqtt.max_payload_bytes,
+            ready: ready_tx,
         };
         tasks.spawn(reader.run(shutdown.clone()));
+        // Start serving once ingest is subscribed, so nothing published right
+        // after start is missed; an external broker that is down only delays this.
+        let subscribed = tokio::time::timeout(INGEST_READY_WAIT, ready.wait_for(|r| *r)).await;
+        if !matches!(subscribed, Ok(Ok(_))) {
+            tracing::warn!(%mqtt_url, "MQTT broker not reachable yet; ingest keeps retrying in the background.");
+        }
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<api::Api>>().await;

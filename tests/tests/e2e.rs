@@ -378,3 +378,38 @@ async fn agent_reconnects_with_backoff_and_loses_nothing() -> anyhow::Result<()>
     c.wait().await;
     Ok(())
 }
+
+/// Batches still unacknowledged at a clean shutdown are kept on disk and
+/// delivered by the next start: every sample of both runs is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_kept_at_shutdown_arrive_after_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut cfg = agent_config("keeper", &format!("mqtt://127.0.0.1:{port}"), dir.path());
+    cfg.telemetry.shutdown_grace = Duration::from_millis(100);
+    let first = AgentHandle::spawn(cfg.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r1 = first.stop().await?;
+    assert!(r1.batches_kept > 0, "{r1:?}");
+    assert_eq!(r1.counters.samples_acked, 0);
+
+    let mut ccfg = controller_config(dir.path(), "", "");
+    ccfg.mqtt.embedded_listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stop = CancellationToken::new();
+    let c = Controller::start(ccfg, stop.clone()).await?;
+    cfg.telemetry.shutdown_grace = Duration::from_secs(5);
+    let second = AgentHandle::spawn(cfg);
+    let store = c.store.clone();
+    let want = r1.counters.samples_taken + 30;
+    wait_for(T, "the first run's kept samples and some of the second's in the store", || {
+        let store = store.clone();
+        async move { (store.count_samples(Some("keeper")).await.ok()? >= want).then_some(()) }
+    })
+    .await?;
+    let r2 = second.stop().await?;
+    assert_eq!(r2.batches_kept, 0, "{r2:?}");
+    assert_eq!(c.store.count_samples(Some("keeper")).await?, r1.counters.samples_taken + r2.counters.samples_taken);
+    stop.cancel();
+    c.wait().await;
+    Ok(())
+}

@@ -53,6 +53,8 @@ pub struct Reader {
     /// The writer's queue. Bounded: a full queue makes the reader wait.
     pub writer_tx: mpsc::Sender<TelemetryBatch>,
     pub max_payload_bytes: usize,
+    /// True while connected with every subscription acknowledged by the broker.
+    pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -137,7 +139,9 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
 impl Reader {
     /// Reads until `shutdown`; reconnects with backoff on broker errors.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes } = self;
+        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes, ready } = self;
+        let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
+        let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
         let handler = Handler { registry, metrics, writer_tx, max_payload_bytes };
         let mut limiter = LogLimiter::default();
@@ -160,6 +164,12 @@ impl Reader {
                     }
                     tracing::info!("Controller connected to the MQTT broker.");
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subacks += 1;
+                    if subacks == channels.len() {
+                        ready.send_replace(true);
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if handler.handle(p, &mut limiter, &shutdown).await.is_err() {
                         break;
@@ -173,6 +183,7 @@ impl Reader {
                         tracing::debug!(error = %e, "Controller cannot reach the MQTT broker yet.");
                     }
                     connected = false;
+                    ready.send_replace(false);
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
