@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub telemetry: TelemetryConfig,
     /// Which board to read.
     pub hardware: HardwareConfig,
+    /// The disk spool.
+    pub spool: crate::spool::SpoolConfig,
 }
 
 /// `[mqtt]`: how the agent reaches its broker.
@@ -67,8 +69,6 @@ pub struct TelemetryConfig {
     /// Resend after this long without the controller's ack. Default 15 s.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
-    /// Unacknowledged batches kept. Default 3600.
-    pub max_unacked_batches: usize,
     /// Status republish interval. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
@@ -110,6 +110,7 @@ impl Default for AgentConfig {
             mqtt: MqttConfig::default(),
             telemetry: TelemetryConfig::default(),
             hardware: HardwareConfig::default(),
+            spool: crate::spool::SpoolConfig::default(),
         }
     }
 }
@@ -135,7 +136,6 @@ impl Default for TelemetryConfig {
             flush_interval: Duration::from_secs(1),
             max_batch_samples: 512,
             ack_timeout: Duration::from_secs(15),
-            max_unacked_batches: 3600,
             status_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -195,11 +195,10 @@ impl AgentConfig {
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             return Err("key `mqtt.keep_alive`: use at least 1s".into());
         }
-        if t.max_batch_samples == 0 || t.max_unacked_batches == 0 {
-            return Err(
-                "keys `telemetry.max_batch_samples` and `telemetry.max_unacked_batches` must be at least 1".into()
-            );
+        if t.max_batch_samples == 0 {
+            return Err("key `telemetry.max_batch_samples` must be at least 1".into());
         }
+        self.spool.validate()?;
         if self.mqtt.max_payload_bytes < 1024 {
             return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
         }

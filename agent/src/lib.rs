@@ -6,11 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod outbox;
 pub mod sampler;
+pub mod spool;
 pub mod uplink;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_hardware::Board;
@@ -25,31 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
 use config::HardwareBackend;
-use outbox::Outbox;
 use sampler::Sampler;
-
-/// File in `data_dir` holding batches still unacknowledged at shutdown.
-pub const UNSENT_FILE: &str = "unsent.pb";
-/// Batches (re)sent per delivery tick at most, so a backlog cannot starve live data.
-const RESEND_PER_TICK: usize = 64;
+use spool::{Position, Spool};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("configuration error: {0}")]
     Config(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl AgentError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        AgentError::Io { path: path.to_owned(), source }
-    }
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// What the agent did, returned when it stops.
@@ -58,8 +42,8 @@ pub struct AgentReport {
     pub node_id: String,
     pub boot_id: String,
     pub counters: AgentCounters,
-    /// Batches still unacknowledged at exit, kept in `data_dir` for the next start.
-    pub batches_kept: usize,
+    /// Batches still unacknowledged at exit, kept in the spool for the next start.
+    pub batches_kept: u64,
 }
 
 /// The node id to use: the configured one, else the hostname.
@@ -120,17 +104,20 @@ struct Agent {
     boot_id: String,
     hostname: String,
     counters: AgentCounters,
-    outbox: Outbox,
+    spool: Spool,
     link: uplink::MqttLink,
     telemetry_topic: String,
     status_topic: String,
+    /// Spool errors so far; the first of a streak is logged at ERROR.
+    spool_errors: u64,
 }
 
 impl Agent {
+    fn connected(&self) -> bool {
+        self.link.conn.borrow().connected
+    }
+
     fn status(&self, state: NodeState, sampler: Option<&Sampler>) -> NodeStatus {
-        let mut counters = self.counters;
-        counters.batches_unacked = self.outbox.len() as u64;
-        counters.batches_dropped = self.outbox.dropped_batches;
         NodeStatus {
             node_id: self.node_id.clone(),
             boot_id: self.boot_id.clone(),
@@ -138,7 +125,7 @@ impl Agent {
             time_unix_ms: fleet_proto::now_unix_ms(),
             hostname: self.hostname.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            counters: Some(counters),
+            counters: Some(self.counters()),
             vitals: sampler.map(|s| s.vitals),
             power_profile: 0,
             labels: self.cfg.labels.clone().into_iter().collect(),
@@ -147,8 +134,20 @@ impl Agent {
         }
     }
 
+    fn counters(&self) -> AgentCounters {
+        let st = self.spool.stats();
+        let mut c = self.counters;
+        c.batches_unacked = self.spool.pending();
+        c.batches_dropped += st.dropped_batches;
+        c.samples_dropped += st.dropped_samples;
+        c.spool_bytes = self.spool.bytes();
+        c.spool_quarantined_segments = st.quarantined_segments;
+        c.spool_torn_tails = st.torn_tails_truncated;
+        c
+    }
+
     fn publish_status(&mut self, state: NodeState, sampler: Option<&Sampler>) {
-        if !self.link.conn.borrow().connected {
+        if !self.connected() {
             // Sent again on connect; while away the broker's last will speaks for us.
             return;
         }
@@ -159,61 +158,101 @@ impl Agent {
         }
     }
 
-    /// Publishes fresh batches at once, ahead of any backlog, so live data is
-    /// never starved by a replay; batches the client refuses wait in the outbox.
-    fn publish_live(&mut self, batches: Vec<TelemetryBatch>) {
-        let connected = self.link.conn.borrow().connected;
-        for mut b in batches {
-            if connected {
-                b.low_water_seq = self.outbox.low_water(&b.boot_id, b.first_seq);
-                let bytes = b.encode_to_vec();
-                match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, bytes) {
-                    Ok(()) => {
-                        self.counters.batches_published += 1;
-                        self.outbox.push_sent(b, Instant::now().into_std());
-                        continue;
-                    }
-                    Err(e) => {
-                        self.counters.publish_failures += 1;
-                        tracing::debug!(error = %e, "MQTT client queue full; batch stays in the outbox.");
-                    }
-                }
-            }
-            self.outbox.push(b);
+    fn spool_error(&mut self, e: &spool::SpoolError) {
+        self.spool_errors += 1;
+        if self.spool_errors == 1 || self.spool_errors.is_power_of_two() {
+            tracing::error!(error = %e, errors = self.spool_errors, "Spool error; telemetry may be lost.");
         }
     }
 
-    /// Hands due batches (never sent, or unacknowledged past the ack timeout)
-    /// to the MQTT client, oldest first and at most `RESEND_PER_TICK` a call;
-    /// only while connected.
-    fn deliver(&mut self) {
-        if !self.link.conn.borrow().connected {
-            return;
+    /// Hands one batch to the MQTT client; a refusal leaves it to be resent.
+    fn send(&mut self, pos: Position, b: &TelemetryBatch) -> bool {
+        match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, b.encode_to_vec()) {
+            Ok(()) => {
+                self.counters.batches_published += 1;
+                true
+            }
+            Err(e) => {
+                self.counters.publish_failures += 1;
+                self.spool.send_failed(pos);
+                tracing::debug!(error = %e, "MQTT client queue full; the batch waits in the spool.");
+                false
+            }
         }
-        let due = self.outbox.due(Instant::now().into_std(), self.cfg.telemetry.ack_timeout, RESEND_PER_TICK);
-        for b in due {
-            let bytes = b.encode_to_vec();
-            match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, bytes) {
-                Ok(()) => self.counters.batches_published += 1,
+    }
+
+    /// Appends fresh batches to the spool and, while connected, publishes them
+    /// at once (ahead of any backlog, so a replay never starves live data).
+    fn append_and_send(&mut self, batches: Vec<TelemetryBatch>) {
+        let now = Instant::now().into_std();
+        for b in batches {
+            match self.spool.append(&b) {
+                Ok(pos) => {
+                    if self.connected() {
+                        match self.spool.take_live(pos, &b, now) {
+                            Ok(Some(out)) => {
+                                self.send(pos, &out);
+                            }
+                            Ok(None) => {}
+                            Err(e) => self.spool_error(&e),
+                        }
+                    }
+                }
                 Err(e) => {
-                    self.counters.publish_failures += 1;
-                    self.outbox.mark_unsent(&b.boot_id, b.first_seq);
-                    tracing::debug!(error = %e, "MQTT client queue full; batch stays in the outbox.");
+                    self.counters.batches_dropped += 1;
+                    self.counters.samples_dropped += b.samples.len() as u64;
+                    self.spool_error(&e);
+                }
+            }
+        }
+    }
+
+    /// Group commit by time, backlog replay at its rate, resends of batches
+    /// unacknowledged past the ack timeout, cursor persistence.
+    fn deliver(&mut self, replay_per_tick: usize) {
+        let now = Instant::now().into_std();
+        if let Err(e) = self.spool.maybe_sync(now) {
+            self.spool_error(&e);
+        }
+        if self.connected() {
+            let mut out = match self.spool.resends(now, self.cfg.telemetry.ack_timeout, replay_per_tick) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.spool_error(&e);
+                    Vec::new()
+                }
+            };
+            match self.spool.replay(now, replay_per_tick) {
+                Ok(v) => out.extend(v),
+                Err(e) => self.spool_error(&e),
+            }
+            for (pos, b) in out {
+                if !self.send(pos, &b) {
                     break;
                 }
             }
         }
+        if let Err(e) = self.spool.persist_cursor() {
+            self.spool_error(&e);
+        }
     }
 
     fn take_ack(&mut self, ack: &fleet_proto::v1::Ack) {
-        self.counters.samples_acked += self.outbox.ack(ack);
+        match self.spool.ack(ack) {
+            Ok(n) => self.counters.samples_acked += n,
+            Err(e) => self.spool_error(&e),
+        }
     }
 }
 
+/// How often the delivery tick runs (replay is paced per tick).
+const DELIVER_TICK: Duration = Duration::from_millis(100);
+
 /// Runs the agent until `shutdown` is cancelled, then stops cleanly: the last
-/// samples are cut into a batch, the agent waits up to `shutdown_grace` for the
-/// controller's ack, publishes its offline status, disconnects, and keeps any
-/// unacknowledged batch in `data_dir` for the next start.
+/// samples are cut into a batch and written to the spool, the agent waits up
+/// to `shutdown_grace` for the controller's acks, publishes its offline
+/// status, disconnects, and syncs the spool; what is unacknowledged is sent
+/// after the next start.
 ///
 /// # Errors
 /// Bad configuration, or a data directory that cannot be used.
@@ -225,14 +264,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             cfg.data_dir.display()
         ))
     })?;
-    let unsent_path = cfg.data_dir.join(UNSENT_FILE);
     let boot_id = uuid::Uuid::new_v4().to_string();
     let hostname = sysinfo::System::host_name().unwrap_or_default();
-
-    let mut outbox = Outbox::new(cfg.telemetry.max_unacked_batches);
-    let restored = outbox.restore(&unsent_path)?;
-    if restored > 0 {
-        tracing::info!(batches = restored, "Resending batches kept from the previous run.");
+    let spool = Spool::open(&cfg.data_dir.join("spool"), cfg.spool.clone())?;
+    if spool.pending() > 0 {
+        tracing::info!(
+            batches = spool.pending(),
+            bytes = spool.bytes(),
+            "Spool holds unacknowledged batches; they are sent first."
+        );
     }
 
     let offline = NodeStatus {
@@ -251,9 +291,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         boot_id,
         hostname,
         counters: AgentCounters::default(),
-        outbox,
+        spool,
         link,
         cfg,
+        spool_errors: 0,
     };
     tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, broker = %agent.cfg.mqtt.url, "Agent started.");
 
@@ -261,13 +302,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let mut next_seq: u64 = 0;
     let mut pending: Vec<Sample> = Vec::new();
     let tcfg = agent.cfg.telemetry.clone();
+    let replay_per_tick = (agent.cfg.spool.replay_batches_per_s as usize / 10).max(1);
     let mut sample_tick = interval(tcfg.interval);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut flush_tick = interval(tcfg.flush_interval);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status_tick = interval(tcfg.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut deliver_tick = interval((tcfg.ack_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut deliver_tick = interval(DELIVER_TICK);
     deliver_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn = agent.link.conn.clone();
 
@@ -283,12 +325,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
                 }
             }
             _ = flush_tick.tick() => flush(&mut agent, &mut next_seq, &mut pending),
-            _ = deliver_tick.tick() => agent.deliver(),
+            _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             _ = status_tick.tick() => agent.publish_status(NodeState::Online, Some(&sampler)),
             Ok(()) = conn.changed() => {
                 if conn.borrow_and_update().connected {
+                    agent.spool.on_connect();
                     agent.publish_status(NodeState::Online, Some(&sampler));
-                    agent.deliver();
+                    agent.deliver(replay_per_tick);
+                } else {
+                    agent.spool.on_disconnect();
                 }
             }
             Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
@@ -297,11 +342,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
 
     // Clean shutdown: nothing sampled is silently lost.
     flush(&mut agent, &mut next_seq, &mut pending);
+    if let Err(e) = agent.spool.sync() {
+        agent.spool_error(&e);
+    }
     let deadline = Instant::now() + tcfg.shutdown_grace;
-    while !agent.outbox.is_empty() && Instant::now() < deadline {
+    while agent.spool.pending() > 0 && Instant::now() < deadline {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
-            _ = deliver_tick.tick() => agent.deliver(),
+            _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
         }
     }
@@ -310,14 +358,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let stop = agent.link.stop.clone();
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut agent.link.driver).await;
     stop.cancel();
-    let kept = agent.outbox.persist(&unsent_path)?;
+    let counters = agent.counters();
+    let kept = agent.spool.close()?;
     if kept > 0 {
-        tracing::warn!(batches = kept, path = %unsent_path.display(),
-            "Controller did not acknowledge every batch before shutdown; kept them for the next start.");
+        tracing::warn!(
+            batches = kept,
+            "Not every batch was acknowledged before shutdown; the spool sends them after the next start."
+        );
     }
-    let mut counters = agent.counters;
-    counters.batches_dropped = agent.outbox.dropped_batches;
-    counters.batches_unacked = kept as u64;
     tracing::info!(samples = counters.samples_taken, acked = counters.samples_acked, "Agent stopped.");
     Ok(AgentReport { node_id: agent.node_id, boot_id: agent.boot_id, counters, batches_kept: kept })
 }
@@ -334,7 +382,7 @@ fn flush(agent: &mut Agent, next_seq: &mut u64, pending: &mut Vec<Sample>) {
         agent.cfg.telemetry.max_batch_samples,
         agent.cfg.mqtt.max_payload_bytes,
     );
-    agent.publish_live(batches);
+    agent.append_and_send(batches);
 }
 
 #[cfg(test)]

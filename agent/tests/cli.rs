@@ -29,8 +29,8 @@ fn bad_config_file_fails_at_start_with_file_key_and_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
-/// SIGTERM with no broker in reach: the agent exits cleanly and keeps every
-/// batch it could not deliver, for the next start.
+/// SIGTERM with no broker in reach: the agent exits cleanly and its spool
+/// holds every batch it could not deliver, for the next start.
 #[test]
 fn sigterm_without_broker_keeps_the_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,13 +59,16 @@ fn sigterm_without_broker_keeps_the_batches() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    let kept = std::fs::read(dir.path().join("state").join(fleet_agent::UNSENT_FILE)).unwrap();
-    let mut rest = kept.as_slice();
+    let mut spool =
+        fleet_agent::spool::Spool::open(&dir.path().join("state").join("spool"), Default::default()).unwrap();
     let mut batches = 0;
-    while !rest.is_empty() {
-        let b = <fleet_proto::v1::TelemetryBatch as prost::Message>::decode_length_delimited(&mut rest).unwrap();
-        assert_eq!(b.node_id, "sig");
-        batches += 1;
-    }
+    let mut next = 0;
+    spool
+        .for_each_pending(|b| {
+            assert_eq!((b.node_id.as_str(), b.first_seq), ("sig", next), "contiguous from seq 0");
+            next += b.samples.len() as u64;
+            batches += 1;
+        })
+        .unwrap();
     assert!(batches >= 5, "kept {batches} batches");
 }

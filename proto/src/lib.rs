@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(DesiredState::decode(desired.encode_to_vec().as_slice()).unwrap(), desired);
         let job = Job { job_id: "j".into(), input: Some(job::Input::Text("hi".into())), ..Default::default() };
         assert_eq!(Job::decode(job.encode_to_vec().as_slice()).unwrap(), job);
-        let ack = Ack { boot_id: "b".into(), up_to_seq: 9 };
+        let ack = Ack { boot_id: "b".into(), up_to_seq: 9, committed: vec![SeqRange { start: 20, end: 30 }] };
         assert_eq!(Ack::decode(ack.encode_to_vec().as_slice()).unwrap(), ack);
     }
 

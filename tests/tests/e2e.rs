@@ -191,7 +191,7 @@ async fn redelivery_is_deduplicated(cfg: ControllerConfig) -> anyhow::Result<()>
         async move { got.and_then(|(_, p)| Ack::decode(p.as_slice()).ok()) }
     })
     .await?;
-    assert_eq!(ack, Ack { boot_id: "boot-1".into(), up_to_seq: 49 });
+    assert_eq!(ack, Ack { boot_id: "boot-1".into(), up_to_seq: 49, committed: vec![] });
     client.publish(&topic, QoS::AtLeastOnce, false, b).await?;
     let m = c.metrics.clone();
     wait_for(T, "the second copy to be processed", || {

@@ -50,6 +50,11 @@ impl RunMark {
         }
     }
 
+    /// The lowest `n` committed ranges above the watermark, `[start, end)`.
+    pub fn ranges(&self, n: usize) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().take(n).map(|(&s, &e)| (s, e))
+    }
+
     /// The ack to publish: highest contiguous committed seq, if any.
     #[must_use]
     pub fn up_to(&self) -> Option<u64> {
@@ -95,6 +100,7 @@ mod tests {
         assert_eq!(m.up_to(), Some(9));
         m.commit(20, 30, 0);
         assert_eq!(m.up_to(), Some(9));
+        assert_eq!(m.ranges(8).collect::<Vec<_>>(), [(20, 30)]);
         m.commit(10, 20, 0);
         assert_eq!(m.up_to(), Some(29));
         m.commit(5, 15, 0); // duplicate

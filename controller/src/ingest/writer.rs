@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_proto::topics::{Channel, node_topic};
-use fleet_proto::v1::{Ack, TelemetryBatch};
+use fleet_proto::v1::{Ack, SeqRange, TelemetryBatch};
 use prost::Message;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
@@ -18,6 +18,9 @@ use crate::config::IngestConfig;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::Registry;
 use crate::store::{AckMark, Store};
+
+/// Committed ranges above the watermark sent in each ack, at most.
+const ACK_RANGES: usize = 64;
 
 /// Everything the writer needs.
 pub struct Writer {
@@ -134,7 +137,8 @@ impl Writer {
                 }
                 for ((node, boot), mark) in marks {
                     if let Some(up_to) = mark.up_to() {
-                        let ack = Ack { boot_id: boot.clone(), up_to_seq: up_to };
+                        let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
+                        let ack = Ack { boot_id: boot.clone(), up_to_seq: up_to, committed };
                         match self.client.try_publish(
                             node_topic(&node, Channel::Ack),
                             QoS::AtLeastOnce,
