@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::AgentConfig;
 use config::HardwareBackend;
 use sampler::Sampler;
-use spool::{Position, Spool};
+use spool::{Outgoing, Spool};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -166,8 +166,9 @@ impl Agent {
     }
 
     /// Hands one batch to the MQTT client; a refusal leaves it to be resent.
-    fn send(&mut self, pos: Position, b: &TelemetryBatch) -> bool {
-        match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, b.encode_to_vec()) {
+    fn send(&mut self, out: Outgoing) -> bool {
+        let pos = out.pos;
+        match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, out.wire) {
             Ok(()) => {
                 self.counters.batches_published += 1;
                 true
@@ -191,7 +192,7 @@ impl Agent {
                     if self.connected() {
                         match self.spool.take_live(pos, &b, now) {
                             Ok(Some(out)) => {
-                                self.send(pos, &out);
+                                self.send(out);
                             }
                             Ok(None) => {}
                             Err(e) => self.spool_error(&e),
@@ -226,8 +227,8 @@ impl Agent {
                 Ok(v) => out.extend(v),
                 Err(e) => self.spool_error(&e),
             }
-            for (pos, b) in out {
-                if !self.send(pos, &b) {
+            for o in out {
+                if !self.send(o) {
                     break;
                 }
             }

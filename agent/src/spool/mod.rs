@@ -23,13 +23,14 @@
 //! meanwhile are published at once (live first, backlog interleaved), so a long
 //! outage never starves live data.
 
+pub mod record;
 pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_proto::v1::{Ack, TelemetryBatch};
@@ -48,7 +49,7 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("a batch of {0} bytes is larger than a spool record may be")]
+    #[error("a batch of {0} bytes (or a boot id over 255 bytes) does not fit a spool record")]
     TooLarge(usize),
 }
 
@@ -137,7 +138,7 @@ struct SegInfo {
 #[derive(Debug, Clone)]
 struct InFlight {
     next: Position,
-    boot_id: String,
+    boot_id: Arc<str>,
     first: u64,
     end: u64,
     samples: u64,
@@ -163,12 +164,32 @@ impl KnownAck {
 /// Runs whose acks are remembered.
 const KNOWN_RUNS: usize = 8;
 
-/// What reading a record found.
+/// What reading a record found (its payload is in the caller's buffer).
 enum Read {
-    Record(TelemetryBatch, Position),
+    Record {
+        next: Position,
+        boot_id: Arc<str>,
+        first_seq: u64,
+        samples: u64,
+    },
     End,
-    /// Unreadable from here to the end of its segment; continue there.
+    /// Unreadable from here to the end of its segment (or this record); continue there.
     Skipped(Position),
+}
+
+/// A batch to publish: its place in the spool and its wire bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub pos: Position,
+    pub wire: Vec<u8>,
+}
+
+/// A reader kept at the position where the last read ended, so a replay
+/// streams through a segment with few system calls.
+struct SeqReader {
+    seg: u64,
+    off: u64,
+    inner: BufReader<File>,
 }
 
 /// The spool. See the module documentation.
@@ -197,9 +218,13 @@ pub struct Spool {
     live: bool,
     inflight: BTreeMap<Position, InFlight>,
     known: Vec<KnownAck>,
-    // The last segment file opened for reading.
-    read_cache: Option<(u64, File)>,
-    head: Option<(String, u64)>,
+    reader: Option<SeqReader>,
+    /// Record payload buffer, reused.
+    buf: Vec<u8>,
+    /// Run ids in use, shared by in-flight entries.
+    boots: Vec<Arc<str>>,
+    /// Run and first seq of the record at `acked` (cached).
+    head: Option<(Arc<str>, u64)>,
     stats: SpoolStats,
 }
 
@@ -332,7 +357,9 @@ impl Spool {
             live: false,
             inflight: BTreeMap::new(),
             known: Vec::new(),
-            read_cache: None,
+            reader: None,
+            buf: Vec::new(),
+            boots: Vec::new(),
             head: None,
             stats,
         };
@@ -405,30 +432,19 @@ impl Spool {
     fn count_records_from(&mut self, from: Position) -> Result<u64, SpoolError> {
         let mut n = 0;
         let mut p = from;
+        let mut buf = std::mem::take(&mut self.buf);
         loop {
-            match self.read_header(p)? {
-                Some((len, next)) => {
-                    let _ = len;
+            match self.read_at(p, &mut buf)? {
+                Read::Record { next, .. } => {
                     n += 1;
                     p = next;
                 }
-                None => return Ok(n),
+                Read::Skipped(next) => p = next,
+                Read::End => break,
             }
         }
-    }
-
-    /// Length and next position of the record at `p` (headers only), `None` at the end.
-    fn read_header(&mut self, p: Position) -> Result<Option<(u32, Position)>, SpoolError> {
-        let p = self.normalize(p);
-        if p >= self.end() {
-            return Ok(None);
-        }
-        self.ensure_flushed(p)?;
-        let mut h = [0u8; 8];
-        let (path, file) = self.file_for(p.seg)?;
-        file.read_exact_at(&mut h, p.off).map_err(io_err(&path))?;
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        Ok(Some((len, Position { seg: p.seg, off: p.off + HEADER_LEN + u64::from(len) })))
+        self.buf = buf;
+        Ok(n)
     }
 
     fn ensure_flushed(&mut self, p: Position) -> Result<(), SpoolError> {
@@ -440,55 +456,62 @@ impl Spool {
         Ok(())
     }
 
-    fn file_for(&mut self, seg: u64) -> Result<(PathBuf, &File), SpoolError> {
-        let path = self.seg_dir.join(seg_name(seg));
-        if self.read_cache.as_ref().is_none_or(|(id, _)| *id != seg) {
-            let f = File::open(&path).map_err(io_err(&path))?;
-            self.read_cache = Some((seg, f));
+    fn intern(&mut self, boot_id: &str) -> Arc<str> {
+        if let Some(b) = self.boots.iter().find(|b| &***b == boot_id) {
+            return b.clone();
         }
-        match &self.read_cache {
-            Some((_, f)) => Ok((path, f)),
-            None => unreachable!("read cache was just filled"),
+        if self.boots.len() >= 64 {
+            // Only runs still referenced elsewhere stay alive; the table is a cache.
+            self.boots.clear();
         }
+        let b: Arc<str> = Arc::from(boot_id);
+        self.boots.push(b.clone());
+        b
     }
 
-    /// Reads and decodes the record at `p`.
-    fn read_at(&mut self, p: Position) -> Result<Read, SpoolError> {
+    /// Reads the record at `p` into `buf` (at most `MAX_RECORD` bytes).
+    fn read_at(&mut self, p: Position, buf: &mut Vec<u8>) -> Result<Read, SpoolError> {
         let p = self.normalize(p);
         if p >= self.end() {
             return Ok(Read::End);
         }
         self.ensure_flushed(p)?;
         let seg_len = self.segments.iter().find(|s| s.id == p.seg).map_or(0, |s| s.len);
-        let next_seg = Position { seg: p.seg, off: seg_len };
-        let (path, file) = self.file_for(p.seg)?;
-        let mut h = [0u8; 8];
-        file.read_exact_at(&mut h, p.off).map_err(io_err(&path))?;
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        let bad = |what: &str| {
-            tracing::error!(segment = %path.display(), bytes_from = p.off, bytes_to = seg_len, what,
-                "Spool: unreadable record; skipping the rest of this segment.");
-        };
-        if len == 0 || len > MAX_RECORD || p.off + HEADER_LEN + u64::from(len) > seg_len {
-            bad("bad length");
-            return Ok(Read::Skipped(self.normalize(next_seg)));
+        let path = self.seg_dir.join(seg_name(p.seg));
+        let positioned = self.reader.as_ref().is_some_and(|r| r.seg == p.seg && r.off == p.off);
+        if !positioned {
+            let mut file = match self.reader.take() {
+                Some(r) if r.seg == p.seg => r.inner.into_inner(),
+                _ => File::open(&path).map_err(io_err(&path))?,
+            };
+            file.seek(SeekFrom::Start(p.off)).map_err(io_err(&path))?;
+            self.reader = Some(SeqReader { seg: p.seg, off: p.off, inner: BufReader::with_capacity(64 * 1024, file) });
         }
-        let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, p.off + HEADER_LEN).map_err(io_err(&path))?;
-        if crc32c::crc32c(&payload) != crc {
-            bad("CRC mismatch");
-            return Ok(Read::Skipped(self.normalize(next_seg)));
-        }
-        let next = self.normalize(Position { seg: p.seg, off: p.off + HEADER_LEN + u64::from(len) });
-        match TelemetryBatch::decode(payload.as_slice()) {
-            Ok(b) => Ok(Read::Record(b, next)),
-            Err(_) => {
-                tracing::error!(segment = %self.seg_dir.join(seg_name(p.seg)).display(), at = p.off,
-                    "Spool: record is not a telemetry batch; skipped.");
-                Ok(Read::Skipped(next))
+        let Some(reader) = self.reader.as_mut() else { return Ok(Read::End) };
+        let outcome = segment::read_record(&mut reader.inner, buf).map_err(io_err(&path))?;
+        let skip_segment = self.normalize(Position { seg: p.seg, off: seg_len });
+        let what = match outcome {
+            segment::Outcome::Record(len) => {
+                let reader = self.reader.as_mut().map(|r| {
+                    r.off += HEADER_LEN + u64::from(len);
+                    r.off
+                });
+                let next = self.normalize(Position { seg: p.seg, off: reader.unwrap_or(seg_len) });
+                let Some(m) = record::meta(buf) else {
+                    tracing::error!(segment = %path.display(), at = p.off, "Spool: record is not a batch of ours; skipped.");
+                    return Ok(Read::Skipped(next));
+                };
+                let (first_seq, samples) = (m.first_seq, u64::from(m.samples));
+                let boot_id = self.intern(m.boot_id);
+                return Ok(Read::Record { next, boot_id, first_seq, samples });
             }
-        }
+            segment::Outcome::End | segment::Outcome::Torn => "data ends inside a record",
+            segment::Outcome::Corrupt(reason) => reason,
+        };
+        self.reader = None;
+        tracing::error!(segment = %path.display(), bytes_from = p.off, bytes_to = seg_len, what,
+            "Spool: unreadable record; skipping the rest of this segment.");
+        Ok(Read::Skipped(skip_segment))
     }
 
     /// Appends a batch; fsyncs when the group-commit policy says so and drops
@@ -497,7 +520,7 @@ impl Spool {
     /// # Errors
     /// Disk errors, or a batch too large for a record.
     pub fn append(&mut self, batch: &TelemetryBatch) -> Result<Position, SpoolError> {
-        let payload = batch.encode_to_vec();
+        let payload = record::encode(batch).ok_or(SpoolError::TooLarge(batch.encoded_len()))?;
         if payload.len() > MAX_RECORD as usize {
             return Err(SpoolError::TooLarge(payload.len()));
         }
@@ -574,17 +597,19 @@ impl Spool {
             if self.acked.seg == victim.id {
                 let (mut batches, mut samples) = (0u64, 0u64);
                 let mut p = self.acked;
+                let mut buf = std::mem::take(&mut self.buf);
                 while p.seg == victim.id {
-                    match self.read_at(p)? {
-                        Read::Record(b, n) => {
+                    match self.read_at(p, &mut buf)? {
+                        Read::Record { next, samples: n, .. } => {
                             batches += 1;
-                            samples += b.samples.len() as u64;
-                            p = n;
+                            samples += n;
+                            p = next;
                         }
                         Read::Skipped(n) => p = n,
                         Read::End => break,
                     }
                 }
+                self.buf = buf;
                 self.stats.dropped_batches += batches;
                 self.stats.dropped_samples += samples;
                 self.pending = self.pending.saturating_sub(batches);
@@ -605,8 +630,8 @@ impl Spool {
                 *r = next;
             }
             let path = self.seg_dir.join(seg_name(victim.id));
-            if self.read_cache.as_ref().is_some_and(|(id, _)| *id == victim.id) {
-                self.read_cache = None;
+            if self.reader.as_ref().is_some_and(|r| r.seg == victim.id) {
+                self.reader = None;
             }
             fs::remove_file(&path).map_err(io_err(&path))?;
             self.segments.remove(0);
@@ -619,8 +644,8 @@ impl Spool {
         while self.segments.len() > 1 && self.segments[0].id < self.acked.seg {
             let id = self.segments[0].id;
             let path = self.seg_dir.join(seg_name(id));
-            if self.read_cache.as_ref().is_some_and(|(c, _)| *c == id) {
-                self.read_cache = None;
+            if self.reader.as_ref().is_some_and(|r| r.seg == id) {
+                self.reader = None;
             }
             fs::remove_file(&path).map_err(io_err(&path))?;
             self.segments.remove(0);
@@ -650,10 +675,11 @@ impl Spool {
     fn low_water(&mut self, boot_id: &str) -> Result<u64, SpoolError> {
         if self.head.is_none() {
             let mut p = self.acked;
+            let mut buf = Vec::new();
             loop {
-                match self.read_at(p)? {
-                    Read::Record(b, _) => {
-                        self.head = Some((b.boot_id, b.first_seq));
+                match self.read_at(p, &mut buf)? {
+                    Read::Record { boot_id, first_seq, .. } => {
+                        self.head = Some((boot_id, first_seq));
                         break;
                     }
                     Read::Skipped(n) => p = n,
@@ -662,7 +688,7 @@ impl Spool {
             }
         }
         Ok(match &self.head {
-            Some((boot, first)) if boot == boot_id => *first,
+            Some((boot, first)) if &**boot == boot_id => *first,
             _ => 0,
         })
     }
@@ -683,8 +709,8 @@ impl Spool {
     }
 
     /// After `append`: should the batch at `pos` be published now? If so it is
-    /// registered in flight and returned with its low-water mark set. If not,
-    /// it waits for replay.
+    /// registered in flight and returned as wire bytes with its low-water mark
+    /// set. If not, it waits for replay.
     ///
     /// # Errors
     /// Disk errors reading the head record.
@@ -693,14 +719,15 @@ impl Spool {
         pos: Position,
         batch: &TelemetryBatch,
         now: Instant,
-    ) -> Result<Option<TelemetryBatch>, SpoolError> {
+    ) -> Result<Option<Outgoing>, SpoolError> {
         if self.live && self.inflight.len() < self.cfg.max_inflight * 2 {
-            // The record on disk is the batch as given; its length fixes the next position.
-            let next = Position { seg: pos.seg, off: pos.off + HEADER_LEN + batch.encoded_len() as u64 };
-            let mut b = batch.clone();
-            b.low_water_seq = self.low_water(&b.boot_id)?;
-            self.track(pos, next, &b, now);
-            return Ok(Some(b));
+            let rec_len = record::encode(batch).map_or(0, |r| r.len() as u64);
+            let next = Position { seg: pos.seg, off: pos.off + HEADER_LEN + rec_len };
+            let low = self.low_water(&batch.boot_id)?;
+            let boot = self.intern(&batch.boot_id);
+            self.track(pos, next, boot, batch.first_seq, batch.samples.len() as u64, now);
+            let wire = TelemetryBatch { low_water_seq: low, ..batch.clone() }.encode_to_vec();
+            return Ok(Some(Outgoing { pos, wire }));
         }
         if self.live {
             // In-flight window full: from here on the batches wait for replay.
@@ -718,34 +745,23 @@ impl Spool {
         }
     }
 
-    fn track(&mut self, pos: Position, next: Position, b: &TelemetryBatch, now: Instant) {
-        let samples = b.samples.len() as u64;
-        self.inflight.insert(
-            pos,
-            InFlight {
-                next,
-                boot_id: b.boot_id.clone(),
-                first: b.first_seq,
-                end: b.first_seq + samples,
-                samples,
-                sent_at: now,
-                acked: false,
-            },
-        );
+    fn track(&mut self, pos: Position, next: Position, boot_id: Arc<str>, first: u64, samples: u64, now: Instant) {
+        self.inflight
+            .insert(pos, InFlight { next, boot_id, first, end: first + samples, samples, sent_at: now, acked: false });
     }
 
-    fn known_acked(&self, b: &TelemetryBatch) -> bool {
-        let end = b.first_seq + b.samples.len() as u64;
-        self.known.iter().any(|k| k.boot_id == b.boot_id && k.covers(b.first_seq, end))
+    fn known_acked(&self, boot_id: &str, first: u64, end: u64) -> bool {
+        self.known.iter().any(|k| k.boot_id == boot_id && k.covers(first, end))
     }
 
     /// The next backlog batches to send (at most `limit`, and while the
-    /// in-flight window has room), oldest first, each with its position.
+    /// in-flight window has room), oldest first.
     ///
     /// # Errors
     /// Disk errors.
-    pub fn replay(&mut self, now: Instant, limit: usize) -> Result<Vec<(Position, TelemetryBatch)>, SpoolError> {
+    pub fn replay(&mut self, now: Instant, limit: usize) -> Result<Vec<Outgoing>, SpoolError> {
         let mut out = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
         while out.len() < limit && self.inflight.len() < self.cfg.max_inflight {
             let Some(p) = self.replay else { break };
             let stop = self.replay_end.unwrap_or_else(|| self.end());
@@ -756,7 +772,7 @@ impl Spool {
                 }
                 break;
             }
-            match self.read_at(p)? {
+            match self.read_at(p, &mut buf)? {
                 Read::End => {
                     self.replay = None;
                     self.live = true;
@@ -769,24 +785,25 @@ impl Spool {
                         self.head = None;
                     }
                 }
-                Read::Record(mut b, next) => {
+                Read::Record { next, boot_id, first_seq, samples } => {
                     self.replay = Some(next);
                     if self.inflight.contains_key(&p) {
                         continue;
                     }
-                    let acked = self.known_acked(&b);
-                    b.low_water_seq = self.low_water(&b.boot_id)?;
-                    self.track(p, next, &b, now);
+                    let acked = self.known_acked(&boot_id, first_seq, first_seq + samples);
+                    let low = if acked { 0 } else { self.low_water(&boot_id)? };
+                    self.track(p, next, boot_id, first_seq, samples, now);
                     if acked {
                         if let Some(e) = self.inflight.get_mut(&p) {
                             e.acked = true;
                         }
-                    } else {
-                        out.push((p, b));
+                    } else if let Some(m) = record::meta(&buf) {
+                        out.push(Outgoing { pos: p, wire: record::wire_with_low_water(m.wire, low) });
                     }
                 }
             }
         }
+        self.buf = buf;
         self.advance()?;
         Ok(out)
     }
@@ -795,12 +812,7 @@ impl Spool {
     ///
     /// # Errors
     /// Disk errors.
-    pub fn resends(
-        &mut self,
-        now: Instant,
-        timeout: Duration,
-        limit: usize,
-    ) -> Result<Vec<(Position, TelemetryBatch)>, SpoolError> {
+    pub fn resends(&mut self, now: Instant, timeout: Duration, limit: usize) -> Result<Vec<Outgoing>, SpoolError> {
         let due: Vec<Position> = self
             .inflight
             .iter()
@@ -809,15 +821,17 @@ impl Spool {
             .take(limit)
             .collect();
         let mut out = Vec::with_capacity(due.len());
+        let mut buf = std::mem::take(&mut self.buf);
         for p in due {
-            if let Read::Record(mut b, _) = self.read_at(p)? {
-                b.low_water_seq = self.low_water(&b.boot_id)?;
-                if let Some(e) = self.inflight.get_mut(&p) {
+            if let Read::Record { boot_id, .. } = self.read_at(p, &mut buf)? {
+                let low = self.low_water(&boot_id)?;
+                if let (Some(e), Some(m)) = (self.inflight.get_mut(&p), record::meta(&buf)) {
                     e.sent_at = now;
+                    out.push(Outgoing { pos: p, wire: record::wire_with_low_water(m.wire, low) });
                 }
-                out.push((p, b));
             }
         }
+        self.buf = buf;
         Ok(out)
     }
 
@@ -838,7 +852,7 @@ impl Spool {
         }
         let mut samples = 0;
         for e in self.inflight.values_mut() {
-            if !e.acked && e.boot_id == ack.boot_id && known.covers(e.first, e.end) {
+            if !e.acked && *e.boot_id == *ack.boot_id && known.covers(e.first, e.end) {
                 e.acked = true;
                 samples += e.samples;
             }
@@ -912,11 +926,14 @@ impl Spool {
     /// Disk errors.
     pub fn for_each_pending(&mut self, mut f: impl FnMut(&TelemetryBatch)) -> Result<(), SpoolError> {
         let mut p = self.acked;
+        let mut buf = Vec::new();
         loop {
-            match self.read_at(p)? {
-                Read::Record(b, n) => {
-                    f(&b);
-                    p = n;
+            match self.read_at(p, &mut buf)? {
+                Read::Record { next, .. } => {
+                    if let Some(b) = record::meta(&buf).and_then(|m| TelemetryBatch::decode(m.wire).ok()) {
+                        f(&b);
+                    }
+                    p = next;
                 }
                 Read::Skipped(n) => p = n,
                 Read::End => return Ok(()),

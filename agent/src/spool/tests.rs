@@ -15,6 +15,10 @@ fn batch(boot: &str, first: u64, n: usize) -> TelemetryBatch {
     }
 }
 
+fn decode(o: &Outgoing) -> TelemetryBatch {
+    TelemetryBatch::decode(o.wire.as_slice()).unwrap()
+}
+
 fn ack(boot: &str, up_to: u64) -> Ack {
     Ack { boot_id: boot.into(), up_to_seq: up_to, committed: vec![] }
 }
@@ -46,7 +50,7 @@ fn replay_ack_and_reopen_resend_only_the_unacknowledged() {
     let now = Instant::now();
     let sent = s.replay(now, 1000).unwrap();
     assert_eq!(sent.len(), 100);
-    assert!(sent.windows(2).all(|w| w[0].1.first_seq < w[1].1.first_seq), "in order");
+    assert!(sent.windows(2).all(|w| decode(&w[0]).first_seq < decode(&w[1]).first_seq), "in order");
     assert_eq!(s.ack(&ack("a", 599)).unwrap(), 600);
     assert_eq!(s.pending(), 40);
     s.close().unwrap();
@@ -58,7 +62,7 @@ fn replay_ack_and_reopen_resend_only_the_unacknowledged() {
     s.on_connect();
     let sent = s.replay(Instant::now(), 1000).unwrap();
     assert_eq!(sent.len(), 40);
-    assert_eq!(sent[0].1.first_seq, 600);
+    assert_eq!(decode(&sent[0]).first_seq, 600);
 }
 
 #[test]
@@ -72,7 +76,8 @@ fn live_batches_go_out_while_the_backlog_replays_at_its_rate() {
     let live = batch("a", 500, 10);
     let pos = s.append(&live).unwrap();
     let out = s.take_live(pos, &live, now).unwrap().expect("live batch published");
-    assert_eq!(out.low_water_seq, 0, "the run's oldest held seq");
+    let out = decode(&out);
+    assert_eq!((out.first_seq, out.low_water_seq), (500, 0), "the run's oldest held seq");
     // The backlog comes at most `limit` at a time and stops before the live one.
     assert_eq!(s.replay(now, 20).unwrap().len(), 20);
     assert_eq!(s.replay(now, 100).unwrap().len(), 30);
@@ -97,7 +102,7 @@ fn ranges_in_the_ack_stop_resends_and_the_head_waits_for_the_gap() {
     assert_eq!(s.pending(), 3, "the head batch (0..10) is not acknowledged");
     let later = t0 + Duration::from_secs(60);
     let again = s.resends(later, Duration::from_secs(10), 10).unwrap();
-    assert_eq!(again.iter().map(|(_, b)| b.first_seq).collect::<Vec<_>>(), [0]);
+    assert_eq!(again.iter().map(|o| decode(o).first_seq).collect::<Vec<_>>(), [0]);
     s.ack(&ack("a", 9)).unwrap();
     assert_eq!(s.pending(), 0);
 }
@@ -163,7 +168,7 @@ fn disk_budget_drops_the_oldest_and_counts() {
     // The low-water mark tells the controller where the run now starts.
     s.on_connect();
     let sent = s.replay(Instant::now(), 1).unwrap();
-    assert_eq!(sent[0].1.low_water_seq, got[0]);
+    assert_eq!(decode(&sent[0]).low_water_seq, got[0]);
 }
 
 #[test]
