@@ -75,7 +75,24 @@ fn main() -> ExitCode {
         fleet_agent::run(cfg, shutdown).await
     });
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(r) => {
+            // One line for scripts and the journal: what this run produced and left behind.
+            let c = r.counters;
+            println!(
+                "fleet-agent stopped: node_id={} boot_id={} samples_taken={} samples_acked={} batches_kept={} \
+                 batches_dropped={} samples_dropped={} spool_quarantined_segments={} spool_torn_tails={}",
+                r.node_id,
+                r.boot_id,
+                c.samples_taken,
+                c.samples_acked,
+                r.batches_kept,
+                c.batches_dropped,
+                c.samples_dropped,
+                c.spool_quarantined_segments,
+                c.spool_torn_tails
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("fleet-agent: {e}");
             ExitCode::from(2)

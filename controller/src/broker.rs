@@ -17,13 +17,19 @@ use crate::ControllerError;
 /// # Errors
 /// When the address is taken or the broker does not come up.
 pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, ControllerError> {
-    // rumqttd only logs a failed bind from its own thread; find out first.
-    let probe = std::net::TcpListener::bind(listen).map_err(|e| ControllerError::PortInUse {
+    // rumqttd only logs a failed bind from its own thread; find out first
+    // (with SO_REUSEADDR, as rumqttd binds, so a restart after a crash works).
+    let in_use = |e: std::io::Error| ControllerError::PortInUse {
         what: "embedded MQTT broker",
         addr: listen,
         flag: "--mqtt-listen (or --mqtt-url for an external broker)",
         reason: e.to_string(),
-    })?;
+    };
+    let probe = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(in_use)?;
+    probe.set_reuseaddr(true).map_err(in_use)?;
+    probe.bind(listen).map_err(in_use)?;
+    let probe = probe.listen(1).map_err(in_use)?;
     let listen = probe.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
     drop(probe);
 

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod procs;
+
 use anyhow::{Context, bail};
 use fleet_agent::config::{AgentConfig, HardwareBackend};
 use fleet_controller::config::{ControllerConfig, ListenConfig};

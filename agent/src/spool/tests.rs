@@ -219,3 +219,16 @@ fn remove_empty_segments(dir: &Path) {
         }
     }
 }
+
+/// Writes a few real segments as fuzz seeds when FLEET_FUZZ_SEEDS names a directory.
+#[test]
+fn fuzz_seed_segments() {
+    let Ok(out) = std::env::var("FLEET_FUZZ_SEEDS") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), cfg()).unwrap();
+    fill(&mut s, "seed", 12);
+    s.close().unwrap();
+    for (i, e) in fs::read_dir(dir.path().join("segments")).unwrap().enumerate() {
+        fs::copy(e.unwrap().path(), Path::new(&out).join(format!("seed-{i}"))).unwrap();
+    }
+}

@@ -1,0 +1,313 @@
+//! Real processes for chaos scenarios: the workspace's binaries, Mosquitto
+//! restartable on a fixed port, network namespaces, and the database check
+//! that every seq arrived exactly once.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A binary of this workspace, next to the test executable's `deps/` folder
+/// (cargo and nextest build them before running tests).
+///
+/// # Errors
+/// When it was not built.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no target dir")?;
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} not built: run `cargo build --workspace --bins` (cargo nextest does it)", p.display());
+    }
+    Ok(p)
+}
+
+/// A child process with its output in a log file; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd`, appending its stdout and stderr to `log`.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name: name.to_owned(), child: Some(child), log: log.to_owned() })
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL: no goodbye, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit.
+    ///
+    /// # Errors
+    /// When it does not exit in time (it is then killed).
+    pub fn term(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let Some(mut c) = self.child.take() else { bail!("{} is not running", self.name) };
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a `fleet-agent` run printed when it stopped cleanly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStopped {
+    pub node_id: String,
+    pub boot_id: String,
+    pub fields: BTreeMap<String, u64>,
+}
+
+impl AgentStopped {
+    /// A counter of the report (0 if absent).
+    #[must_use]
+    pub fn get(&self, k: &str) -> u64 {
+        self.fields.get(k).copied().unwrap_or(0)
+    }
+}
+
+/// Every `fleet-agent stopped:` line in a log, in order.
+#[must_use]
+pub fn agent_reports(log: &str) -> Vec<AgentStopped> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("fleet-agent stopped: "))
+        .map(|rest| {
+            let mut r = AgentStopped::default();
+            for kv in rest.split_whitespace() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    match k {
+                        "node_id" => r.node_id = v.to_owned(),
+                        "boot_id" => r.boot_id = v.to_owned(),
+                        _ => {
+                            r.fields.insert(k.to_owned(), v.parse().unwrap_or(0));
+                        }
+                    }
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+/// Mosquitto on a fixed address, so it can be stopped and started again.
+pub struct RestartableMosquitto {
+    pub url: String,
+    conf: PathBuf,
+    proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl RestartableMosquitto {
+    /// Writes its config and starts it listening on `addr:port`.
+    ///
+    /// # Errors
+    /// When mosquitto is missing or does not come up.
+    pub async fn start(dir: &Path, addr: &str, port: u16) -> anyhow::Result<Self> {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} {addr}\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+        )?;
+        let mut m = Self { url: format!("mqtt://{addr}:{port}"), conf, proc: None, log: dir.join("mosquitto.log") };
+        m.up().await?;
+        Ok(m)
+    }
+
+    /// (Re)starts the broker and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When it does not come up within 10 s.
+    pub async fn up(&mut self) -> anyhow::Result<()> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("mosquitto is not installed: run scripts/test")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&self.conf);
+        self.proc = Some(Proc::spawn("mosquitto", cmd, &self.log)?);
+        let (host, port) = fleet_proto::parse_mqtt_url(&self.url).map_err(anyhow::Error::msg)?;
+        crate::wait_for(Duration::from_secs(10), "mosquitto to listen", || {
+            let host = host.clone();
+            async move { tokio::net::TcpStream::connect((host.as_str(), port)).await.ok().map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Kills the broker (SIGKILL): every connection drops, nothing is persisted.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+/// A network namespace joined to this one by a veth pair; removed on drop.
+pub struct NetNs {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl NetNs {
+    /// Why namespaces cannot be used here, if they cannot.
+    #[must_use]
+    pub fn unavailable() -> Option<String> {
+        let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.starts_with(b"0"));
+        if !root {
+            return Some("not root: network namespaces need CAP_NET_ADMIN".into());
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Some("iproute2 (`ip`) is not installed".into());
+        }
+        None
+    }
+
+    /// Creates namespace `fl{tag}` with `10.231.{tag}.2/30` inside and `.1` outside.
+    ///
+    /// # Errors
+    /// When any `ip` command fails.
+    pub fn create(tag: u8) -> anyhow::Result<Self> {
+        let name = format!("fleet-chaos-{tag}-{}", std::process::id());
+        let host_if = format!("fch{tag}p{}", std::process::id() % 10_000);
+        let ns_if = format!("fcn{tag}p{}", std::process::id() % 10_000);
+        let ns = Self {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: format!("10.231.{tag}.1"),
+            ns_ip: format!("10.231.{tag}.2"),
+        };
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+        ip(&["link", "set", &ns_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if])?;
+        ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    #[must_use]
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Takes the link down (`false`) or up (`true`) on the host side.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn set_link(&self, up: bool) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Per agent run in the database: rows, lowest and highest seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRows {
+    pub rows: u64,
+    pub min_seq: u64,
+    pub max_seq: u64,
+}
+
+/// Rows per (node, run) in a PostgreSQL store.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_in_db(database_url: &str) -> anyhow::Result<BTreeMap<(String, String), RunRows>> {
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT node_id, boot_id, count(*), min(seq), max(seq) FROM telemetry GROUP BY node_id, boot_id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    Ok(rows
+        .into_iter()
+        .map(|(n, b, c, lo, hi)| {
+            let u = |v: i64| u64::try_from(v).unwrap_or(0);
+            ((n, b), RunRows { rows: u(c), min_seq: u(lo), max_seq: u(hi) })
+        })
+        .collect())
+}
+
+/// Seqs of one run present in the store, in order.
+///
+/// # Errors
+/// Database errors.
+pub async fn seqs_in_db(database_url: &str, node: &str, boot: &str) -> anyhow::Result<Vec<u64>> {
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    let v: Vec<i64> = sqlx::query_scalar("SELECT seq FROM telemetry WHERE node_id = $1 AND boot_id = $2 ORDER BY seq")
+        .bind(node)
+        .bind(boot)
+        .fetch_all(&pool)
+        .await?;
+    pool.close().await;
+    Ok(v.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
+}
