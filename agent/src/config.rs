@@ -21,8 +21,12 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Labels reported in the node status. Default none.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Which uplink publishes: "mqtt" (default) or "kafka".
+    pub uplink: UplinkKind,
     /// Broker connection.
     pub mqtt: MqttConfig,
+    /// Kafka producer (uplink = "kafka").
+    pub kafka: crate::uplink::kafka::KafkaConfig,
     /// Sampling, batching and acknowledgement.
     pub telemetry: TelemetryConfig,
     /// Which board to read.
@@ -77,6 +81,16 @@ pub struct TelemetryConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The transport batches leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkKind {
+    /// MQTT; a batch is safe on the controller's end-to-end ack.
+    Mqtt,
+    /// Kafka; a batch is safe on the producer's delivery report.
+    Kafka,
+}
+
 /// Which board implementation the agent reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +121,9 @@ impl Default for AgentConfig {
             node_id: String::new(),
             data_dir: PathBuf::from("/var/lib/fleet-agent"),
             labels: Default::default(),
+            uplink: UplinkKind::Mqtt,
             mqtt: MqttConfig::default(),
+            kafka: Default::default(),
             telemetry: TelemetryConfig::default(),
             hardware: HardwareConfig::default(),
             spool: crate::spool::SpoolConfig::default(),

@@ -15,17 +15,16 @@ use std::time::Duration;
 use fleet_hardware::Board;
 use fleet_hardware::sim::{SimBoard, SimConfig};
 use fleet_hardware::sysfs::SysfsBoard;
-use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{AgentCounters, NodeState, NodeStatus, Sample, TelemetryBatch};
 use prost::Message;
-use rumqttc::QoS;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
-use config::HardwareBackend;
+use config::{HardwareBackend, UplinkKind};
 use sampler::Sampler;
 use spool::{Outgoing, Spool};
+use uplink::{Uplink, UplinkEvent};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -105,16 +104,14 @@ struct Agent {
     hostname: String,
     counters: AgentCounters,
     spool: Spool,
-    link: uplink::MqttLink,
-    telemetry_topic: String,
-    status_topic: String,
+    uplink: Uplink,
     /// Spool errors so far; the first of a streak is logged at ERROR.
     spool_errors: u64,
 }
 
 impl Agent {
     fn connected(&self) -> bool {
-        self.link.conn.borrow().connected
+        self.uplink.connected()
     }
 
     fn status(&self, state: NodeState, sampler: Option<&Sampler>) -> NodeStatus {
@@ -152,9 +149,9 @@ impl Agent {
             return;
         }
         let bytes = self.status(state, sampler).encode_to_vec();
-        if let Err(e) = self.link.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, bytes) {
+        if !self.uplink.send_status(bytes) {
             self.counters.publish_failures += 1;
-            tracing::debug!(error = %e, "Status not published.");
+            tracing::debug!("Status not published (client queue full).");
         }
     }
 
@@ -167,16 +164,15 @@ impl Agent {
 
     /// Hands one batch to the MQTT client; a refusal leaves it to be resent.
     fn send(&mut self, out: Outgoing) -> bool {
-        let pos = out.pos;
-        match self.link.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, out.wire) {
+        match self.uplink.send_telemetry(out) {
             Ok(()) => {
                 self.counters.batches_published += 1;
                 true
             }
-            Err(e) => {
+            Err(pos) => {
                 self.counters.publish_failures += 1;
                 self.spool.send_failed(pos);
-                tracing::debug!(error = %e, "MQTT client queue full; the batch waits in the spool.");
+                tracing::debug!("Uplink queue full; the batch waits in the spool.");
                 false
             }
         }
@@ -238,8 +234,27 @@ impl Agent {
         }
     }
 
-    fn take_ack(&mut self, ack: &fleet_proto::v1::Ack) {
-        match self.spool.ack(ack) {
+    /// Applies what the uplink reports.
+    fn on_event(&mut self, ev: UplinkEvent, sampler: &Sampler, replay_per_tick: usize) {
+        let acked = match ev {
+            UplinkEvent::Connected => {
+                self.spool.on_connect();
+                self.publish_status(NodeState::Online, Some(sampler));
+                self.deliver(replay_per_tick);
+                return;
+            }
+            UplinkEvent::Disconnected => {
+                self.spool.on_disconnect();
+                return;
+            }
+            UplinkEvent::Failed(pos) => {
+                self.spool.send_failed(pos);
+                return;
+            }
+            UplinkEvent::Ack(ack) => self.spool.ack(&ack),
+            UplinkEvent::Delivered(pos) => self.spool.ack_position(pos),
+        };
+        match acked {
             Ok(n) => self.counters.samples_acked += n,
             Err(e) => self.spool_error(&e),
         }
@@ -284,20 +299,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         agent_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let link = uplink::connect(&cfg.mqtt, &node_id, offline.encode_to_vec());
-    let mut agent = Agent {
-        telemetry_topic: node_topic(&node_id, Channel::Telemetry),
-        status_topic: node_topic(&node_id, Channel::Status),
-        node_id,
-        boot_id,
-        hostname,
-        counters: AgentCounters::default(),
-        spool,
-        link,
-        cfg,
-        spool_errors: 0,
+    let uplink = match cfg.uplink {
+        UplinkKind::Mqtt => Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node_id, offline.encode_to_vec())),
+        UplinkKind::Kafka => Uplink::Kafka(uplink::kafka::KafkaLink::connect(&cfg.kafka, &node_id)?),
     };
-    tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, broker = %agent.cfg.mqtt.url, "Agent started.");
+    let mut spool = spool;
+    if uplink.connected() {
+        // Kafka has no connection to wait for: replay the backlog from the start.
+        spool.on_connect();
+    }
+    let mut agent =
+        Agent { node_id, boot_id, hostname, counters: AgentCounters::default(), spool, uplink, cfg, spool_errors: 0 };
+    tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
 
     let mut sampler = Sampler::new(board(&agent.cfg), agent.cfg.hardware.disk_path.clone());
     let mut next_seq: u64 = 0;
@@ -312,7 +325,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut deliver_tick = interval(DELIVER_TICK);
     deliver_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut conn = agent.link.conn.clone();
 
     loop {
         tokio::select! {
@@ -328,16 +340,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             _ = flush_tick.tick() => flush(&mut agent, &mut next_seq, &mut pending),
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             _ = status_tick.tick() => agent.publish_status(NodeState::Online, Some(&sampler)),
-            Ok(()) = conn.changed() => {
-                if conn.borrow_and_update().connected {
-                    agent.spool.on_connect();
-                    agent.publish_status(NodeState::Online, Some(&sampler));
-                    agent.deliver(replay_per_tick);
-                } else {
-                    agent.spool.on_disconnect();
-                }
-            }
-            Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
+            ev = agent.uplink.next_event() => agent.on_event(ev, &sampler, replay_per_tick),
         }
     }
 
@@ -351,16 +354,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
-            Some(ack) = agent.link.acks.recv() => agent.take_ack(&ack),
+            ev = agent.uplink.next_event() => agent.on_event(ev, &sampler, replay_per_tick),
         }
     }
     agent.publish_status(NodeState::Offline, Some(&sampler));
-    let _ = agent.link.client.try_disconnect();
-    let stop = agent.link.stop.clone();
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut agent.link.driver).await;
-    stop.cancel();
     let counters = agent.counters();
-    let kept = agent.spool.close()?;
+    let Agent { uplink, spool, node_id, boot_id, .. } = agent;
+    uplink.close().await;
+    let kept = spool.close()?;
     if kept > 0 {
         tracing::warn!(
             batches = kept,
@@ -368,7 +369,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         );
     }
     tracing::info!(samples = counters.samples_taken, acked = counters.samples_acked, "Agent stopped.");
-    Ok(AgentReport { node_id: agent.node_id, boot_id: agent.boot_id, counters, batches_kept: kept })
+    Ok(AgentReport { node_id, boot_id, counters, batches_kept: kept })
 }
 
 fn flush(agent: &mut Agent, next_seq: &mut u64, pending: &mut Vec<Sample>) {

@@ -861,6 +861,23 @@ impl Spool {
         Ok(samples)
     }
 
+    /// The batch at `pos` is durable elsewhere (a Kafka delivery report);
+    /// returns its samples if it was in flight.
+    ///
+    /// # Errors
+    /// Disk errors while releasing acknowledged segments.
+    pub fn ack_position(&mut self, pos: Position) -> Result<u64, SpoolError> {
+        let samples = match self.inflight.get_mut(&pos) {
+            Some(e) if !e.acked => {
+                e.acked = true;
+                e.samples
+            }
+            _ => 0,
+        };
+        self.advance()?;
+        Ok(samples)
+    }
+
     /// Moves the acknowledged position over acknowledged batches at the head.
     fn advance(&mut self) -> Result<(), SpoolError> {
         let before = self.acked;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::Ack;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::UplinkEvent;
 use crate::config::MqttConfig;
-pub use fleet_proto::parse_mqtt_url;
+use crate::spool::{Outgoing, Position};
 
 /// Acks buffered between the MQTT driver and the agent loop.
 const ACK_QUEUE: usize = 256;
@@ -37,12 +38,42 @@ pub struct MqttLink {
     pub stop: CancellationToken,
     /// The driver task; aborted if the agent is dropped (e.g. a crash in tests).
     pub driver: tokio_util::task::AbortOnDropHandle<()>,
+    telemetry_topic: String,
+    status_topic: String,
+}
+
+impl MqttLink {
+    pub(super) fn send_telemetry(&mut self, out: Outgoing) -> Result<(), Position> {
+        let Outgoing { pos, wire } = out;
+        // The spool still holds the batch: a refusal only needs its position.
+        self.client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, wire).map_err(|_| pos)
+    }
+
+    pub(super) fn send_status(&mut self, status: Vec<u8>) -> bool {
+        self.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, status).is_ok()
+    }
+
+    pub(super) async fn next_event(&mut self) -> UplinkEvent {
+        tokio::select! {
+            Ok(()) = self.conn.changed() => {
+                if self.conn.borrow_and_update().connected { UplinkEvent::Connected } else { UplinkEvent::Disconnected }
+            }
+            Some(ack) = self.acks.recv() => UplinkEvent::Ack(ack),
+            else => std::future::pending().await,
+        }
+    }
+
+    pub(super) async fn close(mut self) {
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+        self.stop.cancel();
+    }
 }
 
 /// Builds the client with its last will and starts the driver.
 #[must_use]
 pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> MqttLink {
-    let (host, port) = parse_mqtt_url(&cfg.url).unwrap_or_else(|_| ("127.0.0.1".into(), 1883));
+    let (host, port) = fleet_proto::parse_mqtt_url(&cfg.url).unwrap_or_else(|_| ("127.0.0.1".into(), 1883));
     let mut opts = MqttOptions::new(format!("fleet-agent-{node_id}"), host, port);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
@@ -64,7 +95,15 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
         ack_tx,
         stop.clone(),
     ));
-    MqttLink { client, conn, acks, stop, driver: tokio_util::task::AbortOnDropHandle::new(driver) }
+    MqttLink {
+        client,
+        conn,
+        acks,
+        stop,
+        driver: tokio_util::task::AbortOnDropHandle::new(driver),
+        telemetry_topic: node_topic(node_id, Channel::Telemetry),
+        status_topic: node_topic(node_id, Channel::Status),
+    }
 }
 
 async fn drive(
@@ -104,7 +143,7 @@ async fn drive(
                     tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
                 }
             },
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
                 if conn_tx.borrow().connected {

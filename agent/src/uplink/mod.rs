@@ -1,0 +1,78 @@
+//! How batches and status leave the node: MQTT (default) or Kafka. Both
+//! publish from the spool; they differ in what makes a batch safe:
+//! over MQTT the controller's end-to-end `Ack`, over Kafka the delivery report
+//! of an idempotent `acks=all` producer (the Kafka log is durable).
+
+pub mod kafka;
+pub mod mqtt;
+
+use fleet_proto::v1::Ack;
+
+use crate::spool::{Outgoing, Position};
+
+pub use fleet_proto::parse_mqtt_url;
+
+/// Something the uplink reports to the agent loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UplinkEvent {
+    Connected,
+    Disconnected,
+    /// The controller committed these seqs (MQTT).
+    Ack(Ack),
+    /// The broker durably has the batch at this position (Kafka).
+    Delivered(Position),
+    /// The batch at this position could not be delivered; send it again later.
+    Failed(Position),
+}
+
+/// The uplink in use.
+pub enum Uplink {
+    Mqtt(mqtt::MqttLink),
+    Kafka(kafka::KafkaLink),
+}
+
+impl Uplink {
+    /// True when a publish now has a chance to go out.
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        match self {
+            Uplink::Mqtt(l) => l.conn.borrow().connected,
+            Uplink::Kafka(_) => true,
+        }
+    }
+
+    /// Hands a batch over.
+    ///
+    /// # Errors
+    /// The batch's position when the client's queue is full (the spool keeps it).
+    pub fn send_telemetry(&mut self, out: Outgoing) -> Result<(), Position> {
+        match self {
+            Uplink::Mqtt(l) => l.send_telemetry(out),
+            Uplink::Kafka(l) => l.send_telemetry(out),
+        }
+    }
+
+    /// Publishes the node status (retained on MQTT, compacted key on Kafka).
+    pub fn send_status(&mut self, status: Vec<u8>) -> bool {
+        match self {
+            Uplink::Mqtt(l) => l.send_status(status),
+            Uplink::Kafka(l) => l.send_status(status),
+        }
+    }
+
+    /// The next event; waits for ever if there is none to come.
+    pub async fn next_event(&mut self) -> UplinkEvent {
+        match self {
+            Uplink::Mqtt(l) => l.next_event().await,
+            Uplink::Kafka(l) => l.next_event().await,
+        }
+    }
+
+    /// Says goodbye (MQTT disconnect, Kafka flush) within a bounded time.
+    pub async fn close(self) {
+        match self {
+            Uplink::Mqtt(l) => l.close().await,
+            Uplink::Kafka(l) => l.close().await,
+        }
+    }
+}
