@@ -100,6 +100,28 @@ fn replay_child(dir: &Path) {
     );
 }
 
+/// Runs the real agent for a few seconds over `data_dir` (its spool holds the
+/// backlog or nothing), with no broker in reach; prints its peak RSS.
+fn agent_child(data_dir: &Path) {
+    let mut cfg = fleet_agent::AgentConfig { node_id: "bench-node-0001".into(), ..Default::default() };
+    cfg.data_dir = data_dir.to_owned();
+    cfg.mqtt.url = "mqtt://127.0.0.1:9".into();
+    cfg.hardware.backend = fleet_agent::config::HardwareBackend::Sim;
+    cfg.spool.max_bytes = 64 << 30;
+    cfg.telemetry.shutdown_grace = Duration::from_millis(100);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let report = rt.block_on(async {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            s.cancel();
+        });
+        fleet_agent::run(cfg, stop).await.expect("agent run")
+    });
+    println!("child batches_kept={} peak_rss_kb={}", report.batches_kept, rss_kb("VmHWM"));
+}
+
 fn parse_child(out: &str, key: &str) -> f64 {
     out.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
@@ -114,9 +136,10 @@ fn child(dir: &Path, mode: &str) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child-replay") {
-        replay_child(Path::new(&args[2]));
-        return;
+    match args.get(1).map(String::as_str) {
+        Some("--child-replay") => return replay_child(Path::new(&args[2])),
+        Some("--child-agent") => return agent_child(Path::new(&args[2])),
+        _ => {}
     }
     let mut backlog_mb: u64 = 1024;
     let mut base: Option<PathBuf> = None;
@@ -154,17 +177,28 @@ fn main() {
         }
     }
 
-    // A backlog of about `backlog_mb`, then the same process shape over an empty spool.
-    let backlog = tmp.path().join("backlog");
+    // A backlog of about `backlog_mb` in an agent's data dir, and an empty one.
+    let with_dir = tmp.path().join("agent-backlog");
     let n = backlog_mb * (1 << 20) / record;
-    append_run(&backlog, SpoolConfig { max_bytes: 64 << 30, ..Default::default() }, n);
-    let empty = tmp.path().join("empty");
-    append_run(&empty, SpoolConfig::default(), 0);
-    let with = child(&backlog, "--child-replay");
-    let without = child(&empty, "--child-replay");
-    println!("with {backlog_mb} MB backlog: {}", with.trim());
-    println!("with no backlog:      {}", without.trim());
-    let replay = parse_child(&with, "replay_per_s");
-    let delta = parse_child(&with, "peak_rss_kb") - parse_child(&without, "peak_rss_kb");
+    append_run(&with_dir.join("spool"), SpoolConfig { max_bytes: 64 << 30, ..Default::default() }, n);
+    let without_dir = tmp.path().join("agent-empty");
+    append_run(&without_dir.join("spool"), SpoolConfig::default(), 0);
+
+    // The real agent over each (start-up scan, sampling, spooling; no broker).
+    let a_with = child(&with_dir, "--child-agent");
+    let a_without = child(&without_dir, "--child-agent");
+    println!("agent, {backlog_mb} MB backlog: {}", a_with.trim());
+    println!("agent, no backlog:    {}", a_without.trim());
+    let agent_delta = parse_child(&a_with, "peak_rss_kb") - parse_child(&a_without, "peak_rss_kb");
+
+    // The spool alone replaying all of it, acknowledging as it goes.
+    let r_with = child(&with_dir.join("spool"), "--child-replay");
+    let r_without = child(&without_dir.join("spool"), "--child-replay");
+    println!("replay, {backlog_mb} MB backlog: {}", r_with.trim());
+    println!("replay, no backlog:    {}", r_without.trim());
+    let replay = parse_child(&r_with, "replay_per_s");
+    let replay_delta = parse_child(&r_with, "peak_rss_kb") - parse_child(&r_without, "peak_rss_kb");
+    println!("peak RSS deltas: agent {agent_delta:.0} kB, replay {replay_delta:.0} kB");
+    let delta = agent_delta.max(replay_delta);
     println!("spool_append_per_s={default_rate:.0} replay_per_s={replay:.0} rss_backlog_delta_kb={delta:.0}");
 }

@@ -107,6 +107,8 @@ struct Agent {
     uplink: Uplink,
     /// Spool errors so far; the first of a streak is logged at ERROR.
     spool_errors: u64,
+    /// When the spool's cursor was last written (at most every `CURSOR_EVERY`, to spare SD cards).
+    cursor_saved: std::time::Instant,
 }
 
 impl Agent {
@@ -229,8 +231,11 @@ impl Agent {
                 }
             }
         }
-        if let Err(e) = self.spool.persist_cursor() {
-            self.spool_error(&e);
+        if now.duration_since(self.cursor_saved) >= CURSOR_EVERY {
+            self.cursor_saved = now;
+            if let Err(e) = self.spool.persist_cursor() {
+                self.spool_error(&e);
+            }
         }
     }
 
@@ -263,6 +268,8 @@ impl Agent {
 
 /// How often the delivery tick runs (replay is paced per tick).
 const DELIVER_TICK: Duration = Duration::from_millis(100);
+/// How often the spool's acknowledged position is written to disk at most.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until `shutdown` is cancelled, then stops cleanly: the last
 /// samples are cut into a batch and written to the spool, the agent waits up
@@ -308,8 +315,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         // Kafka has no connection to wait for: replay the backlog from the start.
         spool.on_connect();
     }
-    let mut agent =
-        Agent { node_id, boot_id, hostname, counters: AgentCounters::default(), spool, uplink, cfg, spool_errors: 0 };
+    let mut agent = Agent {
+        node_id,
+        boot_id,
+        hostname,
+        counters: AgentCounters::default(),
+        spool,
+        uplink,
+        cfg,
+        spool_errors: 0,
+        cursor_saved: std::time::Instant::now(),
+    };
     tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
 
     let mut sampler = Sampler::new(board(&agent.cfg), agent.cfg.hardware.disk_path.clone());
