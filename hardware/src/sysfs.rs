@@ -4,7 +4,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::{Board, HardwareError, PowerReading, PowerSource, ThermalSensor};
+use crate::{Board, CpuGovernor, Fan, HardwareError, PowerReading, PowerSource, ThermalSensor, ThrottleFlags};
 
 /// Thermal zone types that denote the SoC/CPU, best first.
 const SOC_ZONE_TYPES: [&str; 5] = ["cpu-thermal", "cpu_thermal", "soc-thermal", "soc_thermal", "x86_pkg_temp"];
@@ -141,21 +141,136 @@ impl PowerSource for SysfsPower {
     }
 }
 
+fn write_attr(path: &Path, value: &str) -> Result<(), HardwareError> {
+    std::fs::write(path, value).map_err(|e| match e.kind() {
+        ErrorKind::PermissionDenied => HardwareError::PermissionDenied { path: path.to_owned() },
+        _ => HardwareError::Io { path: path.to_owned(), source: e },
+    })
+}
+
+/// The cpufreq governor of every policy under `/sys/devices/system/cpu/cpufreq`.
+#[derive(Debug, Clone)]
+pub struct SysfsGovernor {
+    root: PathBuf,
+}
+
+impl SysfsGovernor {
+    /// Reads and writes policies under `root`.
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn policies(&self) -> Vec<PathBuf> {
+        sorted_entries(&self.root)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("policy")))
+            .collect()
+    }
+}
+
+impl CpuGovernor for SysfsGovernor {
+    fn governor(&mut self) -> Result<Option<String>, HardwareError> {
+        match self.policies().first() {
+            Some(p) => read_attr(&p.join("scaling_governor")),
+            None => Ok(None),
+        }
+    }
+
+    fn available_governors(&mut self) -> Result<Vec<String>, HardwareError> {
+        match self.policies().first() {
+            Some(p) => Ok(read_attr(&p.join("scaling_available_governors"))?
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn set_governor(&mut self, governor: &str) -> Result<(), HardwareError> {
+        let available = self.available_governors()?;
+        if !available.iter().any(|g| g == governor) {
+            return Err(HardwareError::Unsupported(format!(
+                "CPU governor {governor:?} is not offered by this kernel (available: {})",
+                available.join(", ")
+            )));
+        }
+        for p in self.policies() {
+            write_attr(&p.join("scaling_governor"), governor)?;
+        }
+        Ok(())
+    }
+}
+
+/// A fan exposed as a thermal cooling device (Pi 5 `pwm-fan`, Pi 4 `gpio-fan`).
+#[derive(Debug, Clone)]
+pub struct SysfsFan {
+    dir: PathBuf,
+    max_state: u32,
+    duty: Option<f64>,
+}
+
+impl SysfsFan {
+    /// The first cooling device under `thermal_root` whose type names a fan.
+    ///
+    /// # Errors
+    /// When a fan exists but its `max_state` cannot be read.
+    pub fn find(thermal_root: &Path) -> Result<Option<Self>, HardwareError> {
+        for dev in sorted_entries(thermal_root) {
+            let is_cooling = dev.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cooling_device"));
+            if !is_cooling || !read_attr(&dev.join("type"))?.is_some_and(|t| t.contains("fan")) {
+                continue;
+            }
+            let max = read_num(&dev.join("max_state"))?.unwrap_or(1.0);
+            let cur = read_num(&dev.join("cur_state"))?;
+            let max_state = max.max(1.0) as u32;
+            let duty = cur.map(|c| c / f64::from(max_state));
+            return Ok(Some(Self { dir: dev, max_state, duty }));
+        }
+        Ok(None)
+    }
+}
+
+impl Fan for SysfsFan {
+    fn set_duty(&mut self, duty: f64) -> Result<(), HardwareError> {
+        let duty = duty.clamp(0.0, 1.0);
+        let state = (duty * f64::from(self.max_state)).round() as u32;
+        write_attr(&self.dir.join("cur_state"), &state.to_string())?;
+        self.duty = Some(f64::from(state) / f64::from(self.max_state));
+        Ok(())
+    }
+
+    fn duty(&self) -> Option<f64> {
+        self.duty
+    }
+}
+
 /// A real Linux board read through sysfs.
 #[derive(Debug, Clone)]
 pub struct SysfsBoard {
     thermal: SysfsThermal,
     power: SysfsPower,
+    governor: SysfsGovernor,
+    fan: Option<SysfsFan>,
+    throttled: PathBuf,
+    has_governor: bool,
 }
 
 impl SysfsBoard {
-    /// Reads under `sys_root` (normally `/sys`): `class/thermal`, `class/power_supply`.
+    /// Reads under `sys_root` (normally `/sys`): `class/thermal`,
+    /// `class/power_supply`, `devices/system/cpu/cpufreq` and the Pi
+    /// firmware's `devices/platform/soc/soc:firmware/get_throttled`.
     #[must_use]
     pub fn new(sys_root: impl AsRef<Path>) -> Self {
         let root = sys_root.as_ref();
+        let governor = SysfsGovernor::new(root.join("devices/system/cpu/cpufreq"));
+        let has_governor = !governor.policies().is_empty();
         Self {
             thermal: SysfsThermal::new(root.join("class/thermal")),
             power: SysfsPower::new(root.join("class/power_supply")),
+            governor,
+            fan: SysfsFan::find(&root.join("class/thermal")).ok().flatten(),
+            throttled: root.join("devices/platform/soc/soc:firmware/get_throttled"),
+            has_governor,
         }
     }
 }
@@ -172,7 +287,27 @@ impl PowerSource for SysfsBoard {
     }
 }
 
-impl Board for SysfsBoard {}
+impl Board for SysfsBoard {
+    fn throttle_flags(&mut self) -> Result<Option<ThrottleFlags>, HardwareError> {
+        match read_attr(&self.throttled)? {
+            None => Ok(None),
+            Some(v) => {
+                let hex = v.trim_start_matches("throttled=").trim_start_matches("0x");
+                u32::from_str_radix(hex, 16)
+                    .map(|b| Some(ThrottleFlags::from_bits(b)))
+                    .map_err(|_| HardwareError::Parse { path: self.throttled.clone(), value: v })
+            }
+        }
+    }
+
+    fn fan(&mut self) -> Option<&mut dyn Fan> {
+        self.fan.as_mut().map(|f| f as &mut dyn Fan)
+    }
+
+    fn cpu_governor(&mut self) -> Option<&mut dyn CpuGovernor> {
+        if self.has_governor { Some(&mut self.governor) } else { None }
+    }
+}
 
 #[cfg(test)]
 mod tests {
