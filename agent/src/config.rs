@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub hardware: HardwareConfig,
     /// The disk spool.
     pub spool: crate::spool::SpoolConfig,
+    /// The power policy in force until the controller sends one.
+    pub power: crate::power::PowerPolicy,
 }
 
 /// `[mqtt]`: how the agent reaches its broker.
@@ -113,6 +115,12 @@ pub struct HardwareConfig {
     pub sim_seed: u64,
     /// Default "/".
     pub disk_path: PathBuf,
+    /// Simulated seconds per real second (backend = "sim"). Default 1.
+    pub sim_time_scale: f64,
+    /// Whether the simulated board starts on mains. Default true.
+    pub sim_mains: bool,
+    /// Initial state of charge of the simulated battery; negative: from the seed. Default -1.
+    pub sim_initial_soc_pct: f64,
 }
 
 impl Default for AgentConfig {
@@ -127,6 +135,7 @@ impl Default for AgentConfig {
             telemetry: TelemetryConfig::default(),
             hardware: HardwareConfig::default(),
             spool: crate::spool::SpoolConfig::default(),
+            power: crate::power::PowerPolicy::default(),
         }
     }
 }
@@ -165,6 +174,9 @@ impl Default for HardwareConfig {
             sys_root: PathBuf::from("/sys"),
             sim_seed: 0,
             disk_path: PathBuf::from("/"),
+            sim_time_scale: 1.0,
+            sim_mains: true,
+            sim_initial_soc_pct: -1.0,
         }
     }
 }
@@ -215,6 +227,7 @@ impl AgentConfig {
             return Err("key `telemetry.max_batch_samples` must be at least 1".into());
         }
         self.spool.validate()?;
+        self.power.validate()?;
         if self.mqtt.max_payload_bytes < 1024 {
             return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod power;
 pub mod sampler;
 pub mod spool;
 pub mod uplink;
@@ -15,13 +16,14 @@ use std::time::Duration;
 use fleet_hardware::Board;
 use fleet_hardware::sim::{SimBoard, SimConfig};
 use fleet_hardware::sysfs::SysfsBoard;
-use fleet_proto::v1::{AgentCounters, NodeState, NodeStatus, Sample, TelemetryBatch};
+use fleet_proto::v1::{AgentCounters, Event, EventSeverity, NodeState, NodeStatus, Sample, TelemetryBatch};
 use prost::Message;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
 use config::{HardwareBackend, UplinkKind};
+use power::PowerManager;
 use sampler::Sampler;
 use spool::{Outgoing, Spool};
 use uplink::{Uplink, UplinkEvent};
@@ -60,7 +62,15 @@ pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
 fn board(cfg: &AgentConfig) -> Box<dyn Board> {
     match cfg.hardware.backend {
         HardwareBackend::Sysfs => Box::new(SysfsBoard::new(&cfg.hardware.sys_root)),
-        HardwareBackend::Sim => Box::new(SimBoard::new(SimConfig::pi_on_ups(cfg.hardware.sim_seed))),
+        HardwareBackend::Sim => {
+            let mut sim = SimConfig::pi_on_ups(cfg.hardware.sim_seed);
+            sim.time_scale = cfg.hardware.sim_time_scale;
+            sim.input = fleet_hardware::sim::SimInput::Mains { on: cfg.hardware.sim_mains };
+            if cfg.hardware.sim_initial_soc_pct >= 0.0 {
+                sim.initial_soc_pct = cfg.hardware.sim_initial_soc_pct;
+            }
+            Box::new(SimBoard::new(sim))
+        }
     }
 }
 
@@ -109,6 +119,11 @@ struct Agent {
     spool_errors: u64,
     /// When the spool's cursor was last written (at most every `CURSOR_EVERY`, to spare SD cards).
     cursor_saved: std::time::Instant,
+    power: PowerManager,
+    /// The telemetry interval in force (the power profile's).
+    interval: Duration,
+    throttle_bits: u32,
+    fan_duty: Option<f64>,
 }
 
 impl Agent {
@@ -126,10 +141,13 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             counters: Some(self.counters()),
             vitals: sampler.map(|s| s.vitals),
-            power_profile: 0,
+            power_profile: self.power.profile().to_proto() as i32,
             labels: self.cfg.labels.clone().into_iter().collect(),
-            telemetry_interval_s: self.cfg.telemetry.interval.as_secs_f64(),
+            telemetry_interval_s: self.interval.as_secs_f64(),
             desired_version: 0,
+            max_jobs: self.power.policy().settings(self.power.profile()).max_jobs,
+            throttle_bits: self.throttle_bits,
+            fan_duty: self.fan_duty,
         }
     }
 
@@ -239,6 +257,90 @@ impl Agent {
         }
     }
 
+    /// Runs the power manager on the latest readings and acts on its
+    /// decision. Returns the new telemetry interval when the profile changed it.
+    fn power_step(&mut self, sampler: &mut Sampler) -> Option<Duration> {
+        let d = self.power.decide(&sampler.power, sampler.temp_c);
+        let board = sampler.board_mut();
+        if let Some(duty) = d.fan_duty
+            && let Some(fan) = board.fan()
+            && fan.duty().is_none_or(|cur| (cur - duty).abs() > 0.01)
+            && let Err(e) = fan.set_duty(duty)
+        {
+            tracing::warn!(error = %e, "Cannot set the fan duty.");
+        }
+        self.fan_duty = board.fan().and_then(|f| f.duty());
+        self.throttle_bits = board.throttle_flags().ok().flatten().map_or(0, |f| f.bits());
+        if d.shutdown {
+            self.power_shutdown(&d.reason);
+        }
+        let from = d.changed_from?;
+        let settings = self.power.policy().settings(d.profile).clone();
+        if !settings.governor.is_empty()
+            && let Some(g) = board.cpu_governor()
+            && g.governor().ok().flatten().as_deref() != Some(settings.governor.as_str())
+            && let Err(e) = g.set_governor(&settings.governor)
+        {
+            tracing::warn!(error = %e, governor = %settings.governor, "Cannot set the CPU governor.");
+        }
+        tracing::info!(from = from.name(), to = d.profile.name(), reason = %d.reason, "Power profile changed.");
+        self.send_event(
+            "power.profile_changed",
+            if d.profile >= power::Profile::Critical { EventSeverity::Critical } else { EventSeverity::Info },
+            format!("{} -> {}: {}", from.name(), d.profile.name(), d.reason),
+            [("from", from.name()), ("to", d.profile.name())],
+        );
+        self.publish_status(NodeState::Online, Some(sampler));
+        let every =
+            settings.telemetry_interval.map_or(self.cfg.telemetry.interval, |p| p.max(self.cfg.telemetry.interval));
+        (every != self.interval).then(|| {
+            self.interval = every;
+            every
+        })
+    }
+
+    /// Before the battery dies: make the spool durable, then run the command once.
+    fn power_shutdown(&mut self, reason: &str) {
+        if let Err(e) = self.spool.sync().and_then(|()| self.spool.persist_cursor()) {
+            self.spool_error(&e);
+        }
+        tracing::warn!(reason, "Battery nearly empty: spool flushed; running the shutdown command.");
+        self.send_event("power.shutdown", EventSeverity::Critical, format!("shutting down: {reason}"), []);
+        let argv = self.power.policy().shutdown_command.clone();
+        let Some((program, args)) = argv.split_first() else {
+            tracing::warn!("No power.shutdown_command configured; the node will run until the battery is empty.");
+            return;
+        };
+        match std::process::Command::new(program).args(args).spawn() {
+            Ok(mut child) => {
+                // Reaped in the background so the agent keeps sampling until the power goes.
+                std::thread::spawn(move || child.wait());
+            }
+            Err(e) => tracing::error!(error = %e, command = %program, "Cannot run the shutdown command."),
+        }
+    }
+
+    fn send_event<const N: usize>(
+        &mut self,
+        kind: &str,
+        severity: EventSeverity,
+        message: String,
+        attrs: [(&str, &str); N],
+    ) {
+        let ev = Event {
+            node_id: self.node_id.clone(),
+            boot_id: self.boot_id.clone(),
+            time_unix_ms: fleet_proto::now_unix_ms(),
+            kind: kind.into(),
+            severity: severity as i32,
+            message,
+            attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        if !self.connected() || !self.uplink.send_event(ev.encode_to_vec()) {
+            self.counters.publish_failures += 1;
+        }
+    }
+
     /// Applies what the uplink reports.
     fn on_event(&mut self, ev: UplinkEvent, sampler: &Sampler, replay_per_tick: usize) {
         let acked = match ev {
@@ -306,6 +408,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         agent_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
+    let power_policy = cfg.power.clone();
+    let tcfg_interval = cfg.telemetry.interval;
     let uplink = match cfg.uplink {
         UplinkKind::Mqtt => Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node_id, offline.encode_to_vec())),
         UplinkKind::Kafka => Uplink::Kafka(uplink::kafka::KafkaLink::connect(&cfg.kafka, &node_id)?),
@@ -325,6 +429,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         cfg,
         spool_errors: 0,
         cursor_saved: std::time::Instant::now(),
+        power: PowerManager::new(power_policy),
+        interval: tcfg_interval,
+        throttle_bits: 0,
+        fan_duty: None,
     };
     tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
 
@@ -346,7 +454,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = sample_tick.tick() => {
-                let samples = sampler.sample(fleet_proto::now_unix_ms());
+                let mut samples = sampler.sample(fleet_proto::now_unix_ms());
+                if let Some(every) = agent.power_step(&mut sampler) {
+                    sample_tick = interval(every);
+                    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                    sample_tick.reset();
+                }
+                samples.push(Sample {
+                    metric: sampler::metric::POWER_PROFILE.into(),
+                    value: f64::from(agent.power.profile().to_proto() as i32),
+                    time_unix_ms: samples.first().map_or_else(fleet_proto::now_unix_ms, |s| s.time_unix_ms),
+                });
                 agent.counters.samples_taken += samples.len() as u64;
                 pending.extend(samples);
                 if pending.len() >= tcfg.max_batch_samples {

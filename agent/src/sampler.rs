@@ -21,6 +21,9 @@ pub mod metric {
     pub const BATTERY_SOC_PCT: &str = "power.battery_soc_pct";
     pub const ON_BATTERY: &str = "power.on_battery";
     pub const INPUT_POWER_W: &str = "power.input_w";
+    pub const THROTTLE_BITS: &str = "soc.throttle_bits";
+    pub const FAN_DUTY: &str = "fan.duty";
+    pub const POWER_PROFILE: &str = "power.profile";
 }
 
 /// Reads the machine and the board.
@@ -34,6 +37,9 @@ pub struct Sampler {
     last: Instant,
     /// Latest readings, for the node status.
     pub vitals: NodeVitals,
+    /// Latest power reading and SoC temperature, for the power manager.
+    pub power: fleet_hardware::PowerReading,
+    pub temp_c: Option<f64>,
     /// Hardware read errors so far (each logged once per kind).
     pub hardware_errors: u64,
     warned_hardware: bool,
@@ -55,6 +61,8 @@ impl Sampler {
             board,
             last: Instant::now(),
             vitals: NodeVitals::default(),
+            power: Default::default(),
+            temp_c: None,
             hardware_errors: 0,
             warned_hardware: false,
         }
@@ -139,6 +147,16 @@ impl Sampler {
         if let Some(w) = power.input_power_w {
             push(metric::INPUT_POWER_W, w);
         }
+        match self.board.throttle_flags() {
+            Ok(Some(f)) => push(metric::THROTTLE_BITS, f64::from(f.bits())),
+            Ok(None) => {}
+            Err(e) => self.hardware_error(&e),
+        }
+        if let Some(d) = self.board.fan().and_then(|f| f.duty()) {
+            push(metric::FAN_DUTY, d);
+        }
+        self.power = power;
+        self.temp_c = temp;
         self.vitals = NodeVitals {
             cpu_usage_pct: Some(cpu),
             mem_used_pct: Some(mem_pct),
@@ -148,6 +166,11 @@ impl Sampler {
             input_power_w: power.input_power_w,
         };
         out
+    }
+
+    /// The board, for the power manager's actions (fan, governor).
+    pub fn board_mut(&mut self) -> &mut dyn Board {
+        self.board.as_mut()
     }
 
     fn hardware_error(&mut self, e: &fleet_hardware::HardwareError) {

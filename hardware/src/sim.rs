@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::{Board, HardwareError, PowerReading, PowerSource, ThermalSensor};
+use crate::{Board, CpuGovernor, Fan, HardwareError, PowerReading, PowerSource, ThermalSensor, ThrottleFlags};
 
 /// Where the sim's external power comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +35,9 @@ pub struct SimConfig {
     pub thermal_tau: Duration,
     /// Std-dev-like amplitude of the noise added to readings.
     pub noise: f64,
+    /// Simulated seconds per real second the agent lets pass (1 = real time;
+    /// 3600 drains a battery in seconds for a demo or a test).
+    pub time_scale: f64,
 }
 
 impl SimConfig {
@@ -53,6 +56,7 @@ impl SimConfig {
             c_per_w: 5.0,
             thermal_tau: Duration::from_secs(120),
             noise: 0.2,
+            time_scale: 1.0,
         }
     }
 }
@@ -66,6 +70,53 @@ pub struct SimBoard {
     soc_pct: f64,
     temp_c: f64,
     load: f64,
+    fan: SimFan,
+    governor: SimGovernor,
+}
+
+/// The simulated fan: at full duty it halves the SoC's rise over ambient.
+#[derive(Debug, Clone, Default)]
+pub struct SimFan {
+    duty: Option<f64>,
+}
+
+impl Fan for SimFan {
+    fn set_duty(&mut self, duty: f64) -> Result<(), HardwareError> {
+        self.duty = Some(duty.clamp(0.0, 1.0));
+        Ok(())
+    }
+
+    fn duty(&self) -> Option<f64> {
+        self.duty
+    }
+}
+
+/// The simulated governor: `powersave` caps the load's extra power at 40 %,
+/// `conservative` at 70 %.
+#[derive(Debug, Clone)]
+pub struct SimGovernor {
+    current: String,
+}
+
+/// Governors the sim offers.
+pub const SIM_GOVERNORS: [&str; 4] = ["performance", "ondemand", "conservative", "powersave"];
+
+impl CpuGovernor for SimGovernor {
+    fn governor(&mut self) -> Result<Option<String>, HardwareError> {
+        Ok(Some(self.current.clone()))
+    }
+
+    fn available_governors(&mut self) -> Result<Vec<String>, HardwareError> {
+        Ok(SIM_GOVERNORS.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    fn set_governor(&mut self, governor: &str) -> Result<(), HardwareError> {
+        if !SIM_GOVERNORS.contains(&governor) {
+            return Err(HardwareError::Unsupported(format!("CPU governor {governor:?} is not offered")));
+        }
+        self.current = governor.to_owned();
+        Ok(())
+    }
 }
 
 impl SimBoard {
@@ -74,7 +125,21 @@ impl SimBoard {
         let rng = fastrand::Rng::with_seed(cfg.seed);
         let temp_c = cfg.ambient_c + cfg.c_per_w * cfg.idle_w;
         let soc_pct = cfg.initial_soc_pct.clamp(0.0, 100.0);
-        Self { cfg, rng, t: Duration::ZERO, soc_pct, temp_c, load: 0.0 }
+        Self {
+            cfg,
+            rng,
+            t: Duration::ZERO,
+            soc_pct,
+            temp_c,
+            load: 0.0,
+            fan: SimFan::default(),
+            governor: SimGovernor { current: "ondemand".into() },
+        }
+    }
+
+    /// Changes the ambient temperature (a scripted heat wave).
+    pub fn set_ambient(&mut self, ambient_c: f64) {
+        self.cfg.ambient_c = ambient_c;
     }
 
     /// Switches the external input (e.g. a scripted mains cut).
@@ -100,7 +165,12 @@ impl SimBoard {
     }
 
     fn load_w(&self) -> f64 {
-        self.cfg.idle_w + self.cfg.full_load_extra_w * self.load
+        let cap = match self.governor.current.as_str() {
+            "powersave" => 0.4,
+            "conservative" => 0.7,
+            _ => 1.0,
+        };
+        self.cfg.idle_w + self.cfg.full_load_extra_w * self.load * cap
     }
 
     fn jitter(&mut self) -> f64 {
@@ -142,13 +212,29 @@ impl PowerSource for SimBoard {
 }
 
 impl Board for SimBoard {
+    fn throttle_flags(&mut self) -> Result<Option<ThrottleFlags>, HardwareError> {
+        // As the Pi firmware: soft limit from 80 °C, throttling from 85 °C.
+        let t = self.temp_c;
+        Ok(Some(ThrottleFlags { soft_temp_limit: t >= 80.0, throttled: t >= 85.0, ..Default::default() }))
+    }
+
+    fn fan(&mut self) -> Option<&mut dyn Fan> {
+        Some(&mut self.fan)
+    }
+
+    fn cpu_governor(&mut self) -> Option<&mut dyn CpuGovernor> {
+        Some(&mut self.governor)
+    }
+
     fn advance(&mut self, dt: Duration, cpu_load: f64) {
         self.load = cpu_load.clamp(0.0, 1.0);
+        let dt = dt.mul_f64(self.cfg.time_scale.max(0.0));
         let dt_s = dt.as_secs_f64();
         let net_w = self.input_w().min(self.load_w() + 10.0) - self.load_w();
         let d_soc = net_w * dt_s / 3600.0 / self.cfg.battery_wh * 100.0;
         self.soc_pct = (self.soc_pct + d_soc).clamp(0.0, 100.0);
-        let target = self.cfg.ambient_c + self.cfg.c_per_w * self.load_w();
+        let cooling = 1.0 - 0.5 * self.fan.duty.unwrap_or(0.0);
+        let target = self.cfg.ambient_c + self.cfg.c_per_w * self.load_w() * cooling;
         let k = 1.0 - (-dt_s / self.cfg.thermal_tau.as_secs_f64().max(1e-3)).exp();
         self.temp_c += (target - self.temp_c) * k;
         self.t += dt;
@@ -203,6 +289,36 @@ mod tests {
         b.advance(Duration::from_secs(1200), 1.0);
         let hot = b.soc_temperature_c().unwrap().unwrap();
         assert!(hot > cold + 10.0, "{cold} -> {hot}");
+    }
+
+    #[test]
+    fn fan_cools_and_powersave_draws_less() {
+        let mut cfg = SimConfig::pi_on_ups(4);
+        cfg.noise = 0.0;
+        cfg.input = SimInput::Mains { on: false };
+        let run = |fan: f64, gov: &str| {
+            let mut b = SimBoard::new(cfg.clone());
+            b.fan().unwrap().set_duty(fan).unwrap();
+            b.cpu_governor().unwrap().set_governor(gov).unwrap();
+            b.advance(Duration::from_secs(1800), 1.0);
+            (b.soc_temperature_c().unwrap().unwrap(), b.read_power().unwrap().battery_soc_pct.unwrap())
+        };
+        let (hot, soc_perf) = run(0.0, "performance");
+        let (cool, _) = run(1.0, "performance");
+        let (_, soc_save) = run(0.0, "powersave");
+        assert!(cool < hot - 5.0, "{cool} vs {hot}");
+        assert!(soc_save > soc_perf + 1.0, "{soc_save} vs {soc_perf}");
+        let mut b = SimBoard::new(cfg);
+        assert!(b.cpu_governor().unwrap().set_governor("turbo").is_err());
+    }
+
+    #[test]
+    fn time_scale_speeds_the_clock() {
+        let mut cfg = SimConfig::pi_on_ups(5);
+        cfg.time_scale = 3600.0;
+        let mut b = SimBoard::new(cfg);
+        b.advance(Duration::from_secs(1), 0.0);
+        assert_eq!(b.elapsed(), Duration::from_secs(3600));
     }
 
     #[test]

@@ -116,6 +116,11 @@ impl KafkaLink {
         self.producer.send_result(record).is_ok()
     }
 
+    pub(super) fn send_event(&mut self, event: Vec<u8>) -> bool {
+        let record = FutureRecord::to(fleet_proto::topics::KAFKA_EVENTS).key(&self.key).payload(&event);
+        self.producer.send_result(record).is_ok()
+    }
+
     pub(super) async fn next_event(&mut self) -> UplinkEvent {
         match self.pending.next().await {
             Some(ev) => ev,

@@ -60,6 +60,14 @@ impl Uplink {
         }
     }
 
+    /// Publishes a node event (power, thermal).
+    pub fn send_event(&mut self, event: Vec<u8>) -> bool {
+        match self {
+            Uplink::Mqtt(l) => l.send_event(event),
+            Uplink::Kafka(l) => l.send_event(event),
+        }
+    }
+
     /// The next event; waits for ever if there is none to come.
     pub async fn next_event(&mut self) -> UplinkEvent {
         match self {

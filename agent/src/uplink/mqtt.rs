@@ -40,6 +40,7 @@ pub struct MqttLink {
     pub driver: tokio_util::task::AbortOnDropHandle<()>,
     telemetry_topic: String,
     status_topic: String,
+    events_topic: String,
 }
 
 impl MqttLink {
@@ -51,6 +52,10 @@ impl MqttLink {
 
     pub(super) fn send_status(&mut self, status: Vec<u8>) -> bool {
         self.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, status).is_ok()
+    }
+
+    pub(super) fn send_event(&mut self, event: Vec<u8>) -> bool {
+        self.client.try_publish(self.events_topic.clone(), QoS::AtLeastOnce, false, event).is_ok()
     }
 
     pub(super) async fn next_event(&mut self) -> UplinkEvent {
@@ -103,6 +108,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
         driver: tokio_util::task::AbortOnDropHandle::new(driver),
         telemetry_topic: node_topic(node_id, Channel::Telemetry),
         status_topic: node_topic(node_id, Channel::Status),
+        events_topic: node_topic(node_id, Channel::Events),
     }
 }
 
