@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod desired;
 pub mod power;
 pub mod sampler;
 pub mod spool;
@@ -124,6 +125,12 @@ struct Agent {
     interval: Duration,
     throttle_bits: u32,
     fan_duty: Option<f64>,
+    /// The policy and interval of the config, used when the desired state sets none.
+    base_policy: power::PowerPolicy,
+    base_interval: Duration,
+    /// Desired state in force, and the last one refused with its reason.
+    desired_version: u64,
+    rejected: Option<(u64, String)>,
 }
 
 impl Agent {
@@ -144,7 +151,7 @@ impl Agent {
             power_profile: self.power.profile().to_proto() as i32,
             labels: self.cfg.labels.clone().into_iter().collect(),
             telemetry_interval_s: self.interval.as_secs_f64(),
-            desired_version: 0,
+            desired_version: self.desired_version,
             max_jobs: self.power.policy().settings(self.power.profile()).max_jobs,
             throttle_bits: self.throttle_bits,
             fan_duty: self.fan_duty,
@@ -341,22 +348,80 @@ impl Agent {
         }
     }
 
-    /// Applies what the uplink reports.
-    fn on_event(&mut self, ev: UplinkEvent, sampler: &Sampler, replay_per_tick: usize) {
+    /// Validates and applies a desired state; keeps it on disk when it came
+    /// from the controller (`fresh`). Returns the new telemetry interval if it changed.
+    fn apply_desired(&mut self, d: &fleet_proto::v1::DesiredState, fresh: bool) -> Option<Duration> {
+        if fresh && d.version <= self.desired_version {
+            // Already running it (a retained copy after a reconnect): just say so again.
+            self.report_desired();
+            return None;
+        }
+        match desired::validate(d, &self.node_id, &self.base_policy) {
+            Ok(a) => {
+                if fresh && let Err(e) = desired::store(&self.cfg.data_dir, d) {
+                    tracing::error!(error = %e, "Cannot keep the desired state on disk; it applies until restart.");
+                }
+                self.power.set_policy(a.policy);
+                self.cfg.telemetry.interval = a.telemetry_interval.unwrap_or(self.base_interval);
+                if !a.labels.is_empty() {
+                    self.cfg.labels = a.labels;
+                }
+                self.desired_version = a.version;
+                tracing::info!(version = a.version, fresh, "Desired state applied.");
+            }
+            Err(reason) => {
+                tracing::warn!(version = d.version, %reason, "Desired state refused; the previous one stays in force.");
+                self.rejected = Some((d.version, reason));
+            }
+        }
+        if fresh {
+            self.report_desired();
+        }
+        let every = self.power.policy().settings(self.power.profile()).telemetry_interval;
+        let every = every.map_or(self.cfg.telemetry.interval, |p| p.max(self.cfg.telemetry.interval));
+        (every != self.interval).then(|| {
+            self.interval = every;
+            every
+        })
+    }
+
+    /// Publishes what runs (retained on `reported`).
+    fn report_desired(&mut self) {
+        let (rejected_version, rejected_reason) = self.rejected.clone().unwrap_or_default();
+        let r = fleet_proto::v1::ReportedState {
+            node_id: self.node_id.clone(),
+            applied_version: self.desired_version,
+            rejected_version,
+            rejected_reason,
+            time_unix_ms: fleet_proto::now_unix_ms(),
+        };
+        if self.connected() {
+            self.uplink.send_reported(r.encode_to_vec());
+        }
+    }
+
+    /// Applies what the uplink reports; returns a new telemetry interval if one applies now.
+    fn on_event(&mut self, ev: UplinkEvent, sampler: &Sampler, replay_per_tick: usize) -> Option<Duration> {
         let acked = match ev {
             UplinkEvent::Connected => {
                 self.spool.on_connect();
                 self.publish_status(NodeState::Online, Some(sampler));
+                self.report_desired();
                 self.deliver(replay_per_tick);
-                return;
+                return None;
+            }
+            UplinkEvent::Desired(d) => {
+                let every = self.apply_desired(&d, true);
+                self.publish_status(NodeState::Online, Some(sampler));
+                return every;
             }
             UplinkEvent::Disconnected => {
                 self.spool.on_disconnect();
-                return;
+                return None;
             }
             UplinkEvent::Failed(pos) => {
                 self.spool.send_failed(pos);
-                return;
+                return None;
             }
             UplinkEvent::Ack(ack) => self.spool.ack(&ack),
             UplinkEvent::Delivered(pos) => self.spool.ack_position(pos),
@@ -365,6 +430,7 @@ impl Agent {
             Ok(n) => self.counters.samples_acked += n,
             Err(e) => self.spool_error(&e),
         }
+        None
     }
 }
 
@@ -409,6 +475,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         ..Default::default()
     };
     let power_policy = cfg.power.clone();
+    let power_policy_base = cfg.power.clone();
     let tcfg_interval = cfg.telemetry.interval;
     let uplink = match cfg.uplink {
         UplinkKind::Mqtt => Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node_id, offline.encode_to_vec())),
@@ -433,7 +500,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         interval: tcfg_interval,
         throttle_bits: 0,
         fan_duty: None,
+        base_policy: power_policy_base,
+        base_interval: tcfg_interval,
+        desired_version: 0,
+        rejected: None,
     };
+    // Offline autonomy: run from the desired state kept on disk until the controller says more.
+    if let Some(d) = desired::load(&agent.cfg.data_dir) {
+        agent.apply_desired(&d, false);
+    }
     tracing::info!(node_id = %agent.node_id, boot_id = %agent.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
 
     let mut sampler = Sampler::new(board(&agent.cfg), agent.cfg.hardware.disk_path.clone());
@@ -441,7 +516,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
     let mut pending: Vec<Sample> = Vec::new();
     let tcfg = agent.cfg.telemetry.clone();
     let replay_per_tick = (agent.cfg.spool.replay_batches_per_s as usize / 10).max(1);
-    let mut sample_tick = interval(tcfg.interval);
+    let mut sample_tick = interval(agent.interval);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut flush_tick = interval(tcfg.flush_interval);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -474,7 +549,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             _ = flush_tick.tick() => flush(&mut agent, &mut next_seq, &mut pending),
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             _ = status_tick.tick() => agent.publish_status(NodeState::Online, Some(&sampler)),
-            ev = agent.uplink.next_event() => agent.on_event(ev, &sampler, replay_per_tick),
+            ev = agent.uplink.next_event() => {
+                if let Some(every) = agent.on_event(ev, &sampler, replay_per_tick) {
+                    sample_tick = interval(every);
+                    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                }
+            }
         }
     }
 
@@ -488,7 +568,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
-            ev = agent.uplink.next_event() => agent.on_event(ev, &sampler, replay_per_tick),
+            ev = agent.uplink.next_event() => { agent.on_event(ev, &sampler, replay_per_tick); }
         }
     }
     agent.publish_status(NodeState::Offline, Some(&sampler));

@@ -2,12 +2,14 @@
 
 use std::pin::Pin;
 
+use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
-    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest, QueryTelemetryResponse,
-    WatchNodesRequest,
+    DesiredState, DesiredStateView, GetDesiredStateRequest, GetNodeRequest, ListNodesRequest, ListNodesResponse, Node,
+    QueryTelemetryRequest, QueryTelemetryResponse, SetDesiredStateRequest, WatchNodesRequest,
 };
 use futures::Stream;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -30,6 +32,23 @@ pub struct Api {
     pub store: Store,
     /// Ends open WatchNodes streams when the controller stops, so shutdown never waits on a client.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Publishes desired states (retained) to the nodes.
+    pub mqtt: rumqttc::AsyncClient,
+}
+
+/// Publishes a desired state retained on the node's `desired` topic.
+///
+/// # Errors
+/// When the MQTT client's queue stays full for 5 s.
+pub async fn publish_desired(mqtt: &rumqttc::AsyncClient, d: &DesiredState) -> Result<(), Status> {
+    let publish =
+        mqtt.publish(node_topic(&d.node_id, Channel::Desired), rumqttc::QoS::AtLeastOnce, true, d.encode_to_vec());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Status::unavailable(
+            "desired state stored but not yet published: the MQTT client is busy; it is republished when the broker reconnects",
+        )),
+    }
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
@@ -74,6 +93,43 @@ impl FleetService for Api {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn set_desired_state(&self, req: Request<SetDesiredStateRequest>) -> Result<Response<DesiredState>, Status> {
+        let req = req.into_inner();
+        let desired = req.desired.ok_or_else(|| bad("desired", "give the desired state"))?;
+        check_node_id(&desired.node_id).map_err(|e| bad("desired.node_id", e.message()))?;
+        if desired.telemetry_interval_ms != 0 && desired.telemetry_interval_ms < 100 {
+            return Err(bad("desired.telemetry_interval_ms", "use 0 (keep the agent's) or at least 100"));
+        }
+        if !desired.power_policy_toml.is_empty() {
+            toml::from_str::<toml::Table>(&desired.power_policy_toml)
+                .map_err(|e| bad("desired.power_policy_toml", format!("not valid TOML: {}", e.message())))?;
+        }
+        if let Some(m) = desired.models.iter().find(|m| m.is_empty() || m.len() > 128) {
+            return Err(bad("desired.models", format!("bad model name {m:?}")));
+        }
+        let stored =
+            self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {
+                Status::failed_precondition("expected_version: the desired state changed meanwhile; read it again")
+            })?;
+        publish_desired(&self.mqtt, &stored).await?;
+        tracing::info!(node_id = %stored.node_id, version = stored.version, "Desired state stored and published.");
+        Ok(Response::new(stored))
+    }
+
+    async fn get_desired_state(
+        &self,
+        req: Request<GetDesiredStateRequest>,
+    ) -> Result<Response<DesiredStateView>, Status> {
+        let id = req.into_inner().node_id;
+        check_node_id(&id)?;
+        let desired = self.store.get_desired(&id).await.map_err(Status::from)?;
+        let reported = self.registry.get(&id).and_then(|n| n.reported);
+        if desired.is_none() && reported.is_none() {
+            return Err(ControllerError::UnknownNode(id).into());
+        }
+        Ok(Response::new(DesiredStateView { desired, reported }))
     }
 
     async fn query_telemetry(

@@ -124,6 +124,7 @@ impl Controller {
             cfg: cfg.ingest.clone(),
         };
         tasks.spawn(writer.run(writer_rx, shutdown.clone()));
+        let api_mqtt = client.clone();
         let reader = ingest::mqtt::Reader {
             client,
             eventloop,
@@ -136,10 +137,32 @@ impl Controller {
         tasks.spawn(reader.run(shutdown.clone()));
         // Start serving once ingest is subscribed, so nothing published right
         // after start is missed; an external broker that is down only delays this.
-        let subscribed = tokio::time::timeout(INGEST_READY_WAIT, ready.wait_for(|r| *r)).await;
-        if !matches!(subscribed, Ok(Ok(_))) {
+        let subscribed = tokio::time::timeout(INGEST_READY_WAIT, ready.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok());
+        if !subscribed {
             tracing::warn!(%mqtt_url, "MQTT broker not reachable yet; ingest keeps retrying in the background.");
         }
+        // Every (re)connect: republish every desired state, retained, in case the broker lost them.
+        let (store2, mqtt2, stop2, mut ready2) = (store.clone(), api_mqtt.clone(), shutdown.clone(), ready.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop2.cancelled() => return,
+                    r = ready2.wait_for(|r| *r) => if r.is_err() { return },
+                }
+                match store2.all_desired().await {
+                    Ok(all) => {
+                        for d in &all {
+                            let _ = api::publish_desired(&mqtt2, d).await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "Cannot read desired states to republish them."),
+                }
+                tokio::select! {
+                    () = stop2.cancelled() => return,
+                    r = ready2.wait_for(|r| !*r) => if r.is_err() { return },
+                }
+            }
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<api::Api>>().await;
@@ -148,7 +171,8 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
-        let api = api::Api { registry: registry.clone(), store: store.clone(), shutdown: shutdown.clone() };
+        let api =
+            api::Api { registry: registry.clone(), store: store.clone(), shutdown: shutdown.clone(), mqtt: api_mqtt };
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let r = tonic::transport::Server::builder()

@@ -67,6 +67,18 @@ impl Registry {
         }
     }
 
+    /// Applies a reported state.
+    pub fn update_reported(&self, reported: fleet_proto::v1::ReportedState) {
+        let changed = self.with_nodes(|nodes| {
+            let node = nodes
+                .entry(reported.node_id.clone())
+                .or_insert_with(|| Node { node_id: reported.node_id.clone(), ..Default::default() });
+            node.reported = Some(reported);
+            node.clone()
+        });
+        let _ = self.changes.send(changed);
+    }
+
     /// Records that a node sent telemetry: `samples` more are stored.
     pub fn record_samples(&self, node_id: &str, samples: u64) {
         let now = fleet_proto::now_unix_ms();

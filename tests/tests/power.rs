@@ -77,3 +77,94 @@ async fn draining_battery_changes_profiles_and_shuts_down_once() -> anyhow::Resu
     c.wait().await;
     Ok(())
 }
+
+fn read(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default().trim().to_owned()
+}
+
+/// A policy pushed through the gRPC API takes effect on a running agent within
+/// 1 s; a bad one is refused and reported with its reason while the previous
+/// one stays in force; after a restart with the controller down, the agent runs
+/// from the policy it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_power_policy_applies_live_is_refused_when_bad_and_survives_offline_restart() -> anyhow::Result<()> {
+    use fleet_proto::v1::{DesiredState, GetDesiredStateRequest, SetDesiredStateRequest};
+    let dir = tempfile::tempdir()?;
+    let sys = dir.path().join("sys");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware/tests/fixtures/pi5");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&fixture).arg(&sys).status()?.success());
+    let governor = sys.join("devices/system/cpu/cpufreq/policy0/scaling_governor");
+
+    let stop = CancellationToken::new();
+    let c = Controller::start(controller_config(dir.path(), "", ""), stop.clone()).await?;
+    let mut cfg = agent_config("pi5", &c.mqtt_url, dir.path());
+    cfg.hardware.backend = fleet_agent::config::HardwareBackend::Sysfs;
+    cfg.hardware.sys_root = sys.clone();
+    cfg.telemetry.interval = Duration::from_millis(100);
+    cfg.power.saver.telemetry_interval = None;
+    let agent = AgentHandle::spawn(cfg.clone());
+    let mut api = grpc(c.grpc_addr).await?;
+    wait_for(Duration::from_secs(10), "the agent online, governor ondemand (balanced)", || {
+        let mut api = api.clone();
+        let g = read(&governor);
+        async move { (state_of(&list_nodes(&mut api).await.ok()?, "pi5").is_some() && g == "ondemand").then_some(()) }
+    })
+    .await?;
+
+    // 52.35 °C with hot_c = 50: saver, governor powersave, within 1 s.
+    let policy = "hot_c = 50.0\ncritical_c = 90.0\n";
+    let set = |toml: &str| SetDesiredStateRequest {
+        desired: Some(DesiredState { node_id: "pi5".into(), power_policy_toml: toml.into(), ..Default::default() }),
+        expected_version: 0,
+    };
+    let v1 = api.set_desired_state(set(policy)).await?.into_inner();
+    assert_eq!(v1.version, 1);
+    wait_for(Duration::from_secs(1), "the new policy in effect within 1 s (governor powersave)", || {
+        let g = read(&governor);
+        async move { (g == "powersave").then_some(()) }
+    })
+    .await?;
+    wait_for(Duration::from_secs(5), "the agent to report version 1", || {
+        let mut api = api.clone();
+        async move {
+            let v = api.get_desired_state(GetDesiredStateRequest { node_id: "pi5".into() }).await.ok()?.into_inner();
+            (v.reported?.applied_version == 1).then_some(())
+        }
+    })
+    .await?;
+
+    // A bad curve: refused with the reason, version 1 stays.
+    let v2 = api.set_desired_state(set("fan_curve = [[70.0, 0.2], [60.0, 0.9]]\n")).await?.into_inner();
+    assert_eq!(v2.version, 2);
+    let reported = wait_for(Duration::from_secs(5), "the agent to report the refusal", || {
+        let mut api = api.clone();
+        async move {
+            let v = api.get_desired_state(GetDesiredStateRequest { node_id: "pi5".into() }).await.ok()?.into_inner();
+            v.reported.filter(|r| r.rejected_version == 2)
+        }
+    })
+    .await?;
+    assert_eq!(reported.applied_version, 1);
+    assert!(reported.rejected_reason.contains("fan_curve"), "{reported:?}");
+    assert_eq!(read(&governor), "powersave");
+    // Not TOML at all: the API refuses it before storing anything.
+    let e = api.set_desired_state(set("hot_c = = 3")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("desired.power_policy_toml"), "{}", e.message());
+
+    // Controller down, agent restarted: it runs from the stored policy.
+    agent.stop().await?;
+    stop.cancel();
+    c.wait().await;
+    std::fs::write(&governor, "ondemand\n")?;
+    // (The embedded broker lives on in this test process: point the agent at nothing at all.)
+    cfg.mqtt.url = format!("mqtt://127.0.0.1:{}", free_port());
+    let agent = AgentHandle::spawn(cfg);
+    wait_for(Duration::from_secs(5), "the stored policy applied offline (governor powersave)", || {
+        let g = read(&governor);
+        async move { (g == "powersave").then_some(()) }
+    })
+    .await?;
+    agent.stop().await?;
+    Ok(())
+}

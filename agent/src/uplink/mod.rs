@@ -23,6 +23,8 @@ pub enum UplinkEvent {
     Delivered(Position),
     /// The batch at this position could not be delivered; send it again later.
     Failed(Position),
+    /// The controller published a desired state for this node (MQTT).
+    Desired(fleet_proto::v1::DesiredState),
 }
 
 /// The uplink in use.
@@ -57,6 +59,15 @@ impl Uplink {
         match self {
             Uplink::Mqtt(l) => l.send_status(status),
             Uplink::Kafka(l) => l.send_status(status),
+        }
+    }
+
+    /// Publishes what the node runs of its desired state (retained on MQTT;
+    /// Kafka agents have no desired-state channel and report nothing).
+    pub fn send_reported(&mut self, reported: Vec<u8>) -> bool {
+        match self {
+            Uplink::Mqtt(l) => l.send_reported(reported),
+            Uplink::Kafka(_) => false,
         }
     }
 

@@ -31,9 +31,10 @@ pub struct ConnState {
 pub struct MqttLink {
     pub client: AsyncClient,
     pub conn: watch::Receiver<ConnState>,
-    /// Acks from the controller. Bounded; a full queue drops the ack (the next
-    /// one, or the retained one after a resend, covers the same seqs).
-    pub acks: mpsc::Receiver<Ack>,
+    /// Acks and desired states from the controller. Bounded; a full queue
+    /// drops an ack (the next one, or the retained one after a resend, covers
+    /// the same seqs) or a desired state (retained: it comes again on reconnect).
+    pub incoming: mpsc::Receiver<UplinkEvent>,
     /// Stops the driver once the agent has said goodbye.
     pub stop: CancellationToken,
     /// The driver task; aborted if the agent is dropped (e.g. a crash in tests).
@@ -41,6 +42,7 @@ pub struct MqttLink {
     telemetry_topic: String,
     status_topic: String,
     events_topic: String,
+    reported_topic: String,
 }
 
 impl MqttLink {
@@ -54,6 +56,10 @@ impl MqttLink {
         self.client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, status).is_ok()
     }
 
+    pub(super) fn send_reported(&mut self, reported: Vec<u8>) -> bool {
+        self.client.try_publish(self.reported_topic.clone(), QoS::AtLeastOnce, true, reported).is_ok()
+    }
+
     pub(super) fn send_event(&mut self, event: Vec<u8>) -> bool {
         self.client.try_publish(self.events_topic.clone(), QoS::AtLeastOnce, false, event).is_ok()
     }
@@ -63,7 +69,7 @@ impl MqttLink {
             Ok(()) = self.conn.changed() => {
                 if self.conn.borrow_and_update().connected { UplinkEvent::Connected } else { UplinkEvent::Disconnected }
             }
-            Some(ack) = self.acks.recv() => UplinkEvent::Ack(ack),
+            Some(ev) = self.incoming.recv() => ev,
             else => std::future::pending().await,
         }
     }
@@ -89,12 +95,12 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (conn_tx, conn) = watch::channel(ConnState::default());
-    let (ack_tx, acks) = mpsc::channel(ACK_QUEUE);
+    let (ack_tx, incoming) = mpsc::channel(ACK_QUEUE);
     let stop = CancellationToken::new();
     let driver = tokio::spawn(drive(
         eventloop,
         client.clone(),
-        node_topic(node_id, Channel::Ack),
+        (node_topic(node_id, Channel::Ack), node_topic(node_id, Channel::Desired)),
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
         ack_tx,
@@ -103,22 +109,23 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     MqttLink {
         client,
         conn,
-        acks,
+        incoming,
         stop,
         driver: tokio_util::task::AbortOnDropHandle::new(driver),
         telemetry_topic: node_topic(node_id, Channel::Telemetry),
         status_topic: node_topic(node_id, Channel::Status),
         events_topic: node_topic(node_id, Channel::Events),
+        reported_topic: node_topic(node_id, Channel::Reported),
     }
 }
 
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    ack_topic: String,
+    (ack_topic, desired_topic): (String, String),
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
-    ack_tx: mpsc::Sender<Ack>,
+    ack_tx: mpsc::Sender<UplinkEvent>,
     stop: CancellationToken,
 ) {
     let mut backoff = backoff_min;
@@ -130,8 +137,10 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
-                if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
-                    tracing::warn!(error = %e, "Could not subscribe to the ack topic.");
+                for t in [&ack_topic, &desired_topic] {
+                    if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
+                    }
                 }
                 conn_tx.send_modify(|s| {
                     s.connected = true;
@@ -141,7 +150,7 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match Ack::decode(p.payload) {
                 Ok(ack) => {
-                    if ack_tx.try_send(ack).is_err() {
+                    if ack_tx.try_send(UplinkEvent::Ack(ack)).is_err() {
                         tracing::debug!("Ack queue full; the ack is dropped (a later one covers it).");
                     }
                 }
@@ -149,6 +158,16 @@ async fn drive(
                     tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
                 }
             },
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic && !p.payload.is_empty() => {
+                match fleet_proto::v1::DesiredState::decode(p.payload) {
+                    Ok(d) => {
+                        if ack_tx.try_send(UplinkEvent::Desired(d)).is_err() {
+                            tracing::warn!("Queue full; a desired state is dropped (it is retained and comes again).");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Undecodable desired state ignored."),
+                }
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_proto::v1::fleet_service_client::FleetServiceClient;
-use fleet_proto::v1::{GetNodeRequest, ListNodesRequest, Node, NodeState, QueryTelemetryRequest, WatchNodesRequest};
+use fleet_proto::v1::{
+    DesiredState, GetDesiredStateRequest, GetNodeRequest, ListNodesRequest, Node, NodeState, QueryTelemetryRequest,
+    SetDesiredStateRequest, WatchNodesRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -34,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// A node's desired state (power policy, telemetry interval, labels, models).
+    Desired {
+        #[command(subcommand)]
+        command: DesiredCommand,
+    },
     /// Telemetry of one node.
     Telemetry {
         /// Node id.
@@ -51,6 +59,38 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum DesiredCommand {
+    /// Store and publish a new version; the node applies it and reports back.
+    Set {
+        node: String,
+        /// Power policy file (TOML, the agent's [power] keys without the header).
+        #[arg(long)]
+        power_policy: Option<std::path::PathBuf>,
+        /// Telemetry interval, e.g. 5s (0s: the agent's own).
+        #[arg(long)]
+        telemetry_interval: Option<humantime::Duration>,
+        /// Label k=v (repeatable); replaces the node's labels.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Model the node should hold (repeatable).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Fail unless the current version is this one (optimistic concurrency).
+        #[arg(long, default_value_t = 0)]
+        expected_version: u64,
+    },
+    /// The latest desired state and what the node reported.
+    Get { node: String },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not k=v"))
 }
 
 #[derive(Subcommand)]
@@ -196,6 +236,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{} {:<24} {}", fleet_proto::now_unix_ms(), n.node_id, state_name(&n));
                 }
             }
+        }
+        Command::Desired {
+            command: DesiredCommand::Set { node, power_policy, telemetry_interval, labels, models, expected_version },
+        } => {
+            let power_policy_toml = match power_policy {
+                Some(p) => {
+                    std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
+                }
+                None => String::new(),
+            };
+            let desired = DesiredState {
+                node_id: node,
+                version: 0,
+                telemetry_interval_ms: telemetry_interval
+                    .map_or(0, |d| u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX)),
+                labels: labels.into_iter().collect(),
+                models,
+                power_policy_toml,
+            };
+            let stored = client
+                .set_desired_state(SetDesiredStateRequest { desired: Some(desired), expected_version })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("desired state of {} is now version {}", stored.node_id, stored.version);
+        }
+        Command::Desired { command: DesiredCommand::Get { node } } => {
+            let v = client
+                .get_desired_state(GetDesiredStateRequest { node_id: node })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let d = v.desired.unwrap_or_default();
+            let r = v.reported.unwrap_or_default();
+            let out = serde_json::json!({
+                "node_id": d.node_id,
+                "version": d.version,
+                "telemetry_interval_ms": d.telemetry_interval_ms,
+                "labels": d.labels,
+                "models": d.models,
+                "power_policy_toml": d.power_policy_toml,
+                "reported": {
+                    "applied_version": r.applied_version,
+                    "rejected_version": r.rejected_version,
+                    "rejected_reason": r.rejected_reason,
+                    "time_unix_ms": r.time_unix_ms,
+                },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Command::Telemetry { node, metric, since, bucket, limit } => {
             let now = fleet_proto::now_unix_ms();

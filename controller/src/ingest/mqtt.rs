@@ -86,6 +86,7 @@ impl Refusal {
 pub enum Accepted {
     Telemetry(TelemetryBatch),
     Status(Box<NodeStatus>),
+    Reported(fleet_proto::v1::ReportedState),
     /// Retained-message clear (empty payload) or a channel not handled yet.
     Ignored,
 }
@@ -131,6 +132,16 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
                 return Err((Refusal::NodeMismatch, who()));
             }
             Ok((channel, Accepted::Status(Box::new(s))))
+        }
+        Channel::Reported => {
+            if payload.is_empty() {
+                return Ok((channel, Accepted::Ignored));
+            }
+            let r = fleet_proto::v1::ReportedState::decode(payload).map_err(|_| (Refusal::Decode, who()))?;
+            if r.node_id != node_id {
+                return Err((Refusal::NodeMismatch, who()));
+            }
+            Ok((channel, Accepted::Reported(r)))
         }
         _ => Ok((channel, Accepted::Ignored)),
     }
@@ -227,6 +238,10 @@ impl Handler {
                     }
                     Accepted::Status(s) => {
                         self.registry.update_status(*s);
+                        Ok(())
+                    }
+                    Accepted::Reported(r) => {
+                        self.registry.update_reported(r);
                         Ok(())
                     }
                     Accepted::Ignored => Ok(()),

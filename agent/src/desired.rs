@@ -1,0 +1,114 @@
+//! Desired state on the agent (ARCHITECTURE.md flow 3): validate what the
+//! controller sends, apply it, keep it on disk so a restart without the
+//! controller runs from it (offline autonomy), and say what runs.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_proto::v1::DesiredState;
+use prost::Message;
+
+use crate::power::PowerPolicy;
+
+/// File in `data_dir` holding the last desired state applied.
+pub const DESIRED_FILE: &str = "desired.pb";
+
+/// A desired state that passed validation, ready to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub version: u64,
+    pub policy: PowerPolicy,
+    pub telemetry_interval: Option<Duration>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub models: Vec<String>,
+}
+
+/// Checks a desired state for this node; `base` is the policy used when it carries none.
+///
+/// # Errors
+/// The reason, reported back to the controller.
+pub fn validate(d: &DesiredState, node_id: &str, base: &PowerPolicy) -> Result<Accepted, String> {
+    if d.node_id != node_id {
+        return Err(format!("desired state is for node {:?}, this is {node_id:?}", d.node_id));
+    }
+    let policy = if d.power_policy_toml.trim().is_empty() {
+        base.clone()
+    } else {
+        PowerPolicy::from_toml(&d.power_policy_toml).map_err(|e| format!("power policy: {e}"))?
+    };
+    let telemetry_interval = match d.telemetry_interval_ms {
+        0 => None,
+        ms if ms < 100 => return Err(format!("telemetry_interval_ms {ms} is below 100")),
+        ms => Some(Duration::from_millis(ms)),
+    };
+    Ok(Accepted {
+        version: d.version,
+        policy,
+        telemetry_interval,
+        labels: d.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        models: d.models.clone(),
+    })
+}
+
+/// The desired state kept on disk, if any (a damaged file is logged and ignored).
+#[must_use]
+pub fn load(data_dir: &Path) -> Option<DesiredState> {
+    let path = data_dir.join(DESIRED_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    match DesiredState::decode(bytes.as_slice()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "Stored desired state is damaged; running from the config.");
+            None
+        }
+    }
+}
+
+/// Keeps a desired state on disk, atomically (write, fsync, rename).
+///
+/// # Errors
+/// Disk errors.
+pub fn store(data_dir: &Path, d: &DesiredState) -> std::io::Result<()> {
+    let path = data_dir.join(DESIRED_FILE);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&d.encode_to_vec())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(toml: &str) -> DesiredState {
+        DesiredState { node_id: "n".into(), version: 3, power_policy_toml: toml.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn accepts_a_good_policy_and_refuses_bad_ones_with_the_reason() {
+        let base = PowerPolicy::default();
+        let a = validate(&desired("hot_c = 60.0\n"), "n", &base).unwrap();
+        assert_eq!((a.version, a.policy.hot_c), (3, 60.0));
+        assert_eq!(validate(&desired(""), "n", &base).unwrap().policy, base);
+        let e = validate(&desired("fan_curve = [[70, 0.2], [60, 0.9]]\n"), "n", &base).unwrap_err();
+        assert!(e.contains("fan_curve"), "{e}");
+        let e = validate(&desired("colour = \"red\"\n"), "n", &base).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        assert!(validate(&desired(""), "other", &base).unwrap_err().contains("other"));
+        let mut d = desired("");
+        d.telemetry_interval_ms = 50;
+        assert!(validate(&d, "n", &base).unwrap_err().contains("telemetry_interval_ms"));
+    }
+
+    #[test]
+    fn store_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).is_none());
+        store(dir.path(), &desired("hot_c = 60.0\n")).unwrap();
+        assert_eq!(load(dir.path()).unwrap().version, 3);
+        std::fs::write(dir.path().join(DESIRED_FILE), b"\xff\xff\xff").unwrap();
+        assert!(load(dir.path()).is_none());
+    }
+}
