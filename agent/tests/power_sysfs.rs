@@ -12,6 +12,13 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default().trim().to_owned()
 }
 
+/// Replaces a file atomically, as sysfs values change for readers.
+fn put(p: &Path, v: &str) {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, v).unwrap();
+    std::fs::rename(&tmp, p).unwrap();
+}
+
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -42,14 +49,14 @@ async fn thermal_ramp_drives_fan_and_governor_through_sysfs() {
 
     // 52.35 °C: balanced (no power supply known), fan at 0.22 of 4 states -> 1.
     wait_until("fan at state 1", || read(&fan) == "1").await;
-    std::fs::write(&temp, "78000\n").unwrap();
+    put(&temp, "78000\n");
     wait_until("fan full and governor powersave at 78 °C", || read(&fan) == "4" && read(&governor) == "powersave")
         .await;
     // 73 °C is within the 3 °C hysteresis of 75: still saver.
-    std::fs::write(&temp, "73000\n").unwrap();
+    put(&temp, "73000\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(read(&governor), "powersave");
-    std::fs::write(&temp, "60000\n").unwrap();
+    put(&temp, "60000\n");
     wait_until("governor back to ondemand and fan at 0.45 -> state 2", || {
         read(&governor) == "ondemand" && read(&fan) == "2"
     })

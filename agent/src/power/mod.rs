@@ -218,13 +218,20 @@ pub struct PowerManager {
     policy: PowerPolicy,
     current: Profile,
     shutdown_done: bool,
+    /// Last temperature read, and how many readings have missed it since: a
+    /// sensor that fails once must not relax a thermal profile.
+    last_temp: Option<f64>,
+    temp_misses: u32,
 }
+
+/// Readings without a temperature after which the last one is forgotten.
+const TEMP_MISSES_TOLERATED: u32 = 10;
 
 impl PowerManager {
     /// Starts in `balanced` until the first reading says otherwise.
     #[must_use]
     pub fn new(policy: PowerPolicy) -> Self {
-        Self { policy, current: Profile::Balanced, shutdown_done: false }
+        Self { policy, current: Profile::Balanced, shutdown_done: false, last_temp: None, temp_misses: 0 }
     }
 
     /// The policy in force.
@@ -278,6 +285,18 @@ impl PowerManager {
 
     /// Decides for one reading.
     pub fn decide(&mut self, power: &PowerReading, temp_c: Option<f64>) -> Decision {
+        let temp_c = match temp_c {
+            Some(t) => {
+                self.last_temp = Some(t);
+                self.temp_misses = 0;
+                Some(t)
+            }
+            None if self.temp_misses < TEMP_MISSES_TOLERATED => {
+                self.temp_misses += 1;
+                self.last_temp
+            }
+            None => None,
+        };
         let (strict, why) = self.classify(power, temp_c, 0.0);
         let (next, reason) = if strict >= self.current {
             (strict, why)

@@ -92,3 +92,14 @@ fn policy_documents_are_validated() {
     let e = PowerPolicy::from_toml("critical_below_pct = 60\n").unwrap_err();
     assert!(e.contains("critical_below_pct"), "{e}");
 }
+
+#[test]
+fn a_missed_temperature_reading_does_not_relax_a_thermal_profile() {
+    let mut m = PowerManager::new(PowerPolicy::default());
+    assert_eq!(m.decide(&mains(100.0), Some(80.0)).profile, Profile::Saver);
+    assert_eq!(m.decide(&mains(100.0), None).profile, Profile::Saver, "one failed read");
+    for _ in 0..20 {
+        m.decide(&mains(100.0), None);
+    }
+    assert_eq!(m.profile(), Profile::Performance, "a sensor gone for good is forgotten");
+}
