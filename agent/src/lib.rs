@@ -401,7 +401,13 @@ impl Agent {
     }
 
     /// Applies what the uplink reports; returns a new telemetry interval if one applies now.
-    fn on_event(&mut self, ev: UplinkEvent, sampler: &Sampler, replay_per_tick: usize) -> Option<Duration> {
+    fn on_event(&mut self, ev: UplinkEvent, sampler: &mut Sampler, replay_per_tick: usize) -> Option<Duration> {
+        if let UplinkEvent::Connected | UplinkEvent::Disconnected = ev
+            && let Some(led) = sampler.board_mut().status_led()
+        {
+            // The status LED shows the link: on while connected.
+            let _ = led.set_led(matches!(ev, UplinkEvent::Connected));
+        }
         let acked = match ev {
             UplinkEvent::Connected => {
                 self.spool.on_connect();
@@ -550,7 +556,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             _ = status_tick.tick() => agent.publish_status(NodeState::Online, Some(&sampler)),
             ev = agent.uplink.next_event() => {
-                if let Some(every) = agent.on_event(ev, &sampler, replay_per_tick) {
+                if let Some(every) = agent.on_event(ev, &mut sampler, replay_per_tick) {
                     sample_tick = interval(every);
                     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
                 }
@@ -568,7 +574,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
-            ev = agent.uplink.next_event() => { agent.on_event(ev, &sampler, replay_per_tick); }
+            ev = agent.uplink.next_event() => { agent.on_event(ev, &mut sampler, replay_per_tick); }
         }
     }
     agent.publish_status(NodeState::Offline, Some(&sampler));
