@@ -375,7 +375,7 @@ impl Spool {
         let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
         let len = f.metadata().map_err(io_err(&path))?.len();
         sync_dir(seg_dir)?;
-        Ok((BufWriter::with_capacity(256 * 1024, f), SegInfo { id, len }))
+        Ok((BufWriter::with_capacity(64 * 1024, f), SegInfo { id, len }))
     }
 
     /// Moves a damaged segment aside and puts its intact prefix back in its place.
