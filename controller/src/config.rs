@@ -23,6 +23,7 @@ pub struct ControllerConfig {
     pub grpc: ListenConfig,
     pub http: ListenConfig,
     pub ingest: IngestConfig,
+    pub kafka: crate::ingest::kafka::KafkaConfig,
 }
 
 /// `[mqtt]`.
@@ -71,6 +72,7 @@ impl Default for ControllerConfig {
             grpc: ListenConfig { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
             http: ListenConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
             ingest: IngestConfig::default(),
+            kafka: Default::default(),
         }
     }
 }

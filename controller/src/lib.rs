@@ -125,7 +125,30 @@ impl Controller {
         };
         tasks.spawn(writer.run(writer_rx, shutdown.clone()));
         let api_mqtt = client.clone();
+        let kafka_on = !cfg.kafka.brokers.is_empty();
+        let bridge = if kafka_on && cfg.kafka.bridge {
+            Some(Arc::new(ingest::kafka::Bridge::new(&cfg.kafka, metrics.clone())?))
+        } else {
+            None
+        };
+        if kafka_on && cfg.kafka.consume {
+            let consumer = ingest::kafka::TelemetryConsumer::new(
+                &cfg.kafka,
+                writer_tx.clone(),
+                metrics.clone(),
+                cfg.mqtt.max_payload_bytes,
+            )?;
+            tasks.spawn(consumer.run(shutdown.clone()));
+            tasks.spawn(ingest::kafka::status_reader(
+                &cfg.kafka,
+                registry.clone(),
+                metrics.clone(),
+                cfg.mqtt.max_payload_bytes,
+                shutdown.clone(),
+            )?);
+        }
         let reader = ingest::mqtt::Reader {
+            bridge,
             client,
             eventloop,
             registry: registry.clone(),

@@ -1,8 +1,9 @@
-//! Ingest: the MQTT reader (`mqtt`) validates what nodes publish and feeds
-//! the bounded writer queue; the writer (`writer`) commits telemetry in bulk
-//! and publishes the end-to-end acks.
+//! Ingest: the MQTT reader (`mqtt`) and the Kafka consumer (`kafka`) validate
+//! what nodes publish and feed the bounded writer queue; the writer
+//! (`writer`) commits telemetry in bulk and publishes the end-to-end acks.
 
 pub mod acks;
+pub mod kafka;
 pub mod mqtt;
 pub mod writer;
 

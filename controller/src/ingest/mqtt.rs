@@ -51,7 +51,9 @@ pub struct Reader {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     /// The writer's queue. Bounded: a full queue makes the reader wait.
-    pub writer_tx: mpsc::Sender<TelemetryBatch>,
+    pub writer_tx: mpsc::Sender<super::writer::WriteItem>,
+    /// Republishes accepted telemetry and status to Kafka, when configured.
+    pub bridge: Option<Arc<super::kafka::Bridge>>,
     pub max_payload_bytes: usize,
     /// True while connected with every subscription acknowledged by the broker.
     pub ready: tokio::sync::watch::Sender<bool>,
@@ -150,11 +152,11 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
 impl Reader {
     /// Reads until `shutdown`; reconnects with backoff on broker errors.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes, ready } = self;
+        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes, ready, bridge } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
-        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes };
+        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
         let mut connected = false;
@@ -210,8 +212,9 @@ impl Reader {
 struct Handler {
     registry: Registry,
     metrics: Arc<Metrics>,
-    writer_tx: mpsc::Sender<TelemetryBatch>,
+    writer_tx: mpsc::Sender<super::writer::WriteItem>,
     max_payload_bytes: usize,
+    bridge: Option<Arc<super::kafka::Bridge>>,
 }
 
 impl Handler {
@@ -228,11 +231,16 @@ impl Handler {
             }
             Ok((channel, accepted)) => {
                 self.metrics.received.get_or_create(&ChannelLabel { channel: channel.as_str() }).inc();
+                if let Some(bridge) = &self.bridge
+                    && let Some((node, _)) = fleet_proto::topics::parse_node_topic(&p.topic)
+                {
+                    bridge.publish(channel, node, &p.payload);
+                }
                 match accepted {
                     Accepted::Telemetry(b) => {
                         self.metrics.ingest_queue.inc();
                         tokio::select! {
-                            r = self.writer_tx.send(b) => r.map_err(|_| ()),
+                            r = self.writer_tx.send(b.into()) => r.map_err(|_| ()),
                             () = shutdown.cancelled() => Err(()),
                         }
                     }

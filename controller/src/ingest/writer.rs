@@ -22,6 +22,19 @@ use crate::store::{AckMark, Store};
 /// Committed ranges above the watermark sent in each ack, at most.
 const ACK_RANGES: usize = 64;
 
+/// A batch for the writer; `done` (Kafka) hears whether its rows are committed.
+#[derive(Debug)]
+pub struct WriteItem {
+    pub batch: TelemetryBatch,
+    pub done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl From<TelemetryBatch> for WriteItem {
+    fn from(batch: TelemetryBatch) -> Self {
+        Self { batch, done: None }
+    }
+}
+
 /// Everything the writer needs.
 pub struct Writer {
     pub store: Store,
@@ -35,7 +48,7 @@ pub struct Writer {
 impl Writer {
     /// Writes until the queue closes or `shutdown` fires; on shutdown the
     /// batches already queued are still written.
-    pub async fn run(self, mut rx: mpsc::Receiver<TelemetryBatch>, shutdown: CancellationToken) {
+    pub async fn run(self, mut rx: mpsc::Receiver<WriteItem>, shutdown: CancellationToken) {
         let mut tracker = AckTracker::default();
         loop {
             let first = tokio::select! {
@@ -43,7 +56,7 @@ impl Writer {
                 () = shutdown.cancelled() => { rx.close(); rx.recv().await }
             };
             let Some(first) = first else { break };
-            let mut rows = first.samples.len();
+            let mut rows = first.batch.samples.len();
             let mut group = vec![first];
             let deadline = tokio::time::Instant::now() + self.cfg.max_write_delay;
             while rows < self.cfg.max_rows_per_write {
@@ -53,14 +66,19 @@ impl Writer {
                 };
                 match next {
                     Some(b) => {
-                        rows += b.samples.len();
+                        rows += b.batch.samples.len();
                         group.push(b);
                     }
                     None => break,
                 }
             }
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
-            if self.write_group(group, &mut tracker).await.is_err() {
+            let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group.into_iter().map(|w| (w.batch, w.done)).unzip();
+            let ok = self.write_group(batches, &mut tracker).await.is_ok();
+            for d in dones.into_iter().flatten() {
+                let _ = d.send(ok);
+            }
+            if !ok {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     () = shutdown.cancelled() => {}
