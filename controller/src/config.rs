@@ -61,6 +61,10 @@ pub struct IngestConfig {
     /// Longest wait to fill a write. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub max_write_delay: Duration,
+    /// Sample times further than this ahead of the controller's clock are
+    /// clamped to the controller's clock (and counted). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -91,7 +95,12 @@ impl Default for MqttConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { queue_batches: 4096, max_rows_per_write: 20_000, max_write_delay: Duration::from_millis(100) }
+        Self {
+            queue_batches: 4096,
+            max_rows_per_write: 20_000,
+            max_write_delay: Duration::from_millis(100),
+            max_future_skew: Duration::from_secs(300),
+        }
     }
 }
 

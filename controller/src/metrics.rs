@@ -32,6 +32,7 @@ pub struct Metrics {
     pub nodes_online: Gauge,
     pub nodes_known: Gauge,
     pub ingest_queue: Gauge,
+    pub ingest_lag_ms: Gauge,
     pub acks_published: Counter,
 }
 
@@ -57,6 +58,7 @@ impl Metrics {
             nodes_online: Gauge::default(),
             nodes_known: Gauge::default(),
             ingest_queue: Gauge::default(),
+            ingest_lag_ms: Gauge::default(),
             acks_published: Counter::default(),
             registry: Registry::default(),
         };
@@ -74,6 +76,11 @@ impl Metrics {
         registry.register("nodes_online", "Nodes whose last status is online", m.nodes_online.clone());
         registry.register("nodes_known", "Nodes in the live view", m.nodes_known.clone());
         registry.register("ingest_queue_batches", "Batches waiting for the database writer", m.ingest_queue.clone());
+        registry.register(
+            "ingest_lag_milliseconds",
+            "Time the oldest batch of the last write waited in the queue (database lag)",
+            m.ingest_lag_ms.clone(),
+        );
         registry.register("acks_published", "End-to-end acks published to agents", m.acks_published.clone());
         Self { registry, ..m }
     }

@@ -198,12 +198,7 @@ impl TelemetryConsumer {
                                         .get_or_create(&ChannelLabel { channel: "kafka_telemetry" })
                                         .inc();
                                     let (tx, rx) = oneshot::channel();
-                                    if self
-                                        .writer_tx
-                                        .send(WriteItem { batch: b.clone(), done: Some(tx) })
-                                        .await
-                                        .is_err()
-                                    {
+                                    if self.writer_tx.send(WriteItem::with_done(b.clone(), tx)).await.is_err() {
                                         return;
                                     }
                                     self.metrics.ingest_queue.inc();
@@ -238,7 +233,7 @@ impl TelemetryConsumer {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     let (tx, rx) = oneshot::channel();
-                    if self.writer_tx.send(WriteItem { batch: batch.clone(), done: Some(tx) }).await.is_err() {
+                    if self.writer_tx.send(WriteItem::with_done(batch.clone(), tx)).await.is_err() {
                         return;
                     }
                     self.metrics.ingest_queue.inc();

@@ -27,11 +27,21 @@ const ACK_RANGES: usize = 64;
 pub struct WriteItem {
     pub batch: TelemetryBatch,
     pub done: Option<tokio::sync::oneshot::Sender<bool>>,
+    /// When it entered the queue: the write lag metric is measured from here.
+    pub queued_at: Instant,
+}
+
+impl WriteItem {
+    /// A batch whose outcome `done` hears (Kafka).
+    #[must_use]
+    pub fn with_done(batch: TelemetryBatch, done: tokio::sync::oneshot::Sender<bool>) -> Self {
+        Self { batch, done: Some(done), queued_at: Instant::now() }
+    }
 }
 
 impl From<TelemetryBatch> for WriteItem {
     fn from(batch: TelemetryBatch) -> Self {
-        Self { batch, done: None }
+        Self { batch, done: None, queued_at: Instant::now() }
     }
 }
 
@@ -73,8 +83,12 @@ impl Writer {
                 }
             }
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
+            let oldest = group.iter().map(|w| w.queued_at).min();
             let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group.into_iter().map(|w| (w.batch, w.done)).unzip();
             let ok = self.write_group(batches, &mut tracker).await.is_ok();
+            if let Some(t) = oldest {
+                self.metrics.ingest_lag_ms.set(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX));
+            }
             for d in dones.into_iter().flatten() {
                 let _ = d.send(ok);
             }
@@ -104,7 +118,21 @@ impl Writer {
             .collect();
         let non_finite: u64 =
             group.iter().map(|b| b.samples.iter().filter(|s| !s.value.is_finite()).count() as u64).sum();
-        let group = if non_finite > 0 { split_finite(group) } else { group };
+        let mut group = if non_finite > 0 { split_finite(group) } else { group };
+        // Clocks run ahead on nodes without RTC or NTP: clamp, keep the sample, count it.
+        let limit = fleet_proto::now_unix_ms()
+            .saturating_add(i64::try_from(self.cfg.max_future_skew.as_millis()).unwrap_or(i64::MAX));
+        let clamp_to = fleet_proto::now_unix_ms();
+        let mut clamped = 0u64;
+        for s in group.iter_mut().flat_map(|b| b.samples.iter_mut()) {
+            if s.time_unix_ms > limit {
+                s.time_unix_ms = clamp_to;
+                clamped += 1;
+            }
+        }
+        if clamped > 0 {
+            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "clamped_future_time" }).inc_by(clamped);
+        }
         if non_finite > 0 {
             self.metrics.dropped.get_or_create(&ReasonLabel { reason: "non_finite_value" }).inc_by(non_finite);
         }
