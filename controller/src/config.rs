@@ -24,6 +24,7 @@ pub struct ControllerConfig {
     pub http: ListenConfig,
     pub ingest: IngestConfig,
     pub kafka: crate::ingest::kafka::KafkaConfig,
+    pub storage: crate::store::StorageConfig,
 }
 
 /// `[mqtt]`.
@@ -77,6 +78,7 @@ impl Default for ControllerConfig {
             http: ListenConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
             ingest: IngestConfig::default(),
             kafka: Default::default(),
+            storage: Default::default(),
         }
     }
 }

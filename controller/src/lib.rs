@@ -187,6 +187,26 @@ impl Controller {
             }
         });
 
+        // Periodic storage upkeep: rollups of dirty hours, then retention.
+        let (jstore, jstop, jcfg) = (store.clone(), shutdown.clone(), cfg.storage.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(jcfg.job_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = jstop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let r = async {
+                    while jstore.rollup_dirty(64).await? == 64 {}
+                    jstore.apply_retention(&jcfg, fleet_proto::now_unix_ms()).await
+                };
+                if let Err(e) = r.await {
+                    tracing::error!(error = %e, "Storage upkeep (rollups, retention) failed; retrying next round.");
+                }
+            }
+        });
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<api::Api>>().await;
         let reflection = tonic_reflection::server::Builder::configure()

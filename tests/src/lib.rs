@@ -156,6 +156,7 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
     cfg.mqtt.url = mqtt_url.to_owned();
     cfg.mqtt.embedded_listen = any_port();
     cfg.ingest.max_write_delay = Duration::from_millis(20);
+    cfg.storage.job_interval = Duration::from_millis(200);
     cfg
 }
 

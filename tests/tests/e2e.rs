@@ -57,19 +57,29 @@ async fn three_agent_fleet(cfg: ControllerConfig, prefix: &str) -> anyhow::Resul
         .into_inner();
     assert!(raw.points.len() >= 3, "raw temperature points: {}", raw.points.len());
     assert!(raw.points.iter().all(|p| p.count == 1 && p.avg > -50.0 && p.avg < 150.0));
-    let bucketed = api
-        .query_telemetry(QueryTelemetryRequest {
-            node_id: format!("{prefix}2"),
-            metric: "soc.temp_c".into(),
-            start_unix_ms: 0,
-            end_unix_ms: 0,
-            bucket_s: 3600,
-            limit: 0,
-        })
-        .await?
-        .into_inner();
-    let total: u64 = bucketed.points.iter().map(|p| p.count).sum();
-    assert!(total >= raw.points.len() as u64 && bucketed.points.len() <= 2, "{bucketed:?}");
+    // Hourly buckets come from the 1 h rollups, a job interval behind the raw rows.
+    let want = raw.points.len() as u64;
+    let bucketed = wait_for(T, "the hourly rollup to cover the raw points", || {
+        let mut api = api.clone();
+        let node_id = format!("{prefix}2");
+        async move {
+            let r = api
+                .query_telemetry(QueryTelemetryRequest {
+                    node_id,
+                    metric: "soc.temp_c".into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 0,
+                    bucket_s: 3600,
+                    limit: 0,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.points.iter().map(|p| p.count).sum::<u64>() >= want).then_some(r)
+        }
+    })
+    .await?;
+    assert!(bucketed.points.len() <= 2, "{bucketed:?}");
 
     // A clean stop: every sample taken is acknowledged and stored exactly once.
     let a0 = agents.remove(0);
@@ -171,7 +181,7 @@ fn batch(node: &str, boot: &str, first_seq: u64, n: usize) -> TelemetryBatch {
             .map(|i| Sample {
                 metric: "cpu.usage_pct".into(),
                 value: i as f64,
-                time_unix_ms: 1_700_000_000_000 + i as i64,
+                time_unix_ms: fleet_proto::now_unix_ms() - 60_000 + i as i64,
             })
             .collect(),
         low_water_seq: 0,
@@ -194,11 +204,14 @@ async fn redelivery_is_deduplicated(cfg: ControllerConfig) -> anyhow::Result<()>
     assert_eq!(ack, Ack { boot_id: "boot-1".into(), up_to_seq: 49, committed: vec![] });
     client.publish(&topic, QoS::AtLeastOnce, false, b).await?;
     let m = c.metrics.clone();
-    wait_for(T, "the second copy to be processed", || {
+    let processed = wait_for(T, "the second copy to be processed", || {
         let m = m.clone();
         async move { (m.rows_duplicate.get() == 50).then_some(()) }
     })
-    .await?;
+    .await;
+    if let Err(e) = processed {
+        anyhow::bail!("{e}; metrics:\n{}", c.metrics.encode());
+    }
     assert_eq!(c.store.count_samples(Some("dup-node")).await?, 50);
     assert_eq!(c.metrics.rows_written.get(), 50);
     stop.cancel();
@@ -425,6 +438,9 @@ async fn value_rules_refuse_non_finite_and_clamp_future_times() -> anyhow::Resul
     client.subscribe(node_topic("rules-node", Channel::Ack), QoS::AtLeastOnce).await?;
     let now = fleet_proto::now_unix_ms();
     let mut b = batch("rules-node", "boot-r", 0, 4);
+    for s in &mut b.samples {
+        s.time_unix_ms = now - 7_200_000; // two hours ago: well within retention, outside the query below
+    }
     b.samples[1].value = f64::NAN;
     b.samples[2].time_unix_ms = now + 86_400_000; // a day ahead
     client.publish(node_topic("rules-node", Channel::Telemetry), QoS::AtLeastOnce, false, b.encode_to_vec()).await?;

@@ -13,6 +13,9 @@ use sqlx::{QueryBuilder, Row};
 
 use crate::ControllerError;
 
+mod tiers;
+pub use tiers::StorageConfig;
+
 /// Rows per INSERT statement on SQLite (6 binds a row, well under its 32766 limit).
 const SQLITE_ROWS_PER_STATEMENT: usize = 2000;
 /// Raw rows a bucketed query reads at most before it answers truncated.
@@ -234,6 +237,14 @@ impl Store {
         bucket_s: u32,
         limit: usize,
     ) -> Result<QueryResult, ControllerError> {
+        // Tier by bucket: whole hours from the 1 h rollups, whole minutes from
+        // the 1 min rollups, anything else (and raw samples) from raw rows.
+        if bucket_s >= 3600 && bucket_s.is_multiple_of(3600) {
+            return self.query_rollup("telemetry_1h", node_id, metric, (start_ms, end_ms), bucket_s, limit).await;
+        }
+        if bucket_s >= 60 && bucket_s.is_multiple_of(60) {
+            return self.query_rollup("telemetry_1m", node_id, metric, (start_ms, end_ms), bucket_s, limit).await;
+        }
         let cap =
             if bucket_s == 0 { i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1) } else { MAX_ROWS_SCANNED };
         let rows: Vec<(i64, f64)> = match self {
@@ -349,6 +360,17 @@ async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) 
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let hours = tiers::dirty_hours(batches);
+    if !hours.is_empty() {
+        sqlx::query(
+            "INSERT INTO rollup_dirty (hour_ms, marked_ms) SELECT h, $2 FROM UNNEST($1::int8[]) AS u(h) \
+             ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = EXCLUDED.marked_ms",
+        )
+        .bind(&hours)
+        .bind(fleet_proto::now_unix_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
     if !marks.is_empty() {
         let n: Vec<&str> = marks.iter().map(|m| m.node_id.as_str()).collect();
         let b: Vec<&str> = marks.iter().map(|m| m.boot_id.as_str()).collect();
@@ -394,6 +416,16 @@ async fn write_sqlite(
         inserted += qb.build().execute(&mut *tx).await?.rows_affected();
     }
     let now = fleet_proto::now_unix_ms();
+    for h in tiers::dirty_hours(batches) {
+        sqlx::query(
+            "INSERT INTO rollup_dirty (hour_ms, marked_ms) VALUES ($1, $2) \
+             ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = excluded.marked_ms",
+        )
+        .bind(h)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     for m in marks {
         sqlx::query(
             "INSERT INTO ack_state (node_id, boot_id, up_to_seq, updated_ms) VALUES ($1, $2, $3, $4) \

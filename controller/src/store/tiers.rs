@@ -1,0 +1,289 @@
+//! The cold tier: 1 minute and 1 hour rollups and retention, the same on
+//! SQLite and plain PostgreSQL. Every write marks the hours it touched; a
+//! periodic job recomputes those hours' rollups from the raw rows (so late,
+//! replayed and redelivered samples are counted exactly once), then applies
+//! retention. On PostgreSQL the job holds a transaction-scoped advisory lock,
+//! so with several replicas one runs it at a time.
+
+use std::time::Duration;
+
+use fleet_proto::v1::{TelemetryBatch, TelemetryPoint};
+use serde::Deserialize;
+
+use super::{QueryResult, Store};
+use crate::ControllerError;
+
+const HOUR_MS: i64 = 3_600_000;
+const MINUTE_MS: i64 = 60_000;
+/// Advisory lock key of the periodic job ("fleetjob" in ASCII).
+const JOB_LOCK: i64 = 0x666c_6565_746a_6f62;
+
+/// `[storage]`: rollups and retention.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// How often dirty hours are rolled up and retention applied. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub job_interval: Duration,
+    /// Raw samples are kept this long. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// 1 minute rollups are kept this long. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub rollup_1m_retention: Duration,
+    /// 1 hour rollups are kept this long. Default 2 years.
+    #[serde(with = "humantime_serde")]
+    pub rollup_1h_retention: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            job_interval: Duration::from_secs(30),
+            raw_retention: Duration::from_secs(7 * 86_400),
+            rollup_1m_retention: Duration::from_secs(90 * 86_400),
+            rollup_1h_retention: Duration::from_secs(730 * 86_400),
+        }
+    }
+}
+
+/// The hours (start, ms) the samples of `batches` fall in.
+pub(super) fn dirty_hours(batches: &[TelemetryBatch]) -> Vec<i64> {
+    let mut v: Vec<i64> =
+        batches.iter().flat_map(|b| b.samples.iter().map(|s| s.time_unix_ms.div_euclid(HOUR_MS) * HOUR_MS)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// Raw rows with their time in ms, for the two backends.
+const PG_RAW: &str = "SELECT node_id, metric, (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, value, boot_id, seq \
+     FROM telemetry WHERE ts >= 'epoch'::timestamptz + $1 * interval '1 millisecond' \
+       AND ts < 'epoch'::timestamptz + $2 * interval '1 millisecond'";
+const SQLITE_RAW: &str =
+    "SELECT node_id, metric, ts_ms, value, boot_id, seq FROM telemetry WHERE ts_ms >= $1 AND ts_ms < $2";
+
+fn rollup_1m_sql(raw: &str) -> String {
+    format!(
+        "INSERT INTO telemetry_1m (node_id, metric, bucket_ms, count, sum, min, max, last, last_ms) \
+         SELECT node_id, metric, b, count(*), sum(value), min(value), max(value), \
+                max(CASE WHEN rn = 1 THEN value END), max(ts_ms) \
+         FROM (SELECT node_id, metric, (ts_ms / {MINUTE_MS}) * {MINUTE_MS} AS b, value, ts_ms, \
+                      row_number() OVER (PARTITION BY node_id, metric, ts_ms / {MINUTE_MS} \
+                                         ORDER BY ts_ms DESC, boot_id DESC, seq DESC) AS rn \
+               FROM ({raw}) AS r) AS x \
+         GROUP BY node_id, metric, b"
+    )
+}
+
+const ROLLUP_1H: &str = "INSERT INTO telemetry_1h (node_id, metric, bucket_ms, count, sum, min, max, last, last_ms) \
+     SELECT node_id, metric, $1, sum(count), sum(sum), min(min), max(max), \
+            max(CASE WHEN rn = 1 THEN last END), max(last_ms) \
+     FROM (SELECT *, row_number() OVER (PARTITION BY node_id, metric ORDER BY last_ms DESC) AS rn \
+           FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2) AS x \
+     GROUP BY node_id, metric";
+
+impl Store {
+    /// Recomputes the rollups of up to `limit` dirty hours; returns how many.
+    /// With another replica running the job (PostgreSQL), does nothing.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn rollup_dirty(&self, limit: i64) -> Result<usize, ControllerError> {
+        let dirty: Vec<(i64, i64)> = match self {
+            Store::Postgres(p) => {
+                sqlx::query_as("SELECT hour_ms, marked_ms FROM rollup_dirty ORDER BY hour_ms LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Sqlite(p) => {
+                sqlx::query_as("SELECT hour_ms, marked_ms FROM rollup_dirty ORDER BY hour_ms LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        let mut done = 0;
+        for (hour, marked) in dirty {
+            let end = hour + HOUR_MS;
+            match self {
+                Store::Postgres(p) => {
+                    let mut tx = p.begin().await?;
+                    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                        .bind(JOB_LOCK)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if !locked {
+                        return Ok(done);
+                    }
+                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2")
+                        .bind(hour)
+                        .bind(end)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sqlx::AssertSqlSafe(rollup_1m_sql(PG_RAW)))
+                        .bind(hour)
+                        .bind(end)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms = $1").bind(hour).execute(&mut *tx).await?;
+                    sqlx::query(ROLLUP_1H).bind(hour).bind(end).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM rollup_dirty WHERE hour_ms = $1 AND marked_ms = $2")
+                        .bind(hour)
+                        .bind(marked)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+                Store::Sqlite(p) => {
+                    let mut tx = p.begin().await?;
+                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2")
+                        .bind(hour)
+                        .bind(end)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sqlx::AssertSqlSafe(rollup_1m_sql(SQLITE_RAW)))
+                        .bind(hour)
+                        .bind(end)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms = $1").bind(hour).execute(&mut *tx).await?;
+                    sqlx::query(ROLLUP_1H).bind(hour).bind(end).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM rollup_dirty WHERE hour_ms = $1 AND marked_ms = $2")
+                        .bind(hour)
+                        .bind(marked)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+            }
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Deletes what is past its retention: raw rows (only in hours already
+    /// rolled up), 1 minute and 1 hour rollups, old ack marks.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn apply_retention(&self, cfg: &StorageConfig, now_ms: i64) -> Result<u64, ControllerError> {
+        let raw_cut = now_ms - ms(cfg.raw_retention);
+        let m_cut = now_ms - ms(cfg.rollup_1m_retention);
+        let h_cut = now_ms - ms(cfg.rollup_1h_retention);
+        // Never drop raw rows of an hour whose rollups are still to be computed.
+        let first_dirty = "(SELECT coalesce(min(hour_ms), 9223372036854775807) FROM rollup_dirty)";
+        let deleted = match self {
+            Store::Postgres(p) => {
+                let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM telemetry WHERE ts < 'epoch'::timestamptz + least($1, {first_dirty}) * interval '1 millisecond'"
+                )))
+                .bind(raw_cut)
+                .execute(p)
+                .await?
+                .rows_affected();
+                sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
+                sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                sqlx::query(
+                    "DELETE FROM ack_state WHERE updated_at < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
+                )
+                .bind(raw_cut)
+                .execute(p)
+                .await?;
+                n
+            }
+            Store::Sqlite(p) => {
+                let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM telemetry WHERE ts_ms < min($1, {first_dirty})"
+                )))
+                .bind(raw_cut)
+                .execute(p)
+                .await?
+                .rows_affected();
+                sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
+                sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                sqlx::query("DELETE FROM ack_state WHERE updated_ms < $1").bind(raw_cut).execute(p).await?;
+                n
+            }
+        };
+        Ok(deleted)
+    }
+
+    /// Points of `bucket_s` seconds built from a rollup table (`telemetry_1m` or `telemetry_1h`).
+    pub(super) async fn query_rollup(
+        &self,
+        table: &'static str,
+        node_id: &str,
+        metric: &str,
+        (start_ms, end_ms): (i64, i64),
+        bucket_s: u32,
+        limit: usize,
+    ) -> Result<QueryResult, ControllerError> {
+        let sql = format!(
+            "SELECT bucket_ms, count, sum, min, max, last, last_ms FROM {table} \
+             WHERE node_id = $1 AND metric = $2 AND bucket_ms >= $3 AND bucket_ms < $4 ORDER BY bucket_ms"
+        );
+        type Row = (i64, i64, f64, f64, f64, f64, i64);
+        let rows: Vec<Row> = match self {
+            Store::Postgres(p) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(node_id)
+                    .bind(metric)
+                    .bind(start_ms)
+                    .bind(end_ms)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Sqlite(p) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(node_id)
+                    .bind(metric)
+                    .bind(start_ms)
+                    .bind(end_ms)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        let width = i64::from(bucket_s) * 1000;
+        let mut points: Vec<TelemetryPoint> = Vec::new();
+        let mut sums: Vec<(f64, i64)> = Vec::new();
+        for (b, count, sum, min, max, last, last_ms) in rows {
+            let start = b.div_euclid(width) * width;
+            let count = u64::try_from(count).unwrap_or(0);
+            match points.last_mut() {
+                Some(p) if p.time_unix_ms == start => {
+                    let (s, lm) = sums.last_mut().expect("sums follow points");
+                    *s += sum;
+                    p.count += count;
+                    p.min = p.min.min(min);
+                    p.max = p.max.max(max);
+                    if last_ms >= *lm {
+                        *lm = last_ms;
+                        p.last = last;
+                    }
+                    p.avg = *s / p.count as f64;
+                }
+                _ => {
+                    if points.len() == limit {
+                        return Ok(QueryResult { points, truncated: true });
+                    }
+                    sums.push((sum, last_ms));
+                    points.push(TelemetryPoint {
+                        time_unix_ms: start,
+                        avg: sum / count.max(1) as f64,
+                        min,
+                        max,
+                        last,
+                        count,
+                    });
+                }
+            }
+        }
+        Ok(QueryResult { points, truncated: false })
+    }
+}
