@@ -87,6 +87,27 @@ const ROLLUP_1H: &str = "INSERT INTO telemetry_1h (node_id, metric, bucket_ms, c
            FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2) AS x \
      GROUP BY node_id, metric";
 
+/// One dirty hour, inside the caller's transaction `$tx`, then commit: the
+/// same statements on both backends, only the raw-rows query differs.
+macro_rules! recompute_hour {
+    ($tx:ident, $raw:expr, $hour:expr, $end:expr, $marked:expr) => {
+        sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2")
+            .bind($hour)
+            .bind($end)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(rollup_1m_sql($raw))).bind($hour).bind($end).execute(&mut *$tx).await?;
+        sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms = $1").bind($hour).execute(&mut *$tx).await?;
+        sqlx::query(ROLLUP_1H).bind($hour).bind($end).execute(&mut *$tx).await?;
+        sqlx::query("DELETE FROM rollup_dirty WHERE hour_ms = $1 AND marked_ms = $2")
+            .bind($hour)
+            .bind($marked)
+            .execute(&mut *$tx)
+            .await?;
+        $tx.commit().await?;
+    };
+}
+
 impl Store {
     /// Recomputes the rollups of up to `limit` dirty hours; returns how many.
     /// With another replica running the job (PostgreSQL), does nothing.
@@ -121,45 +142,11 @@ impl Store {
                     if !locked {
                         return Ok(done);
                     }
-                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2")
-                        .bind(hour)
-                        .bind(end)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(sqlx::AssertSqlSafe(rollup_1m_sql(PG_RAW)))
-                        .bind(hour)
-                        .bind(end)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms = $1").bind(hour).execute(&mut *tx).await?;
-                    sqlx::query(ROLLUP_1H).bind(hour).bind(end).execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM rollup_dirty WHERE hour_ms = $1 AND marked_ms = $2")
-                        .bind(hour)
-                        .bind(marked)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
+                    recompute_hour!(tx, PG_RAW, hour, end, marked);
                 }
                 Store::Sqlite(p) => {
                     let mut tx = p.begin().await?;
-                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms >= $1 AND bucket_ms < $2")
-                        .bind(hour)
-                        .bind(end)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(sqlx::AssertSqlSafe(rollup_1m_sql(SQLITE_RAW)))
-                        .bind(hour)
-                        .bind(end)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms = $1").bind(hour).execute(&mut *tx).await?;
-                    sqlx::query(ROLLUP_1H).bind(hour).bind(end).execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM rollup_dirty WHERE hour_ms = $1 AND marked_ms = $2")
-                        .bind(hour)
-                        .bind(marked)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
+                    recompute_hour!(tx, SQLITE_RAW, hour, end, marked);
                 }
             }
             done += 1;
