@@ -103,3 +103,43 @@ fn a_missed_temperature_reading_does_not_relax_a_thermal_profile() {
     }
     assert_eq!(m.profile(), Profile::Performance, "a sensor gone for good is forgotten");
 }
+
+/// The same walk on the seeded `sim` board: under load the battery drains
+/// 80 % -> 4 % through balanced, saver, critical and one shutdown, the sim's
+/// own reading noise causes no flapping, and mains coming back goes up again.
+#[test]
+fn sim_battery_drain_and_mains_restored() {
+    use fleet_hardware::sim::{SimBoard, SimConfig, SimInput};
+    use fleet_hardware::{Board, PowerSource, ThermalSensor};
+    use std::time::Duration;
+
+    let mut cfg = SimConfig::pi_on_ups(42);
+    cfg.initial_soc_pct = 80.0;
+    cfg.input = SimInput::Mains { on: false };
+    cfg.noise = 10.0; // ±1 % of charge on every reading
+    let mut board = SimBoard::new(cfg);
+    let mut m = PowerManager::new(PowerPolicy::default());
+    let (mut changes, mut shutdowns) = (vec![], 0);
+    for _ in 0..20_000 {
+        board.advance(Duration::from_secs(5), 0.9);
+        let p = board.read_power().unwrap();
+        let d = m.decide(&p, board.soc_temperature_c().unwrap());
+        if let Some(from) = d.changed_from {
+            changes.push((from, d.profile));
+        }
+        shutdowns += usize::from(d.shutdown);
+        if p.battery_soc_pct.unwrap() < 4.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        changes,
+        [(Profile::Balanced, Profile::Saver), (Profile::Saver, Profile::Critical)],
+        "one step per threshold, no flapping"
+    );
+    assert_eq!(shutdowns, 1);
+    board.set_input(SimInput::Mains { on: true });
+    board.advance(Duration::from_secs(5), 0.9);
+    let d = m.decide(&board.read_power().unwrap(), board.soc_temperature_c().unwrap());
+    assert_eq!((d.changed_from, d.profile), (Some(Profile::Critical), Profile::Performance));
+}
