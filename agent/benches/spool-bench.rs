@@ -14,19 +14,7 @@ use fleet_proto::v1::{Ack, Sample, TelemetryBatch};
 
 /// A batch like the agent's: one tick of 11 metrics.
 fn batch(seq: u64) -> TelemetryBatch {
-    let names = [
-        "cpu.usage_pct",
-        "cpu.load1",
-        "mem.used_pct",
-        "mem.used_bytes",
-        "disk.used_pct",
-        "net.rx_bytes_per_s",
-        "net.tx_bytes_per_s",
-        "soc.temp_c",
-        "power.battery_soc_pct",
-        "power.on_battery",
-        "power.input_w",
-    ];
+    let names = fleet_proto::metrics::TICK;
     TelemetryBatch {
         node_id: "bench-node-0001".into(),
         boot_id: "0b7e1d3c-55aa-4f7e-9c1d-2a3b4c5d6e7f".into(),

@@ -8,23 +8,8 @@ use fleet_hardware::Board;
 use fleet_proto::v1::{NodeVitals, Sample};
 use sysinfo::{Disks, Networks, System};
 
-/// Metric names the agent produces (documented in docs/wire.md).
-pub mod metric {
-    pub const CPU_USAGE_PCT: &str = "cpu.usage_pct";
-    pub const CPU_LOAD1: &str = "cpu.load1";
-    pub const MEM_USED_PCT: &str = "mem.used_pct";
-    pub const MEM_USED_BYTES: &str = "mem.used_bytes";
-    pub const DISK_USED_PCT: &str = "disk.used_pct";
-    pub const NET_RX_BYTES_PER_S: &str = "net.rx_bytes_per_s";
-    pub const NET_TX_BYTES_PER_S: &str = "net.tx_bytes_per_s";
-    pub const SOC_TEMP_C: &str = "soc.temp_c";
-    pub const BATTERY_SOC_PCT: &str = "power.battery_soc_pct";
-    pub const ON_BATTERY: &str = "power.on_battery";
-    pub const INPUT_POWER_W: &str = "power.input_w";
-    pub const THROTTLE_BITS: &str = "soc.throttle_bits";
-    pub const FAN_DUTY: &str = "fan.duty";
-    pub const POWER_PROFILE: &str = "power.profile";
-}
+/// Metric names the agent produces (the wire contract's, in fleet-proto).
+pub use fleet_proto::metrics as metric;
 
 /// Reads the machine and the board.
 pub struct Sampler {

@@ -28,6 +28,14 @@ fn config(node: &str, brokers: &str, dir: &std::path::Path) -> AgentConfig {
     cfg
 }
 
+/// Three mock brokers with the fleet's topics.
+fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let c = MockCluster::new(3).expect("mock cluster");
+    c.create_topic("fleet.telemetry", PARTITIONS, 3).expect("topic");
+    c.create_topic("fleet.status", 1, 3).expect("topic");
+    c
+}
+
 /// Every batch on the topic: (key, batch).
 fn read_topic(brokers: &str, topic: &str) -> Vec<(String, TelemetryBatch)> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -75,9 +83,7 @@ fn seqs(batches: &[(String, TelemetryBatch)], node: &str, boot: &str) -> (BTreeS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_leave_the_spool_on_delivery_reports() {
-    let cluster = MockCluster::new(3).expect("mock cluster");
-    cluster.create_topic("fleet.telemetry", PARTITIONS, 3).expect("topic");
-    cluster.create_topic("fleet.status", 1, 3).expect("topic");
+    let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
@@ -97,9 +103,7 @@ async fn batches_leave_the_spool_on_delivery_reports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_down_then_up_loses_nothing() {
-    let cluster = MockCluster::new(3).expect("mock cluster");
-    cluster.create_topic("fleet.telemetry", PARTITIONS, 3).expect("topic");
-    cluster.create_topic("fleet.status", 1, 3).expect("topic");
+    let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();

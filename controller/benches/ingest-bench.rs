@@ -17,19 +17,7 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-const METRICS: [&str; 11] = [
-    "cpu.usage_pct",
-    "cpu.load1",
-    "mem.used_pct",
-    "mem.used_bytes",
-    "disk.used_pct",
-    "net.rx_bytes_per_s",
-    "net.tx_bytes_per_s",
-    "soc.temp_c",
-    "power.battery_soc_pct",
-    "power.on_battery",
-    "power.input_w",
-];
+const METRICS: [&str; 11] = fleet_proto::metrics::TICK;
 
 fn samples(n: usize, base_ms: i64) -> Vec<Sample> {
     (0..n)

@@ -3,6 +3,7 @@
 //! topic and Kafka topic names are spelled. No I/O lives here.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod topics;
 
 /// Generated messages and gRPC stubs for package `fleet.v1`.

@@ -122,12 +122,13 @@ fn main() -> ExitCode {
 }
 
 fn metric_alias(m: &str) -> String {
+    use fleet_proto::metrics as metric;
     match m {
-        "cpu" => "cpu.usage_pct".into(),
-        "mem" | "memory" => "mem.used_pct".into(),
-        "disk" => "disk.used_pct".into(),
-        "temp" | "temperature" => "soc.temp_c".into(),
-        "battery" => "power.battery_soc_pct".into(),
+        "cpu" => metric::CPU_USAGE_PCT.into(),
+        "mem" | "memory" => metric::MEM_USED_PCT.into(),
+        "disk" => metric::DISK_USED_PCT.into(),
+        "temp" | "temperature" => metric::SOC_TEMP_C.into(),
+        "battery" => metric::BATTERY_SOC_PCT.into(),
         other => other.into(),
     }
 }
