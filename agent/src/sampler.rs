@@ -116,6 +116,20 @@ impl Sampler {
         if let Some(t) = temp {
             push(metric::SOC_TEMP_C, t);
         }
+        match self.board.thermal_zones() {
+            // Zones beside the SoC's (enclosure, PMIC, NVMe...) as thermal.<type>_c.
+            Ok(zones) if zones.len() > 1 => {
+                for (kind, c) in zones {
+                    let name: String = kind
+                        .chars()
+                        .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' })
+                        .collect();
+                    push(&format!("thermal.{name}_c"), c);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.hardware_error(&e),
+        }
         let power = match self.board.read_power() {
             Ok(p) => p,
             Err(e) => {

@@ -63,6 +63,15 @@ pub trait ThermalSensor {
     /// # Errors
     /// When the sensor exists but cannot be read or parsed.
     fn soc_temperature_c(&mut self) -> Result<Option<f64>, HardwareError>;
+
+    /// Every thermal zone the board reports: (type, °C). Empty where there is
+    /// only the SoC sensor.
+    ///
+    /// # Errors
+    /// When a zone exists but cannot be read or parsed.
+    fn thermal_zones(&mut self) -> Result<Vec<(String, f64)>, HardwareError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The node's power supply: input and battery.

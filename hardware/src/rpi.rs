@@ -123,6 +123,10 @@ impl ThermalSensor for RpiBoard {
     fn soc_temperature_c(&mut self) -> Result<Option<f64>, HardwareError> {
         self.sysfs.soc_temperature_c()
     }
+
+    fn thermal_zones(&mut self) -> Result<Vec<(String, f64)>, HardwareError> {
+        self.sysfs.thermal_zones()
+    }
 }
 
 impl PowerSource for RpiBoard {

@@ -76,6 +76,19 @@ impl ThermalSensor for SysfsThermal {
             Some(z) => Ok(read_num(&z.join("temp"))?.map(|m| m / 1000.0)),
         }
     }
+
+    fn thermal_zones(&mut self) -> Result<Vec<(String, f64)>, HardwareError> {
+        let mut out = Vec::new();
+        for z in sorted_entries(&self.root) {
+            if !z.file_name().is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone")) {
+                continue;
+            }
+            if let (Some(t), Some(m)) = (read_attr(&z.join("type"))?, read_num(&z.join("temp"))?) {
+                out.push((t, m / 1000.0));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Input and battery from `/sys/class/power_supply/*` (µV, µA, µW, %).
@@ -278,6 +291,10 @@ impl SysfsBoard {
 impl ThermalSensor for SysfsBoard {
     fn soc_temperature_c(&mut self) -> Result<Option<f64>, HardwareError> {
         self.thermal.soc_temperature_c()
+    }
+
+    fn thermal_zones(&mut self) -> Result<Vec<(String, f64)>, HardwareError> {
+        self.thermal.thermal_zones()
     }
 }
 

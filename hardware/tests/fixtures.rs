@@ -36,6 +36,7 @@ fn pi4() {
 fn pi5() {
     let mut b = SysfsBoard::new(fixture("pi5"));
     assert_eq!(b.soc_temperature_c().unwrap(), Some(52.35));
+    assert_eq!(b.thermal_zones().unwrap(), [("cpu-thermal".to_owned(), 52.35)]);
     assert_eq!(b.throttle_flags().unwrap(), Some(ThrottleFlags::default()));
     assert_eq!(b.fan().unwrap().duty(), Some(0.25), "pwm-fan at state 1 of 4");
 }
@@ -44,6 +45,7 @@ fn pi5() {
 fn desktop_without_battery() {
     let mut b = SysfsBoard::new(fixture("x86-no-battery"));
     assert_eq!(b.soc_temperature_c().unwrap(), Some(44.0), "x86_pkg_temp preferred over acpitz");
+    assert_eq!(b.thermal_zones().unwrap(), [("acpitz".to_owned(), 27.8), ("x86_pkg_temp".to_owned(), 44.0)]);
     let p = b.read_power().unwrap();
     assert_eq!((p.input_present, p.battery_soc_pct, p.on_battery), (Some(true), None, None));
     assert_eq!(b.throttle_flags().unwrap(), None, "no Pi firmware");
