@@ -288,6 +288,8 @@ impl Spool {
         };
 
         let mut segments = Vec::with_capacity(ids.len());
+        // Intact records per segment, from the scan: counting the backlog needs no second pass.
+        let mut records: Vec<(u64, u64)> = Vec::with_capacity(ids.len());
         let last = ids.last().copied();
         for id in ids {
             let path = seg_dir.join(seg_name(id));
@@ -319,6 +321,7 @@ impl Spool {
                 }
             };
             segments.push(SegInfo { id, len });
+            records.push((id, scan.records));
         }
 
         // A fresh active segment: never append after bytes a crash may have left.
@@ -364,7 +367,9 @@ impl Spool {
             stats,
         };
         spool.acked = spool.normalize(spool.acked);
-        spool.pending = spool.count_records_from(spool.acked)?;
+        let head = spool.acked;
+        spool.pending = spool.count_records_in_segment_from(head)?
+            + records.iter().filter(|(id, _)| *id > head.seg).map(|(_, n)| n).sum::<u64>();
         spool.enforce_budget()?;
         spool.persist_cursor()?;
         Ok(spool)
@@ -429,11 +434,12 @@ impl Spool {
         self.end()
     }
 
-    fn count_records_from(&mut self, from: Position) -> Result<u64, SpoolError> {
+    /// Records from `from` to the end of its segment.
+    fn count_records_in_segment_from(&mut self, from: Position) -> Result<u64, SpoolError> {
         let mut n = 0;
         let mut p = from;
         let mut buf = std::mem::take(&mut self.buf);
-        loop {
+        while p.seg == from.seg {
             match self.read_at(p, &mut buf)? {
                 Read::Record { next, .. } => {
                     n += 1;
