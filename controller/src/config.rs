@@ -41,6 +41,11 @@ pub struct MqttConfig {
     pub password: String,
     /// Larger payloads are dropped. Default 1048576.
     pub max_payload_bytes: usize,
+    /// Several replicas: telemetry is read through the shared subscription
+    /// `$share/{shared_group}/...`, so each batch goes to one replica. Status
+    /// and reported state stay unshared (every replica sees every node).
+    /// Empty: not shared. Default "".
+    pub shared_group: String,
 }
 
 /// `[grpc]` / `[http]`.
@@ -91,6 +96,7 @@ impl Default for MqttConfig {
             username: String::new(),
             password: String::new(),
             max_payload_bytes: 1 << 20,
+            shared_group: String::new(),
         }
     }
 }
@@ -144,6 +150,13 @@ impl ControllerConfig {
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
+        }
+        let g = &self.mqtt.shared_group;
+        if g.contains(['/', '+', '#']) {
+            return Err("key `mqtt.shared_group`: a plain name without '/', '+' or '#', e.g. \"fleet-ingest\"".into());
+        }
+        if !g.is_empty() && self.mqtt.url.is_empty() {
+            return Err("key `mqtt.shared_group`: replicas share an external broker; set `mqtt.url` too".into());
         }
         if self.ingest.queue_batches == 0 || self.ingest.max_rows_per_write == 0 {
             return Err("keys `ingest.queue_batches` and `ingest.max_rows_per_write` must be at least 1".into());

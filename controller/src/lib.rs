@@ -94,7 +94,7 @@ impl Controller {
         let store = if cfg.database_url.is_empty() {
             Store::open_sqlite(&cfg.data_dir).await?
         } else {
-            Store::open_postgres(&cfg.database_url).await?
+            Store::open_postgres(&cfg.database_url, &cfg.storage).await?
         };
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
@@ -156,6 +156,7 @@ impl Controller {
             writer_tx,
             max_payload_bytes: cfg.mqtt.max_payload_bytes,
             ready: ready_tx,
+            shared_group: cfg.mqtt.shared_group.clone(),
         };
         tasks.spawn(reader.run(shutdown.clone()));
         // Start serving once ingest is subscribed, so nothing published right
@@ -187,7 +188,7 @@ impl Controller {
             }
         });
 
-        // Periodic storage upkeep: rollups of dirty hours, then retention.
+        // Periodic storage upkeep: partitions ahead, rollups of dirty hours, retention.
         let (jstore, jstop, jcfg) = (store.clone(), shutdown.clone(), cfg.storage.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(jcfg.job_interval);
@@ -197,12 +198,8 @@ impl Controller {
                     () = jstop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let r = async {
-                    while jstore.rollup_dirty(64).await? == 64 {}
-                    jstore.apply_retention(&jcfg, fleet_proto::now_unix_ms()).await
-                };
-                if let Err(e) = r.await {
-                    tracing::error!(error = %e, "Storage upkeep (rollups, retention) failed; retrying next round.");
+                if let Err(e) = jstore.storage_job(&jcfg, fleet_proto::now_unix_ms()).await {
+                    tracing::error!(error = %e, "Storage upkeep (partitions, rollups, retention) failed; retrying next round.");
                 }
             }
         });

@@ -272,6 +272,8 @@ impl Drop for NetNs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunRows {
     pub rows: u64,
+    /// Distinct seqs: equal to `rows` when nothing is stored twice.
+    pub distinct_seqs: u64,
     pub min_seq: u64,
     pub max_seq: u64,
 }
@@ -282,17 +284,18 @@ pub struct RunRows {
 /// Database errors.
 pub async fn runs_in_db(database_url: &str) -> anyhow::Result<BTreeMap<(String, String), RunRows>> {
     let pool = sqlx::PgPool::connect(database_url).await?;
-    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT node_id, boot_id, count(*), min(seq), max(seq) FROM telemetry GROUP BY node_id, boot_id",
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT node_id, boot_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM telemetry \
+         GROUP BY node_id, boot_id",
     )
     .fetch_all(&pool)
     .await?;
     pool.close().await;
     Ok(rows
         .into_iter()
-        .map(|(n, b, c, lo, hi)| {
+        .map(|(n, b, c, d, lo, hi)| {
             let u = |v: i64| u64::try_from(v).unwrap_or(0);
-            ((n, b), RunRows { rows: u(c), min_seq: u(lo), max_seq: u(hi) })
+            ((n, b), RunRows { rows: u(c), distinct_seqs: u(d), min_seq: u(lo), max_seq: u(hi) })
         })
         .collect())
 }
@@ -310,4 +313,69 @@ pub async fn seqs_in_db(database_url: &str, node: &str, boot: &str) -> anyhow::R
         .await?;
     pool.close().await;
     Ok(v.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
+}
+
+/// Tansu, a Kafka-protocol broker (Rust, Apache-2.0), run as its own process
+/// with in-memory storage. `scripts/test` installs it (`cargo install tansu`).
+pub struct Tansu {
+    program: PathBuf,
+}
+
+/// A running Tansu broker; killed on drop.
+pub struct TansuBroker {
+    pub bootstrap: String,
+    _proc: Proc,
+}
+
+impl Tansu {
+    /// The `tansu` program on PATH or in ~/.cargo/bin. Missing: `None` with a
+    /// printed reason, or an error when `FLEET_REQUIRE_TANSU=1` (scripts/test).
+    ///
+    /// # Errors
+    /// When it is required and missing.
+    pub fn find() -> anyhow::Result<Option<Self>> {
+        let mut dirs: Vec<PathBuf> =
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+        if let Some(home) = std::env::var_os("HOME") {
+            dirs.push(Path::new(&home).join(".cargo/bin"));
+        }
+        if let Some(program) = dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file()) {
+            return Ok(Some(Self { program }));
+        }
+        let why =
+            "tansu is not installed (scripts/test installs it: cargo install tansu --features dynostore --locked)";
+        if std::env::var("FLEET_REQUIRE_TANSU").is_ok_and(|v| v == "1") {
+            bail!("{why}");
+        }
+        println!("SKIPPED: {why}");
+        Ok(None)
+    }
+
+    /// Starts a broker on a free loopback port and creates `topics` (name, partitions).
+    ///
+    /// # Errors
+    /// When it does not start or a topic cannot be made.
+    pub async fn start(&self, dir: &Path, topics: &[(&str, u32)]) -> anyhow::Result<TansuBroker> {
+        let port = crate::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(&self.program);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn");
+        let proc = Proc::spawn("tansu", cmd, &dir.join("tansu.log"))?;
+        crate::wait_for(Duration::from_secs(30), "tansu listening", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await
+        .with_context(|| proc.log_text())?;
+        for (name, partitions) in topics {
+            let out = Command::new(&self.program)
+                .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &url])
+                .output()?;
+            if !out.status.success() {
+                bail!("tansu topic create {name}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(TansuBroker { bootstrap: format!("127.0.0.1:{port}"), _proc: proc })
+    }
 }

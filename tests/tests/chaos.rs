@@ -131,7 +131,7 @@ async fn check(
         let got = runs.get(&key).with_context(|| format!("{scenario}: no rows for {key:?}"))?;
         let taken = r.get("samples_taken");
         ensure!(
-            got.rows == taken && got.min_seq == 0 && got.max_seq + 1 == taken,
+            got.rows == taken && got.distinct_seqs == taken && got.min_seq == 0 && got.max_seq + 1 == taken,
             "{scenario}: {} final run produced {taken} samples, store has {got:?}",
             r.node_id
         );
@@ -153,8 +153,8 @@ async fn check(
             continue;
         } else {
             ensure!(
-                got.min_seq == 0 && got.rows == got.max_seq + 1,
-                "{scenario}: run {boot} of {node} has gaps: {got:?}"
+                got.min_seq == 0 && got.rows == got.max_seq + 1 && got.rows == got.distinct_seqs,
+                "{scenario}: run {boot} of {node} has gaps or duplicates: {got:?}"
             );
         }
         println!(

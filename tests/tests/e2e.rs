@@ -234,15 +234,6 @@ async fn redelivered_batch_yields_one_set_of_rows_postgres() -> anyhow::Result<(
     db.cleanup().await
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_are_counted_and_the_controller_keeps_serving() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

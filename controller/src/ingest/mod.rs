@@ -2,7 +2,6 @@
 //! what nodes publish and feed the bounded writer queue; the writer
 //! (`writer`) commits telemetry in bulk and publishes the end-to-end acks.
 
-pub mod acks;
 pub mod kafka;
 pub mod mqtt;
 pub mod writer;

@@ -57,6 +57,8 @@ pub struct Reader {
     pub max_payload_bytes: usize,
     /// True while connected with every subscription acknowledged by the broker.
     pub ready: tokio::sync::watch::Sender<bool>,
+    /// Telemetry through `$share/{group}/...` when not empty (replicas).
+    pub shared_group: String,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -152,7 +154,17 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
 impl Reader {
     /// Reads until `shutdown`; reconnects with backoff on broker errors.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Reader { client, mut eventloop, registry, metrics, writer_tx, max_payload_bytes, ready, bridge } = self;
+        let Reader {
+            client,
+            mut eventloop,
+            registry,
+            metrics,
+            writer_tx,
+            max_payload_bytes,
+            ready,
+            bridge,
+            shared_group,
+        } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
@@ -169,9 +181,15 @@ impl Reader {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(200);
-                    for c in [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results]
-                    {
-                        if let Err(e) = client.try_subscribe(all_nodes_filter(c), QoS::AtLeastOnce) {
+                    subacks = 0;
+                    for c in channels {
+                        let filter = match c {
+                            Channel::Telemetry if !shared_group.is_empty() => {
+                                format!("$share/{shared_group}/{}", all_nodes_filter(c))
+                            }
+                            _ => all_nodes_filter(c),
+                        };
+                        if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "Cannot subscribe to node topics.");
                         }
                     }

@@ -13,11 +13,10 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::acks::{AckTracker, RunMark};
 use crate::config::IngestConfig;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::Registry;
-use crate::store::{AckMark, Store};
+use crate::store::{RunRange, Store};
 
 /// Committed ranges above the watermark sent in each ack, at most.
 const ACK_RANGES: usize = 64;
@@ -59,7 +58,6 @@ impl Writer {
     /// Writes until the queue closes or `shutdown` fires; on shutdown the
     /// batches already queued are still written.
     pub async fn run(self, mut rx: mpsc::Receiver<WriteItem>, shutdown: CancellationToken) {
-        let mut tracker = AckTracker::default();
         loop {
             let first = tokio::select! {
                 b = rx.recv() => b,
@@ -85,7 +83,7 @@ impl Writer {
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
             let oldest = group.iter().map(|w| w.queued_at).min();
             let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group.into_iter().map(|w| (w.batch, w.done)).unzip();
-            let ok = self.write_group(batches, &mut tracker).await.is_ok();
+            let ok = self.write_group(batches).await.is_ok();
             if let Some(t) = oldest {
                 self.metrics.ingest_lag_ms.set(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX));
             }
@@ -101,78 +99,51 @@ impl Writer {
         }
     }
 
-    async fn write_group(&self, group: Vec<TelemetryBatch>, tracker: &mut AckTracker) -> Result<(), ()> {
-        // Non-finite values have no place in SQL; they are refused and counted,
-        // yet their seqs count as handled so the ack can move on.
-        let ranges: Vec<(String, String, u64, u64, u64)> = group
+    async fn write_group(&self, group: Vec<TelemetryBatch>) -> Result<(), ()> {
+        // Every batch's whole seq range counts as handled for its run's ack,
+        // also the samples a value rule refuses below.
+        let runs: Vec<RunRange> = group
             .iter()
-            .map(|b| {
-                (
-                    b.node_id.clone(),
-                    b.boot_id.clone(),
-                    b.first_seq,
-                    b.first_seq + b.samples.len() as u64,
-                    b.low_water_seq,
-                )
+            .map(|b| RunRange {
+                node_id: b.node_id.clone(),
+                boot_id: b.boot_id.clone(),
+                start: b.first_seq,
+                end: b.first_seq + b.samples.len() as u64,
+                low_water: b.low_water_seq,
             })
             .collect();
-        let non_finite: u64 =
-            group.iter().map(|b| b.samples.iter().filter(|s| !s.value.is_finite()).count() as u64).sum();
-        let mut group = if non_finite > 0 { split_finite(group) } else { group };
-        // Clocks run ahead on nodes without RTC or NTP: clamp, keep the sample, count it.
+        // Value rules (docs/schema.md): NaN and infinities have no place in
+        // SQL; a time too far ahead of our clock is refused too (clamping it
+        // would store a different time on each redelivery).
         let limit = fleet_proto::now_unix_ms()
             .saturating_add(i64::try_from(self.cfg.max_future_skew.as_millis()).unwrap_or(i64::MAX));
-        let clamp_to = fleet_proto::now_unix_ms();
-        let mut clamped = 0u64;
-        for s in group.iter_mut().flat_map(|b| b.samples.iter_mut()) {
-            if s.time_unix_ms > limit {
-                s.time_unix_ms = clamp_to;
-                clamped += 1;
+        let (mut non_finite, mut future) = (0u64, 0u64);
+        for s in group.iter().flat_map(|b| &b.samples) {
+            if !s.value.is_finite() {
+                non_finite += 1;
+            } else if s.time_unix_ms > limit {
+                future += 1;
             }
         }
-        if clamped > 0 {
-            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "clamped_future_time" }).inc_by(clamped);
+        let group = if non_finite + future > 0 {
+            split_keep(group, |s| s.value.is_finite() && s.time_unix_ms <= limit)
+        } else {
+            group
+        };
+        if future > 0 {
+            self.metrics.dropped.get_or_create(&ReasonLabel { reason: "future_time" }).inc_by(future);
         }
         if non_finite > 0 {
             self.metrics.dropped.get_or_create(&ReasonLabel { reason: "non_finite_value" }).inc_by(non_finite);
         }
 
-        // New marks, tentatively: applied to the tracker only after commit.
-        let mut marks: HashMap<(String, String), RunMark> = HashMap::new();
-        for (node, boot, start, end, low) in &ranges {
-            let key = (node.clone(), boot.clone());
-            if !marks.contains_key(&key) {
-                let mark = match tracker.get(node, boot) {
-                    Some(m) => m.clone(),
-                    None => match self.store.load_ack(node, boot).await {
-                        Ok(v) => RunMark::from_next(v.map_or(0, |s| s + 1)),
-                        Err(e) => {
-                            self.metrics.write_errors.inc();
-                            tracing::error!(error = %e, "Cannot read ack state; batches will be resent.");
-                            return Err(());
-                        }
-                    },
-                };
-                marks.insert(key.clone(), mark);
-            }
-            if let Some(m) = marks.get_mut(&key) {
-                m.commit(*start, *end, *low);
-            }
-        }
-        let ack_marks: Vec<AckMark> = marks
-            .iter()
-            .filter_map(|((n, b), m)| {
-                m.up_to().map(|u| AckMark { node_id: n.clone(), boot_id: b.clone(), up_to_seq: u })
-            })
-            .collect();
-
         let rows: u64 = group.iter().map(|b| b.samples.len() as u64).sum();
         let started = Instant::now();
-        match self.store.write(&group, &ack_marks).await {
-            Ok(inserted) => {
+        match self.store.write(&group, &runs).await {
+            Ok(written) => {
                 self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
-                self.metrics.rows_written.inc_by(inserted);
-                self.metrics.rows_duplicate.inc_by(rows.saturating_sub(inserted));
+                self.metrics.rows_written.inc_by(written.inserted);
+                self.metrics.rows_duplicate.inc_by(rows.saturating_sub(written.inserted));
                 self.metrics.batches_written.inc_by(group.len() as u64);
                 let mut per_node: HashMap<&str, u64> = HashMap::new();
                 for b in &group {
@@ -181,10 +152,10 @@ impl Writer {
                 for (node, n) in per_node {
                     self.registry.record_samples(node, n);
                 }
-                for ((node, boot), mark) in marks {
+                for (node, boot, mark) in written.marks {
                     if let Some(up_to) = mark.up_to() {
                         let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
-                        let ack = Ack { boot_id: boot.clone(), up_to_seq: up_to, committed };
+                        let ack = Ack { boot_id: boot, up_to_seq: up_to, committed };
                         match self.client.try_publish(
                             node_topic(&node, Channel::Ack),
                             QoS::AtLeastOnce,
@@ -197,7 +168,6 @@ impl Writer {
                             Err(_) => self.metrics.drop_msg("ack_queue_full"),
                         }
                     }
-                    tracker.put(&node, &boot, mark);
                 }
                 Ok(())
             }
@@ -210,13 +180,13 @@ impl Writer {
     }
 }
 
-/// Splits batches around non-finite samples so every kept sample keeps its seq.
-fn split_finite(group: Vec<TelemetryBatch>) -> Vec<TelemetryBatch> {
+/// Splits batches around the samples `keep` refuses, so every kept sample keeps its seq.
+fn split_keep(group: Vec<TelemetryBatch>, keep: impl Fn(&fleet_proto::v1::Sample) -> bool) -> Vec<TelemetryBatch> {
     let mut out = Vec::with_capacity(group.len());
     for b in group {
         let mut cur: Option<TelemetryBatch> = None;
         for (i, s) in b.samples.into_iter().enumerate() {
-            if s.value.is_finite() {
+            if keep(&s) {
                 cur.get_or_insert_with(|| TelemetryBatch {
                     node_id: b.node_id.clone(),
                     boot_id: b.boot_id.clone(),
@@ -250,7 +220,7 @@ mod tests {
             samples: v.iter().map(|&value| Sample { metric: "m".into(), value, time_unix_ms: 0 }).collect(),
             low_water_seq: 0,
         };
-        let out = split_finite(vec![b]);
+        let out = split_keep(vec![b], |s| s.value.is_finite());
         assert_eq!(out.iter().map(|b| (b.first_seq, b.samples.len())).collect::<Vec<_>>(), [(10, 1), (12, 2)]);
     }
 }

@@ -2,6 +2,7 @@
 //! type. Writes are bulk (UNNEST arrays on PostgreSQL, multi-row inserts in
 //! one transaction on SQLite); dedupe is the primary key (node_id, boot_id, seq).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,20 +14,33 @@ use sqlx::{QueryBuilder, Row};
 
 use crate::ControllerError;
 
+pub mod acks;
 mod tiers;
-pub use tiers::StorageConfig;
+use acks::RunMark;
+pub use tiers::{Retention, StorageConfig};
 
 /// Rows per INSERT statement on SQLite (6 binds a row, well under its 32766 limit).
 const SQLITE_ROWS_PER_STATEMENT: usize = 2000;
 /// Raw rows a bucketed query reads at most before it answers truncated.
 const MAX_ROWS_SCANNED: i64 = 2_000_000;
 
-/// An acknowledgement watermark to persist with the rows it covers.
+/// The seq range one batch covered, for the ack watermark of its run:
+/// `[start, end)` is handled (stored, or refused by a value rule) and the
+/// agent will never send anything below `low_water` again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckMark {
+pub struct RunRange {
     pub node_id: String,
     pub boot_id: String,
-    pub up_to_seq: u64,
+    pub start: u64,
+    pub end: u64,
+    pub low_water: u64,
+}
+
+/// What a write committed: rows inserted and the new ack mark of each run.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub inserted: u64,
+    pub marks: Vec<(String, String, RunMark)>,
 }
 
 /// The answer to a telemetry query.
@@ -40,7 +54,16 @@ pub struct QueryResult {
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Postgres(PgPool, PgFlavour),
+}
+
+/// Which schema a PostgreSQL database carries (chosen at its first migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgFlavour {
+    /// Plain PostgreSQL: native range partitions and controller-kept rollups.
+    Plain,
+    /// TimescaleDB: hypertable, compression, continuous aggregates, policies.
+    Timescale,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -70,19 +93,32 @@ impl Store {
         Ok(Store::Sqlite(pool))
     }
 
-    /// Connects to PostgreSQL and applies migrations.
+    /// Connects to PostgreSQL and applies migrations: the TimescaleDB schema
+    /// when a new database can load the extension (and `cfg.timescaledb`),
+    /// else plain PostgreSQL with daily partitions, today's made at once.
     ///
     /// # Errors
     /// When the server cannot be reached or the schema cannot be migrated.
-    pub async fn open_postgres(url: &str) -> Result<Self, ControllerError> {
+    pub async fn open_postgres(url: &str, cfg: &StorageConfig) -> Result<Self, ControllerError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
             .map_err(|e| ControllerError::Config(format!("cannot connect to --database-url: {e}")))?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Store::Postgres(pool))
+        let flavour = pg_flavour(&pool, cfg.timescaledb).await?;
+        match flavour {
+            PgFlavour::Plain => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+            PgFlavour::Timescale => sqlx::migrate!("./migrations/timescale").run(&pool).await?,
+        }
+        let store = Store::Postgres(pool, flavour);
+        match flavour {
+            PgFlavour::Plain => {
+                store.ensure_partitions(cfg, fleet_proto::now_unix_ms()).await?;
+            }
+            PgFlavour::Timescale => store.timescale_policies(cfg).await?,
+        }
+        Ok(store)
     }
 
     /// Short name of the backend, for logs and metrics.
@@ -90,7 +126,8 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
-            Store::Postgres(_) => "postgres",
+            Store::Postgres(_, PgFlavour::Plain) => "postgres",
+            Store::Postgres(_, PgFlavour::Timescale) => "timescaledb",
         }
     }
 
@@ -103,22 +140,23 @@ impl Store {
             Store::Sqlite(p) => {
                 sqlx::query("SELECT 1").execute(p).await?;
             }
-            Store::Postgres(p) => {
+            Store::Postgres(p, _) => {
                 sqlx::query("SELECT 1").execute(p).await?;
             }
         }
         Ok(())
     }
 
-    /// Writes every sample of `batches` and the ack marks in one transaction;
-    /// returns the rows actually inserted (duplicates are skipped).
+    /// Writes every sample of `batches` and moves the ack marks of `runs` in
+    /// one transaction; returns the rows actually inserted (duplicates are
+    /// skipped) and each run's mark as committed.
     ///
     /// # Errors
     /// Database errors; nothing is committed then.
-    pub async fn write(&self, batches: &[TelemetryBatch], marks: &[AckMark]) -> Result<u64, ControllerError> {
+    pub async fn write(&self, batches: &[TelemetryBatch], runs: &[RunRange]) -> Result<Written, ControllerError> {
         match self {
-            Store::Postgres(pool) => write_pg(pool, batches, marks).await,
-            Store::Sqlite(pool) => write_sqlite(pool, batches, marks).await,
+            Store::Postgres(pool, flavour) => write_pg(pool, *flavour, batches, runs).await,
+            Store::Sqlite(pool) => write_sqlite(pool, batches, runs).await,
         }
     }
 
@@ -129,7 +167,7 @@ impl Store {
     pub async fn count_samples(&self, node_id: Option<&str>) -> Result<u64, ControllerError> {
         let sql = "SELECT count(*) FROM telemetry WHERE $1 IS NULL OR node_id = $1";
         let n: i64 = match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).bind(node_id).fetch_one(p).await?,
+            Store::Postgres(p, _) => sqlx::query_scalar(sql).bind(node_id).fetch_one(p).await?,
             Store::Sqlite(p) => sqlx::query_scalar(sql).bind(node_id).fetch_one(p).await?,
         };
         Ok(u64::try_from(n).unwrap_or(0))
@@ -157,7 +195,7 @@ impl Store {
         let v = i64_of(desired.version);
         // The version check in WHERE makes concurrent writers fail instead of both winning.
         let done = match self {
-            Store::Postgres(p) => sqlx::query(
+            Store::Postgres(p, _) => sqlx::query(
                 "INSERT INTO desired_state (node_id, version, payload) VALUES ($1, $2, $3) \
                  ON CONFLICT (node_id) DO UPDATE SET version = EXCLUDED.version, payload = EXCLUDED.payload, \
                  updated_at = now() WHERE desired_state.version = $2 - 1",
@@ -191,7 +229,7 @@ impl Store {
     pub async fn get_desired(&self, node_id: &str) -> Result<Option<fleet_proto::v1::DesiredState>, ControllerError> {
         let sql = "SELECT payload FROM desired_state WHERE node_id = $1";
         let payload: Option<Vec<u8>> = match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).bind(node_id).fetch_optional(p).await?,
+            Store::Postgres(p, _) => sqlx::query_scalar(sql).bind(node_id).fetch_optional(p).await?,
             Store::Sqlite(p) => sqlx::query_scalar(sql).bind(node_id).fetch_optional(p).await?,
         };
         payload.map(|b| decode_desired(&b)).transpose()
@@ -204,20 +242,20 @@ impl Store {
     pub async fn all_desired(&self) -> Result<Vec<fleet_proto::v1::DesiredState>, ControllerError> {
         let sql = "SELECT payload FROM desired_state ORDER BY node_id";
         let rows: Vec<Vec<u8>> = match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+            Store::Postgres(p, _) => sqlx::query_scalar(sql).fetch_all(p).await?,
             Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
         };
         rows.iter().map(|b| decode_desired(b)).collect()
     }
 
-    /// The persisted ack watermark of one agent run.
+    /// The persisted ack watermark of one agent run (`None`: nothing committed).
     ///
     /// # Errors
     /// Database errors.
     pub async fn load_ack(&self, node_id: &str, boot_id: &str) -> Result<Option<u64>, ControllerError> {
         let sql = "SELECT up_to_seq FROM ack_state WHERE node_id = $1 AND boot_id = $2";
         let v: Option<i64> = match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).bind(node_id).bind(boot_id).fetch_optional(p).await?,
+            Store::Postgres(p, _) => sqlx::query_scalar(sql).bind(node_id).bind(boot_id).fetch_optional(p).await?,
             Store::Sqlite(p) => sqlx::query_scalar(sql).bind(node_id).bind(boot_id).fetch_optional(p).await?,
         };
         Ok(v.and_then(|v| u64::try_from(v).ok()))
@@ -248,7 +286,7 @@ impl Store {
         let cap =
             if bucket_s == 0 { i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1) } else { MAX_ROWS_SCANNED };
         let rows: Vec<(i64, f64)> = match self {
-            Store::Postgres(p) => sqlx::query(
+            Store::Postgres(p, _) => sqlx::query(
                 "SELECT (extract(epoch FROM ts) * 1000)::int8 AS t, value FROM telemetry \
                      WHERE node_id = $1 AND metric = $2 \
                        AND ts >= 'epoch'::timestamptz + $3 * interval '1 millisecond' \
@@ -324,7 +362,70 @@ fn aggregate(rows: &[(i64, f64)], bucket_s: u32, limit: usize, scan_truncated: b
     QueryResult { points, truncated: scan_truncated }
 }
 
-async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) -> Result<u64, ControllerError> {
+/// Which schema the database at `pool` gets: an existing database keeps the
+/// one it has; a new one gets TimescaleDB when `want_timescale` and
+/// `CREATE EXTENSION IF NOT EXISTS timescaledb` succeeds.
+async fn pg_flavour(pool: &PgPool, want_timescale: bool) -> Result<PgFlavour, ControllerError> {
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('telemetry') IS NOT NULL").fetch_one(pool).await?;
+    if has_table {
+        // Only the TimescaleDB schema has the continuous aggregate.
+        let hypertable: bool =
+            sqlx::query_scalar("SELECT to_regclass('telemetry_1m_agg') IS NOT NULL").fetch_one(pool).await?;
+        return Ok(if hypertable { PgFlavour::Timescale } else { PgFlavour::Plain });
+    }
+    if !want_timescale {
+        return Ok(PgFlavour::Plain);
+    }
+    match sqlx::query("CREATE EXTENSION IF NOT EXISTS timescaledb").execute(pool).await {
+        Ok(_) => {
+            tracing::info!("TimescaleDB is available: telemetry goes into a hypertable.");
+            Ok(PgFlavour::Timescale)
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "TimescaleDB is not available; using plain PostgreSQL with daily partitions.");
+            Ok(PgFlavour::Plain)
+        }
+    }
+}
+
+/// The distinct runs of `runs`, sorted: row locks are always taken in this
+/// order, so concurrent writers (replicas) cannot deadlock on them.
+fn run_keys(runs: &[RunRange]) -> Vec<(&str, &str)> {
+    let mut keys: Vec<(&str, &str)> = runs.iter().map(|r| (r.node_id.as_str(), r.boot_id.as_str())).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Applies `runs` to the stored marks; returns the new marks in key order.
+fn apply_runs(
+    keys: &[(&str, &str)],
+    mut stored: HashMap<(String, String), RunMark>,
+    runs: &[RunRange],
+) -> Vec<(String, String, RunMark)> {
+    for r in runs {
+        if let Some(m) = stored.get_mut(&(r.node_id.clone(), r.boot_id.clone())) {
+            m.commit(r.start, r.end, r.low_water);
+        }
+    }
+    keys.iter()
+        .filter_map(|&(n, b)| {
+            let key = (n.to_owned(), b.to_owned());
+            stored.remove(&key).map(|m| (key.0, key.1, m))
+        })
+        .collect()
+}
+
+/// Ranges a mark keeps in `ack_ranges` at most; beyond, the highest are
+/// forgotten (their batches are resent, as they are not acknowledged).
+const STORED_RANGES: usize = 1024;
+
+async fn write_pg(
+    pool: &PgPool,
+    flavour: PgFlavour,
+    batches: &[TelemetryBatch],
+    runs: &[RunRange],
+) -> Result<Written, ControllerError> {
     let n: usize = batches.iter().map(|b| b.samples.len()).sum();
     let (mut nodes, mut boots, mut seqs, mut ts, mut metrics, mut values) = (
         Vec::with_capacity(n),
@@ -344,7 +445,33 @@ async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) 
             values.push(s.value);
         }
     }
+    let keys = run_keys(runs);
+    let key_nodes: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let key_boots: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let mut tx = pool.begin().await?;
+    // Lock each run's ack row first (creating it if new), in key order; the
+    // rows of one run are then written by one transaction at a time.
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(
+        "INSERT INTO ack_state (node_id, boot_id, up_to_seq) \
+         SELECT n, b, -1 FROM UNNEST($1::text[], $2::text[]) AS u(n, b) \
+         ON CONFLICT (node_id, boot_id) DO UPDATE SET updated_at = now() \
+         RETURNING node_id, boot_id, up_to_seq",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let old_ranges: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT r.node_id, r.boot_id, r.start_seq, r.end_seq FROM ack_ranges r \
+         JOIN UNNEST($1::text[], $2::text[]) AS u(n, b) ON r.node_id = u.n AND r.boot_id = u.b",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let had_ranges = !old_ranges.is_empty();
+    let marks = apply_runs(&keys, stored_marks(locked, old_ranges), runs);
+
     let inserted = sqlx::query(
         "INSERT INTO telemetry (node_id, boot_id, seq, ts, metric, value) \
          SELECT n, b, s, 'epoch'::timestamptz + t * interval '1 millisecond', m, v \
@@ -361,7 +488,7 @@ async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) 
     .await?
     .rows_affected();
     let hours = tiers::dirty_hours(batches);
-    if !hours.is_empty() {
+    if !hours.is_empty() && flavour == PgFlavour::Plain {
         sqlx::query(
             "INSERT INTO rollup_dirty (hour_ms, marked_ms) SELECT h, $2 FROM UNNEST($1::int8[]) AS u(h) \
              ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = EXCLUDED.marked_ms",
@@ -371,37 +498,85 @@ async fn write_pg(pool: &PgPool, batches: &[TelemetryBatch], marks: &[AckMark]) 
         .execute(&mut *tx)
         .await?;
     }
-    if !marks.is_empty() {
-        let n: Vec<&str> = marks.iter().map(|m| m.node_id.as_str()).collect();
-        let b: Vec<&str> = marks.iter().map(|m| m.boot_id.as_str()).collect();
-        let s: Vec<i64> = marks.iter().map(|m| i64_of(m.up_to_seq)).collect();
+    let up_to: Vec<i64> = marks.iter().map(|(_, _, m)| m.up_to().map_or(-1, i64_of)).collect();
+    sqlx::query(
+        "UPDATE ack_state a SET up_to_seq = u.s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(n, b, s) \
+         WHERE a.node_id = u.n AND a.boot_id = u.b AND a.up_to_seq <> u.s",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .bind(&up_to)
+    .execute(&mut *tx)
+    .await?;
+    if had_ranges {
         sqlx::query(
-            "INSERT INTO ack_state (node_id, boot_id, up_to_seq) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]) \
-             ON CONFLICT (node_id, boot_id) DO UPDATE \
-             SET up_to_seq = GREATEST(ack_state.up_to_seq, EXCLUDED.up_to_seq), updated_at = now()",
+            "DELETE FROM ack_ranges r USING UNNEST($1::text[], $2::text[]) AS u(n, b) \
+             WHERE r.node_id = u.n AND r.boot_id = u.b",
         )
-        .bind(&n)
-        .bind(&b)
-        .bind(&s)
+        .bind(&key_nodes)
+        .bind(&key_boots)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (mut rn, mut rb, mut rs, mut re) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, b, m) in &marks {
+        for (s, e) in m.ranges(STORED_RANGES) {
+            rn.push(n.as_str());
+            rb.push(b.as_str());
+            rs.push(i64_of(s));
+            re.push(i64_of(e));
+        }
+    }
+    if !rn.is_empty() {
+        sqlx::query(
+            "INSERT INTO ack_ranges (node_id, boot_id, start_seq, end_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])",
+        )
+        .bind(&rn)
+        .bind(&rb)
+        .bind(&rs)
+        .bind(&re)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(inserted)
+    Ok(Written { inserted, marks })
+}
+
+/// Marks as stored: `ack_state` rows (-1: nothing yet) and their ranges.
+fn stored_marks(
+    state: Vec<(String, String, i64)>,
+    ranges: Vec<(String, String, i64, i64)>,
+) -> HashMap<(String, String), RunMark> {
+    let mut by_run: HashMap<(String, String), Vec<(u64, u64)>> = HashMap::new();
+    for (n, b, s, e) in ranges {
+        if let (Ok(s), Ok(e)) = (u64::try_from(s), u64::try_from(e)) {
+            by_run.entry((n, b)).or_default().push((s, e));
+        }
+    }
+    state
+        .into_iter()
+        .map(|(n, b, up_to)| {
+            let next = u64::try_from(up_to.saturating_add(1)).unwrap_or(0);
+            let ranges = by_run.remove(&(n.clone(), b.clone())).unwrap_or_default();
+            ((n, b), RunMark::new(next, ranges))
+        })
+        .collect()
 }
 
 async fn write_sqlite(
     pool: &SqlitePool,
     batches: &[TelemetryBatch],
-    marks: &[AckMark],
-) -> Result<u64, ControllerError> {
+    runs: &[RunRange],
+) -> Result<Written, ControllerError> {
     let rows = batches
         .iter()
         .flat_map(|b| b.samples.iter().enumerate().map(move |(i, s)| (b, i64_of(b.first_seq + i as u64), s)));
     let rows: Vec<_> = rows.collect();
     let mut tx = pool.begin().await?;
     let mut inserted = 0;
+    // The first write takes SQLite's write lock, so the marks read below
+    // cannot change under this transaction.
     for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
         let mut qb =
             QueryBuilder::new("INSERT OR IGNORE INTO telemetry (node_id, boot_id, seq, ts_ms, metric, value) ");
@@ -426,21 +601,55 @@ async fn write_sqlite(
         .execute(&mut *tx)
         .await?;
     }
-    for m in marks {
+    let keys = run_keys(runs);
+    let mut state = Vec::with_capacity(keys.len());
+    let mut ranges = Vec::new();
+    for &(n, b) in &keys {
+        let up_to: Option<i64> =
+            sqlx::query_scalar("SELECT up_to_seq FROM ack_state WHERE node_id = $1 AND boot_id = $2")
+                .bind(n)
+                .bind(b)
+                .fetch_optional(&mut *tx)
+                .await?;
+        state.push((n.to_owned(), b.to_owned(), up_to.unwrap_or(-1)));
+        let r: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT node_id, boot_id, start_seq, end_seq FROM ack_ranges WHERE node_id = $1 AND boot_id = $2",
+        )
+        .bind(n)
+        .bind(b)
+        .fetch_all(&mut *tx)
+        .await?;
+        ranges.extend(r);
+    }
+    let marks = apply_runs(&keys, stored_marks(state, ranges), runs);
+    for (n, b, m) in &marks {
         sqlx::query(
             "INSERT INTO ack_state (node_id, boot_id, up_to_seq, updated_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (node_id, boot_id) DO UPDATE \
-             SET up_to_seq = max(up_to_seq, excluded.up_to_seq), updated_ms = excluded.updated_ms",
+             ON CONFLICT (node_id, boot_id) DO UPDATE SET up_to_seq = excluded.up_to_seq, updated_ms = excluded.updated_ms",
         )
-        .bind(m.node_id.as_str())
-        .bind(m.boot_id.as_str())
-        .bind(i64_of(m.up_to_seq))
+        .bind(n.as_str())
+        .bind(b.as_str())
+        .bind(m.up_to().map_or(-1, i64_of))
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM ack_ranges WHERE node_id = $1 AND boot_id = $2")
+            .bind(n.as_str())
+            .bind(b.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (s, e) in m.ranges(STORED_RANGES) {
+            sqlx::query("INSERT INTO ack_ranges (node_id, boot_id, start_seq, end_seq) VALUES ($1, $2, $3, $4)")
+                .bind(n.as_str())
+                .bind(b.as_str())
+                .bind(i64_of(s))
+                .bind(i64_of(e))
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     tx.commit().await?;
-    Ok(inserted)
+    Ok(Written { inserted, marks })
 }
 
 #[cfg(test)]

@@ -10,13 +10,16 @@ use std::time::Duration;
 use fleet_proto::v1::{TelemetryBatch, TelemetryPoint};
 use serde::Deserialize;
 
-use super::{QueryResult, Store};
+use super::{PgFlavour, QueryResult, Store};
 use crate::ControllerError;
 
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
-/// Advisory lock key of the periodic job ("fleetjob" in ASCII).
-const JOB_LOCK: i64 = 0x666c_6565_746a_6f62;
+/// Advisory lock of one rollup recompute ("fleetjob" in ASCII).
+const ROLLUP_LOCK: i64 = 0x666c_6565_746a_6f62;
+/// Advisory lock of the whole periodic job and of partition changes ("fleetprt").
+const JOB_LOCK: i64 = 0x666c_6565_7470_7274;
+const DAY_MS: i64 = 86_400_000;
 
 /// `[storage]`: rollups and retention.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -34,6 +37,13 @@ pub struct StorageConfig {
     /// 1 hour rollups are kept this long. Default 2 years.
     #[serde(with = "humantime_serde")]
     pub rollup_1h_retention: Duration,
+    /// Plain PostgreSQL: daily partitions created this many days ahead. Default 3.
+    pub partitions_ahead_days: u32,
+    /// Use TimescaleDB when a new database can load the extension. Default true.
+    pub timescaledb: bool,
+    /// TimescaleDB: raw chunks older than this are compressed. Default 1 day.
+    #[serde(with = "humantime_serde")]
+    pub compress_after: Duration,
 }
 
 impl Default for StorageConfig {
@@ -43,8 +53,20 @@ impl Default for StorageConfig {
             raw_retention: Duration::from_secs(7 * 86_400),
             rollup_1m_retention: Duration::from_secs(90 * 86_400),
             rollup_1h_retention: Duration::from_secs(730 * 86_400),
+            partitions_ahead_days: 3,
+            timescaledb: true,
+            compress_after: Duration::from_secs(86_400),
         }
     }
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Raw rows deleted one by one (SQLite; PostgreSQL's default partition).
+    pub rows_deleted: u64,
+    /// Whole daily partitions dropped (plain PostgreSQL).
+    pub partitions_dropped: u64,
 }
 
 /// The hours (start, ms) the samples of `batches` fall in.
@@ -116,7 +138,7 @@ impl Store {
     /// Database errors.
     pub async fn rollup_dirty(&self, limit: i64) -> Result<usize, ControllerError> {
         let dirty: Vec<(i64, i64)> = match self {
-            Store::Postgres(p) => {
+            Store::Postgres(p, _) => {
                 sqlx::query_as("SELECT hour_ms, marked_ms FROM rollup_dirty ORDER BY hour_ms LIMIT $1")
                     .bind(limit)
                     .fetch_all(p)
@@ -133,10 +155,10 @@ impl Store {
         for (hour, marked) in dirty {
             let end = hour + HOUR_MS;
             match self {
-                Store::Postgres(p) => {
+                Store::Postgres(p, _) => {
                     let mut tx = p.begin().await?;
                     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                        .bind(JOB_LOCK)
+                        .bind(ROLLUP_LOCK)
                         .fetch_one(&mut *tx)
                         .await?;
                     if !locked {
@@ -155,27 +177,44 @@ impl Store {
     }
 
     /// Deletes what is past its retention: raw rows (only in hours already
-    /// rolled up), 1 minute and 1 hour rollups, old ack marks.
+    /// rolled up; on PostgreSQL whole daily partitions, and rows of the
+    /// default partition), 1 minute and 1 hour rollups, old ack marks. On
+    /// TimescaleDB its own policies do this; only ack marks are cleared here.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn apply_retention(&self, cfg: &StorageConfig, now_ms: i64) -> Result<u64, ControllerError> {
+    pub async fn apply_retention(&self, cfg: &StorageConfig, now_ms: i64) -> Result<Retention, ControllerError> {
         let raw_cut = now_ms - ms(cfg.raw_retention);
         let m_cut = now_ms - ms(cfg.rollup_1m_retention);
         let h_cut = now_ms - ms(cfg.rollup_1h_retention);
         // Never drop raw rows of an hour whose rollups are still to be computed.
         let first_dirty = "(SELECT coalesce(min(hour_ms), 9223372036854775807) FROM rollup_dirty)";
         let deleted = match self {
-            Store::Postgres(p) => {
-                let n = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM telemetry WHERE ts < 'epoch'::timestamptz + least($1, {first_dirty}) * interval '1 millisecond'"
-                )))
+            Store::Postgres(p, flavour) => {
+                let mut n = Retention::default();
+                if *flavour == PgFlavour::Plain {
+                    let cut: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT least($1, {first_dirty})")))
+                        .bind(raw_cut)
+                        .fetch_one(p)
+                        .await?;
+                    n.partitions_dropped = drop_partitions_before(p, cut).await?;
+                    n.rows_deleted = sqlx::query(
+                        "DELETE FROM telemetry_default WHERE ts < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
+                    )
+                    .bind(cut)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
+                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                }
+                sqlx::query(
+                    "DELETE FROM ack_ranges r USING ack_state a WHERE r.node_id = a.node_id AND r.boot_id = a.boot_id \
+                     AND a.updated_at < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
+                )
                 .bind(raw_cut)
                 .execute(p)
-                .await?
-                .rows_affected();
-                sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
-                sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                .await?;
                 sqlx::query(
                     "DELETE FROM ack_state WHERE updated_at < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
                 )
@@ -185,20 +224,171 @@ impl Store {
                 n
             }
             Store::Sqlite(p) => {
-                let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                let rows_deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM telemetry WHERE ts_ms < min($1, {first_dirty})"
                 )))
                 .bind(raw_cut)
                 .execute(p)
                 .await?
                 .rows_affected();
+                let n = Retention { rows_deleted, partitions_dropped: 0 };
                 sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
                 sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                sqlx::query(
+                    "DELETE FROM ack_ranges WHERE EXISTS (SELECT 1 FROM ack_state a WHERE a.node_id = ack_ranges.node_id \
+                     AND a.boot_id = ack_ranges.boot_id AND a.updated_ms < $1)",
+                )
+                .bind(raw_cut)
+                .execute(p)
+                .await?;
                 sqlx::query("DELETE FROM ack_state WHERE updated_ms < $1").bind(raw_cut).execute(p).await?;
                 n
             }
         };
         Ok(deleted)
+    }
+
+    /// The periodic storage job: partitions ahead (plain PostgreSQL), rollups
+    /// of dirty hours, retention. On PostgreSQL it runs under a session
+    /// advisory lock, so with several replicas one runs it at a time; returns
+    /// false when another replica holds it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn storage_job(&self, cfg: &StorageConfig, now_ms: i64) -> Result<bool, ControllerError> {
+        match self {
+            Store::Sqlite(_) => {
+                while self.rollup_dirty(64).await? == 64 {}
+                self.apply_retention(cfg, now_ms).await?;
+                Ok(true)
+            }
+            Store::Postgres(p, flavour) => {
+                let mut conn = p.acquire().await?;
+                let locked: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(JOB_LOCK).fetch_one(&mut *conn).await?;
+                if !locked {
+                    return Ok(false);
+                }
+                let r = async {
+                    if *flavour == PgFlavour::Plain {
+                        self.ensure_partitions(cfg, now_ms).await?;
+                        while self.rollup_dirty(64).await? == 64 {}
+                    }
+                    self.apply_retention(cfg, now_ms).await
+                }
+                .await;
+                let unlocked: Result<bool, _> =
+                    sqlx::query_scalar("SELECT pg_advisory_unlock($1)").bind(JOB_LOCK).fetch_one(&mut *conn).await;
+                if unlocked.is_err() {
+                    // The lock lives as long as the session: end it.
+                    conn.detach();
+                }
+                r.map(|_| true)
+            }
+        }
+    }
+
+    /// TimescaleDB: sets the compression, retention and continuous-aggregate
+    /// refresh policies from `cfg` (replacing any set before).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn timescale_policies(&self, cfg: &StorageConfig) -> Result<(), ControllerError> {
+        let Store::Postgres(p, PgFlavour::Timescale) = self else { return Ok(()) };
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let mut tx = p.begin().await?;
+        for (sql, arg) in [
+            ("SELECT remove_compression_policy('telemetry', if_exists => true)", None),
+            ("SELECT add_compression_policy('telemetry', $1 * interval '1 second')", Some(secs(cfg.compress_after))),
+            ("SELECT remove_retention_policy('telemetry', if_exists => true)", None),
+            ("SELECT add_retention_policy('telemetry', $1 * interval '1 second')", Some(secs(cfg.raw_retention))),
+            ("SELECT remove_retention_policy('telemetry_1m_agg', if_exists => true)", None),
+            (
+                "SELECT add_retention_policy('telemetry_1m_agg', $1 * interval '1 second')",
+                Some(secs(cfg.rollup_1m_retention)),
+            ),
+            ("SELECT remove_retention_policy('telemetry_1h_agg', if_exists => true)", None),
+            (
+                "SELECT add_retention_policy('telemetry_1h_agg', $1 * interval '1 second')",
+                Some(secs(cfg.rollup_1h_retention)),
+            ),
+            ("SELECT remove_continuous_aggregate_policy('telemetry_1m_agg', if_not_exists => true)", None),
+            // Refresh what raw retention still holds, up to a minute ago.
+            (
+                "SELECT add_continuous_aggregate_policy('telemetry_1m_agg', \
+                 start_offset => $1 * interval '1 second', end_offset => interval '1 minute', \
+                 schedule_interval => interval '1 minute')",
+                Some(secs(cfg.raw_retention)),
+            ),
+            ("SELECT remove_continuous_aggregate_policy('telemetry_1h_agg', if_not_exists => true)", None),
+            (
+                "SELECT add_continuous_aggregate_policy('telemetry_1h_agg', \
+                 start_offset => $1 * interval '1 second', end_offset => interval '1 hour', \
+                 schedule_interval => interval '30 minutes')",
+                Some(secs(cfg.rollup_1m_retention)),
+            ),
+        ] {
+            let q = sqlx::query(sql);
+            let q = if let Some(a) = arg { q.bind(a) } else { q };
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Plain PostgreSQL: makes sure the daily partitions from today to
+    /// `partitions_ahead_days` on exist; rows already waiting in
+    /// `telemetry_default` for a new day move into it. Returns how many were made.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn ensure_partitions(&self, cfg: &StorageConfig, now_ms: i64) -> Result<usize, ControllerError> {
+        let Store::Postgres(p, PgFlavour::Plain) = self else { return Ok(0) };
+        let today = now_ms.div_euclid(DAY_MS) * DAY_MS;
+        let mut made = 0;
+        for d in 0..=i64::from(cfg.partitions_ahead_days) {
+            let lo = today + d * DAY_MS;
+            let (name, lo_lit, hi_lit): (String, String, String) = sqlx::query_as(
+                "SELECT 'telemetry_p' || to_char(d, 'YYYYMMDD'), to_char(d, 'YYYY-MM-DD') || ' 00:00:00+00', \
+                        to_char(d + 1, 'YYYY-MM-DD') || ' 00:00:00+00' \
+                 FROM (SELECT (to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC')::date AS d) AS x",
+            )
+            .bind(lo)
+            .fetch_one(p)
+            .await?;
+            // Identifiers and bounds cannot be bound; these come from to_char of a date.
+            let safe = |v: &str| v.chars().all(|c| c.is_ascii_alphanumeric() || " _-:+".contains(c));
+            if !(safe(&name) && safe(&lo_lit) && safe(&hi_lit)) {
+                return Err(ControllerError::Io(format!("unexpected partition name {name:?}")));
+            }
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(p).await?;
+            if exists {
+                continue;
+            }
+            let mut tx = p.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(JOB_LOCK + 1).execute(&mut *tx).await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(&mut *tx).await?;
+            if exists {
+                continue;
+            }
+            for sql in [
+                format!("CREATE TABLE {name} (LIKE telemetry INCLUDING DEFAULTS)"),
+                format!(
+                    "WITH moved AS (DELETE FROM telemetry_default WHERE ts >= '{lo_lit}' AND ts < '{hi_lit}' \
+                     RETURNING node_id, boot_id, seq, ts, metric, value) \
+                     INSERT INTO {name} (node_id, boot_id, seq, ts, metric, value) SELECT * FROM moved"
+                ),
+                format!("ALTER TABLE telemetry ATTACH PARTITION {name} FOR VALUES FROM ('{lo_lit}') TO ('{hi_lit}')"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            tracing::info!(partition = %name, "Created a telemetry partition.");
+            made += 1;
+        }
+        Ok(made)
     }
 
     /// Points of `bucket_s` seconds built from a rollup table (`telemetry_1m` or `telemetry_1h`).
@@ -217,7 +407,7 @@ impl Store {
         );
         type Row = (i64, i64, f64, f64, f64, f64, i64);
         let rows: Vec<Row> = match self {
-            Store::Postgres(p) => {
+            Store::Postgres(p, _) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(node_id)
                     .bind(metric)
@@ -273,4 +463,26 @@ impl Store {
         }
         Ok(QueryResult { points, truncated: false })
     }
+}
+
+/// Drops the daily partitions that end at or before `cut_ms`; returns how many.
+async fn drop_partitions_before(p: &sqlx::PgPool, cut_ms: i64) -> Result<u64, ControllerError> {
+    let old: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'telemetry'::regclass AND c.relname ~ '^telemetry_p[0-9]{8}$' \
+           AND ((to_date(substr(c.relname, 12), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC') \
+               <= 'epoch'::timestamptz + $1 * interval '1 millisecond' \
+         ORDER BY 1",
+    )
+    .bind(cut_ms)
+    .fetch_all(p)
+    .await?;
+    let mut dropped = 0u64;
+    for name in old {
+        // The name matched ^telemetry_p[0-9]{8}$ above.
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}"))).execute(p).await?;
+        tracing::info!(partition = %name, "Dropped a telemetry partition past retention.");
+        dropped += 1;
+    }
+    Ok(dropped)
 }

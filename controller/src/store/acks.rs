@@ -2,14 +2,16 @@
 //! seq from 0 up to it is committed. Batches committed out of order wait as
 //! ranges until the gap below them fills; an agent's `low_water_seq` says
 //! which gaps will never fill (the agent dropped them), so the mark moves past.
+//!
+//! The marks live in the database (`ack_state`, `ack_ranges`) and are
+//! updated in the transaction that commits the rows, under a row lock, so
+//! several controller replicas writing one node's batches agree on them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Ranges above the watermark remembered per run at most; beyond, the
 /// highest are forgotten (their batches are resent, as they are not acked).
 const MAX_RANGES: usize = 4096;
-/// Runs remembered per node at most (the oldest is forgotten first).
-const MAX_RUNS_PER_NODE: usize = 4;
 
 /// Watermark of one agent run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,10 +23,14 @@ pub struct RunMark {
 }
 
 impl RunMark {
-    /// A mark where 0..next is committed.
+    /// A mark where 0..next and the given ranges are committed.
     #[must_use]
-    pub fn from_next(next: u64) -> Self {
-        Self { next, ranges: BTreeMap::new() }
+    pub fn new(next: u64, ranges: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut m = Self { next, ranges: BTreeMap::new() };
+        for (s, e) in ranges {
+            m.commit(s, e, 0);
+        }
+        m
     }
 
     /// Records a committed range [start, end) and the agent's low water mark.
@@ -50,6 +56,12 @@ impl RunMark {
         }
     }
 
+    /// Number of committed ranges above the watermark.
+    #[must_use]
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// The lowest `n` committed ranges above the watermark, `[start, end)`.
     pub fn ranges(&self, n: usize) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().take(n).map(|(&s, &e)| (s, e))
@@ -59,32 +71,6 @@ impl RunMark {
     #[must_use]
     pub fn up_to(&self) -> Option<u64> {
         self.next.checked_sub(1)
-    }
-}
-
-/// All runs' marks, keyed by node, then boot.
-#[derive(Debug, Default)]
-pub struct AckTracker {
-    nodes: HashMap<String, Vec<(String, RunMark)>>,
-}
-
-impl AckTracker {
-    /// The mark of a run, if it is known in memory.
-    #[must_use]
-    pub fn get(&self, node_id: &str, boot_id: &str) -> Option<&RunMark> {
-        self.nodes.get(node_id)?.iter().find(|(b, _)| b == boot_id).map(|(_, m)| m)
-    }
-
-    /// Stores a run's mark, forgetting the node's oldest run beyond the cap.
-    pub fn put(&mut self, node_id: &str, boot_id: &str, mark: RunMark) {
-        let runs = self.nodes.entry(node_id.to_owned()).or_default();
-        if let Some(pos) = runs.iter().position(|(b, _)| b == boot_id) {
-            runs.remove(pos);
-        }
-        runs.push((boot_id.to_owned(), mark));
-        if runs.len() > MAX_RUNS_PER_NODE {
-            runs.remove(0);
-        }
     }
 }
 
@@ -119,12 +105,10 @@ mod tests {
     }
 
     #[test]
-    fn tracker_keeps_a_few_runs_per_node() {
-        let mut t = AckTracker::default();
-        for b in 0..6 {
-            t.put("n", &b.to_string(), RunMark::from_next(b));
-        }
-        assert!(t.get("n", "0").is_none());
-        assert_eq!(t.get("n", "5").unwrap().next, 5);
+    fn rebuilt_from_stored_parts() {
+        let m = RunMark::new(10, [(20, 30), (10, 12)]);
+        assert_eq!(m.up_to(), Some(11));
+        assert_eq!(m.ranges(8).collect::<Vec<_>>(), [(20, 30)]);
+        assert_eq!(m.range_count(), 1);
     }
 }

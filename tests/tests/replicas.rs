@@ -1,0 +1,159 @@
+//! Two controller replicas against one PostgreSQL: 20 agents send at least
+//! 50,000 samples while one replica is killed (SIGKILL) mid-run; every sample
+//! is in the database exactly once. Run over MQTT (Mosquitto, shared
+//! subscription) and over Kafka (Tansu, a Kafka-protocol broker run as its
+//! own process, consumer group).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use fleet_agent::config::UplinkKind;
+use fleet_tests::procs::{Proc, bin, runs_in_db};
+use fleet_tests::{AgentHandle, Mosquitto, TestDb, agent_config, free_port, http_get, metric_value, wait_for};
+
+const AGENTS: usize = 20;
+const SAMPLES: u64 = 50_000;
+
+/// Ingest path of a run.
+#[derive(Clone, Copy, Debug)]
+enum Path2 {
+    Mqtt,
+    Kafka,
+}
+
+/// A replica's config file and its metrics address.
+fn controller_toml(dir: &Path, name: &str, db: &str, mqtt_url: &str, kafka: Option<&str>) -> (PathBuf, SocketAddr) {
+    let kafka = match kafka {
+        Some(b) => format!("[kafka]\nbrokers = \"{b}\"\nbridge = false\n"),
+        None => String::new(),
+    };
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = format!(
+        "database_url = \"{db}\"\ndata_dir = \"{data}\"\n\
+         [mqtt]\nurl = \"{mqtt_url}\"\nshared_group = \"fleet-ingest\"\n\
+         [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[http]\nlisten = \"{http}\"\n\
+         [storage]\njob_interval = \"500ms\"\n{kafka}",
+        data = dir.join(name).display(),
+        grpc = free_port(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write controller config");
+    (path, http)
+}
+
+fn start_controller(dir: &Path, name: &str, config: &Path) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(bin("fleet-controller")?);
+    cmd.arg("--config").arg(config).env("RUST_LOG", "info,rumqttd=off,librdkafka=warn");
+    Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))
+}
+
+/// Rows in the store so far.
+async fn rows(pool: &sqlx::PgPool) -> u64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM telemetry")
+        .fetch_one(pool)
+        .await
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = TestDb::create().await?;
+    let mosquitto = Mosquitto::start().await?;
+    let (mut replicas, mut metrics) = (Vec::new(), Vec::new());
+    for name in ["replica-a", "replica-b"] {
+        let (cfg, http) = controller_toml(dir.path(), name, &db.url, &mosquitto.url, kafka);
+        replicas.push(start_controller(dir.path(), name, &cfg)?);
+        metrics.push(http);
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    // Both replicas up: each logs its MQTT connection.
+    for r in &replicas {
+        wait_for(Duration::from_secs(30), "a replica connected", || async {
+            r.log_text().contains("Controller connected to the MQTT broker.").then_some(())
+        })
+        .await
+        .with_context(|| r.log_text())?;
+    }
+
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let mut cfg = agent_config(&format!("pi-{i:02}"), &mosquitto.url, dir.path());
+        cfg.telemetry.interval = Duration::from_millis(25);
+        cfg.telemetry.flush_interval = Duration::from_millis(100);
+        cfg.telemetry.shutdown_grace = Duration::from_secs(30);
+        if let (Path2::Kafka, Some(b)) = (path, kafka) {
+            cfg.uplink = UplinkKind::Kafka;
+            cfg.kafka.brokers = b.to_owned();
+        }
+        agents.push(AgentHandle::spawn(cfg));
+    }
+
+    // Kill replica A once a fifth of the samples are stored.
+    let started = Instant::now();
+    wait_for(Duration::from_secs(120), "a fifth of the samples stored", || async {
+        (rows(&pool).await >= SAMPLES / 5).then_some(())
+    })
+    .await?;
+    // Both replicas took a share of the work.
+    for (r, http) in replicas.iter().zip(&metrics) {
+        let text = http_get(*http, "/metrics").await?;
+        let written = metric_value(&text, "fleet_rows_written_total");
+        ensure!(written > 0.0, "{path:?}: {} wrote nothing before the kill; log:\n{}", r.name, r.log_text());
+        println!("{path:?}: {} had written {written} rows before replica A was killed", r.name);
+    }
+    let mut killed = replicas.remove(0);
+    killed.kill9();
+    let at_kill = rows(&pool).await;
+    wait_for(Duration::from_secs(180), "every sample stored", || async {
+        (rows(&pool).await >= SAMPLES).then_some(())
+    })
+    .await
+    .with_context(|| replicas[0].log_text())?;
+    let mut reports = Vec::new();
+    for a in agents {
+        reports.push(a.stop().await?);
+    }
+    let runs = runs_in_db(&db.url).await?;
+    let mut total = 0;
+    for r in &reports {
+        ensure!(r.batches_kept == 0, "{path:?}: {} left batches unacknowledged", r.node_id);
+        let key = (r.node_id.clone(), r.boot_id.clone());
+        let got = runs.get(&key).with_context(|| format!("{path:?}: no rows for {key:?}"))?;
+        let taken = r.counters.samples_taken;
+        ensure!(
+            got.rows == taken && got.distinct_seqs == taken && got.min_seq == 0 && got.max_seq + 1 == taken,
+            "{path:?}: {} produced {taken} samples, the store has {got:?}",
+            r.node_id
+        );
+        total += taken;
+    }
+    ensure!(runs.len() == AGENTS, "{path:?}: rows of {} runs, expected {AGENTS}", runs.len());
+    ensure!(total >= SAMPLES);
+    println!(
+        "replicas over {path:?}: {AGENTS} agents, {total} samples, each stored exactly once; replica A killed at \
+         {at_kill} rows, {:.1} s in",
+        started.elapsed().as_secs_f64()
+    );
+    drop(replicas);
+    drop(killed);
+    pool.close().await;
+    db.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_over_mqtt_shared_subscription() -> anyhow::Result<()> {
+    run(Path2::Mqtt, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_over_kafka_consumer_group() -> anyhow::Result<()> {
+    let Some(tansu) = fleet_tests::procs::Tansu::find()? else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let broker = tansu.start(dir.path(), &[("fleet.telemetry", 4), ("fleet.status", 1)]).await?;
+    run(Path2::Kafka, Some(&broker.bootstrap)).await
+}
