@@ -1,30 +1,78 @@
-//! `ingest-bench`: writes the same N generated samples (a) by raw `COPY`
-//! through one connection and (b) through the full path, agent batches ->
-//! MQTT broker (the embedded one) -> controller -> PostgreSQL, and prints
-//! rows/s of each and their ratio (last line: `ingest_vs_copy_ratio=<x>`).
+//! `ingest-bench`: writes the same N generated samples
+//! (a) by raw `COPY ... FROM STDIN (FORMAT binary)` through one connection,
+//! (b) through the full path: agent batches -> MQTT (the embedded broker) ->
+//!     controller -> PostgreSQL,
+//! (c) agent batches -> Kafka (librdkafka's mock cluster, or `--kafka` for a
+//!     real broker such as Tansu) -> controller's consumer group -> PostgreSQL,
+//! (d) agent batches -> MQTT -> controller -> SQLite,
+//! and prints rows/s of each, the controller's peak RSS on each path (it runs
+//! as a child process of the bench), and as its last line
+//! `ingest_vs_copy_ratio=<(b)/(a)>`.
 //!
-//! `cargo run --release --bin ingest-bench [-- --database-url URL -n 1000000 --nodes 20 --batch 500]`
-//! The default URL is the PostgreSQL that scripts/test starts; the bench
-//! works in a database of its own (`fleet_bench_<pid>`), dropped at the end.
+//! `cargo run --release --bin ingest-bench [-- --database-url URL -n 1000000 --nodes 20 --batch 500
+//!  --kafka HOST:PORT --only a,b,c,d]`
+//! The default URL is the PostgreSQL that scripts/test starts; each path works
+//! in a database of its own (`fleet_bench_<pid>_<path>`), dropped at the end.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use fleet_controller::{Controller, ControllerConfig};
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{Sample, TelemetryBatch};
 use prost::Message;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 const METRICS: [&str; 11] = fleet_proto::metrics::TICK;
+/// Seconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_S: i64 = 946_684_800;
 
-fn samples(n: usize, base_ms: i64) -> Vec<Sample> {
+/// `n` samples; sample `i` belongs to node `i % nodes`, and each node takes
+/// one tick of every metric a second, ending about now.
+fn samples(n: usize, nodes: usize) -> Vec<Sample> {
+    let per_tick = METRICS.len() * nodes;
+    let ticks = i64::try_from(n.div_ceil(per_tick)).unwrap_or(i64::MAX);
+    let base_ms = fleet_proto::now_unix_ms() - ticks * 1000 - 60_000;
     (0..n)
         .map(|i| Sample {
-            metric: METRICS[i % METRICS.len()].into(),
+            metric: METRICS[(i / nodes) % METRICS.len()].into(),
             value: (i % 1000) as f64 * 0.1,
-            time_unix_ms: base_ms + (i / METRICS.len()) as i64 * 1000,
+            time_unix_ms: base_ms + (i / per_tick) as i64 * 1000,
+        })
+        .collect()
+}
+
+/// The samples of each node, cut into agent batches.
+fn batches(data: &[Sample], nodes: usize, per_batch: usize) -> Vec<Vec<TelemetryBatch>> {
+    (0..nodes)
+        .map(|node| {
+            let mine: Vec<Sample> =
+                data.iter().enumerate().filter(|(i, _)| i % nodes == node).map(|(_, s)| s.clone()).collect();
+            let mut seq = 0;
+            mine.chunks(per_batch)
+                .map(|c| {
+                    let b = TelemetryBatch {
+                        node_id: format!("node-{node}"),
+                        boot_id: "boot".into(),
+                        first_seq: seq,
+                        samples: c.to_vec(),
+                        low_water_seq: 0,
+                    };
+                    seq += c.len() as u64;
+                    b
+                })
+                .collect()
         })
         .collect()
 }
@@ -36,87 +84,148 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(config) = arg(&args, "--controller-child") {
+        return controller_child(Path::new(&config)).await;
+    }
     let admin = arg(&args, "--database-url").unwrap_or_else(|| "postgres://fleet:fleet@127.0.0.1:5432/postgres".into());
     let n: usize = arg(&args, "-n").map_or(Ok(1_000_000), |v| v.parse())?;
     let nodes: usize = arg(&args, "--nodes").map_or(Ok(20), |v| v.parse())?;
     let per_batch: usize = arg(&args, "--batch").map_or(Ok(500), |v| v.parse())?;
-    let db = format!("fleet_bench_{}", std::process::id());
+    let only = arg(&args, "--only").unwrap_or_else(|| "a,b,c,d".into());
+    let kafka = arg(&args, "--kafka");
     let mut conn = sqlx::PgConnection::connect(&admin).await.map_err(|e| {
         anyhow::anyhow!("cannot reach {admin}: {e} (start it with scripts/test, or pass --database-url)")
     })?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await?;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let url = format!("{base}/{db}");
-    let result = run(&url, n, nodes, per_batch).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut conn).await?;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+    let mut dbs = Vec::new();
+    let result = async {
+        let data = samples(n, nodes);
+        let all = batches(&data, nodes, per_batch);
+        let mut new_db = async |tag: &str| -> anyhow::Result<String> {
+            let db = format!("fleet_bench_{}_{tag}", std::process::id());
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await?;
+            dbs.push(db.clone());
+            Ok(format!("{base}/{db}"))
+        };
+        let mut copy_rate = None;
+        let mut path_rate = None;
+        if only.contains('a') || only.contains('b') {
+            let url = new_db("mqtt").await?;
+            let c = ChildController::start(&url, None).await?;
+            if only.contains('a') {
+                copy_rate = Some(copy(&url, &data, nodes).await?);
+            }
+            if only.contains('b') {
+                let (rate, rss) = c.measure(n as u64, || publish_mqtt(c.mqtt_url.clone(), all.clone())).await?;
+                println!(
+                    "(b) agent batches -> MQTT -> controller -> PostgreSQL: {n} rows, {rate:.0} rows/s; \
+                     controller peak RSS {rss} kB"
+                );
+                path_rate = Some(rate);
+            }
+            c.stop()?;
+        }
+        if only.contains('c') {
+            let url = new_db("kafka").await?;
+            let mock;
+            let brokers = match &kafka {
+                Some(b) => {
+                    create_topics(b).await?;
+                    b.clone()
+                }
+                None => {
+                    mock = rdkafka::mocking::MockCluster::new(1)?;
+                    mock.create_topic(fleet_proto::topics::KAFKA_TELEMETRY, 8, 1)?;
+                    mock.create_topic(fleet_proto::topics::KAFKA_STATUS, 1, 1)?;
+                    mock.bootstrap_servers()
+                }
+            };
+            let c = ChildController::start(&url, Some(&brokers)).await?;
+            let (rate, rss) = c.measure(n as u64, || publish_kafka(brokers.clone(), all.clone())).await?;
+            let via = if kafka.is_some() { brokers.as_str() } else { "librdkafka mock cluster" };
+            println!(
+                "(c) agent batches -> Kafka ({via}) -> controller -> PostgreSQL: {n} rows, {rate:.0} rows/s; \
+                 controller peak RSS {rss} kB"
+            );
+            c.stop()?;
+        }
+        if only.contains('d') {
+            let c = ChildController::start("", None).await?;
+            let (rate, rss) = c.measure(n as u64, || publish_mqtt(c.mqtt_url.clone(), all.clone())).await?;
+            println!(
+                "(d) agent batches -> MQTT -> controller -> SQLite: {n} rows, {rate:.0} rows/s; \
+                 controller peak RSS {rss} kB"
+            );
+            c.stop()?;
+        }
+        if let (Some(c), Some(p)) = (copy_rate, path_rate) {
+            println!("ingest_vs_copy_ratio={:.3}", p / c);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for db in dbs {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await?;
+    }
     result
 }
 
-async fn run(url: &str, n: usize, nodes: usize, per_batch: usize) -> anyhow::Result<()> {
-    let base_ms = fleet_proto::now_unix_ms() - 3_600_000;
-    let data = samples(n, base_ms);
-
-    // The controller creates the schema; (a) copies into a twin of its raw table.
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let mut cfg = ControllerConfig { database_url: url.into(), data_dir: dir.path().into(), ..Default::default() };
-    cfg.grpc.listen = "127.0.0.1:0".parse()?;
-    cfg.http.listen = "127.0.0.1:0".parse()?;
-    cfg.mqtt.embedded_listen = "127.0.0.1:0".parse()?;
-    cfg.storage.job_interval = Duration::from_secs(3600);
-    let c = Controller::start(cfg, stop.clone()).await?;
-
+/// (a): raw binary COPY into a twin of the raw table, one connection.
+async fn copy(url: &str, data: &[Sample], nodes: usize) -> anyhow::Result<f64> {
     let mut pg = sqlx::PgConnection::connect(url).await?;
     sqlx::query("CREATE TABLE copy_target (LIKE telemetry INCLUDING ALL)").execute(&mut pg).await?;
-    let mut csv = Vec::with_capacity(n * 80);
+    let mut buf = Vec::with_capacity(data.len() * 90);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    let field = |buf: &mut Vec<u8>, bytes: &[u8]| {
+        buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+        buf.extend_from_slice(bytes);
+    };
+    let mut seqs = vec![0i64; nodes];
     for (i, s) in data.iter().enumerate() {
         let node = i % nodes;
-        use std::io::Write;
-        writeln!(csv, "node-{node},boot,{i},{},{},{}", fmt_ts(s.time_unix_ms), s.metric, s.value)?;
+        buf.extend_from_slice(&6i16.to_be_bytes());
+        field(&mut buf, format!("node-{node}").as_bytes());
+        field(&mut buf, b"boot");
+        field(&mut buf, &seqs[node].to_be_bytes());
+        seqs[node] += 1;
+        field(&mut buf, &((s.time_unix_ms - PG_EPOCH_S * 1000) * 1000).to_be_bytes());
+        field(&mut buf, s.metric.as_bytes());
+        field(&mut buf, &s.value.to_be_bytes());
     }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
     let t = Instant::now();
-    let mut copy =
-        pg.copy_in_raw("COPY copy_target (node_id, boot_id, seq, ts, metric, value) FROM STDIN (FORMAT csv)").await?;
-    for chunk in csv.chunks(1 << 20) {
+    let mut copy = pg
+        .copy_in_raw("COPY copy_target (node_id, boot_id, seq, ts, metric, value) FROM STDIN (FORMAT binary)")
+        .await?;
+    for chunk in buf.chunks(1 << 20) {
         copy.send(chunk).await?;
     }
     let copied = copy.finish().await?;
-    let copy_s = t.elapsed().as_secs_f64();
-    let copy_rate = copied as f64 / copy_s;
-    println!("(a) COPY: {copied} rows in {copy_s:.2} s = {copy_rate:.0} rows/s");
+    let s = t.elapsed().as_secs_f64();
+    let rate = copied as f64 / s;
+    println!("(a) COPY (FORMAT binary), one connection: {copied} rows in {s:.2} s = {rate:.0} rows/s");
+    Ok(rate)
+}
 
-    // (b) The same samples as agent batches over MQTT, one connection per node.
-    let (host, port) = fleet_proto::parse_mqtt_url(&c.mqtt_url).map_err(anyhow::Error::msg)?;
-    let mut clients = Vec::new();
-    for node in 0..nodes {
+/// One MQTT connection per node, QoS 1, as agents publish.
+async fn publish_mqtt(mqtt_url: String, all: Vec<Vec<TelemetryBatch>>) -> anyhow::Result<()> {
+    let (host, port) = fleet_proto::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let mut sends = Vec::new();
+    for (node, batches) in all.into_iter().enumerate() {
         let mut o = MqttOptions::new(format!("bench-{node}"), host.clone(), port);
         o.set_max_packet_size(16 << 20, 16 << 20);
         o.set_inflight(200);
         let (client, mut el) = AsyncClient::new(o, 1000);
         tokio::spawn(async move { while el.poll().await.is_ok() {} });
-        clients.push(client);
-    }
-    let per_node: Vec<Vec<Sample>> = (0..nodes)
-        .map(|node| data.iter().enumerate().filter(|(i, _)| i % nodes == node).map(|(_, s)| s.clone()).collect())
-        .collect();
-    let t = Instant::now();
-    let mut sends = Vec::new();
-    for (node, (client, samples)) in clients.iter().zip(per_node).enumerate() {
-        let client = client.clone();
         sends.push(tokio::spawn(async move {
-            let id = format!("node-{node}");
-            let topic = node_topic(&id, Channel::Telemetry);
-            let mut seq = 0u64;
-            for chunk in samples.chunks(per_batch) {
-                let b = TelemetryBatch {
-                    node_id: id.clone(),
-                    boot_id: "boot".into(),
-                    first_seq: seq,
-                    samples: chunk.to_vec(),
-                    low_water_seq: 0,
-                };
-                seq += chunk.len() as u64;
-                client.publish(&topic, QoS::AtLeastOnce, false, b.encode_to_vec()).await?;
+            for b in batches {
+                client
+                    .publish(node_topic(&b.node_id, Channel::Telemetry), QoS::AtLeastOnce, false, b.encode_to_vec())
+                    .await?;
             }
             anyhow::Ok(())
         }));
@@ -124,48 +233,192 @@ async fn run(url: &str, n: usize, nodes: usize, per_batch: usize) -> anyhow::Res
     for s in sends {
         s.await??;
     }
-    let want = n as u64;
-    while c.store.count_samples(None).await? < want {
-        if t.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("the full path wrote {} of {want} rows in 600 s", c.store.count_samples(None).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let path_s = t.elapsed().as_secs_f64();
-    let path_rate = n as f64 / path_s;
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned))
-        .unwrap_or_default();
-    println!(
-        "(b) agent batches -> MQTT -> controller -> PostgreSQL: {n} rows in {path_s:.2} s = {path_rate:.0} rows/s"
-    );
-    println!("bench process (controller + publishers) peak RSS: {}", rss.trim_start_matches("VmHWM:").trim());
-    stop.cancel();
-    c.wait().await;
-    println!("ingest_vs_copy_ratio={:.3}", path_rate / copy_rate);
     Ok(())
 }
 
-/// A timestamp PostgreSQL's CSV COPY reads: seconds since the epoch as `to_timestamp` would print.
-fn fmt_ts(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}+00", rem / 3600, rem % 3600 / 60, rem % 60)
+async fn create_topics(brokers: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let topics = [
+        NewTopic::new(fleet_proto::topics::KAFKA_TELEMETRY, 8, TopicReplication::Fixed(1)),
+        NewTopic::new(fleet_proto::topics::KAFKA_STATUS, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
+        }
+    }
+    Ok(())
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+/// An idempotent producer, key = node id, as the agent's Kafka uplink.
+async fn publish_kafka(brokers: String, all: Vec<Vec<TelemetryBatch>>) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut rounds: Vec<std::vec::IntoIter<TelemetryBatch>> = all.into_iter().map(Vec::into_iter).collect();
+    loop {
+        let mut sent = false;
+        for it in &mut rounds {
+            if let Some(b) = it.next() {
+                sent = true;
+                let producer = producer.clone();
+                pending.push(async move {
+                    let payload = b.encode_to_vec();
+                    let rec = FutureRecord::to(fleet_proto::topics::KAFKA_TELEMETRY).key(&b.node_id).payload(&payload);
+                    producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                });
+            }
+        }
+        while pending.len() > 1000 {
+            use futures::StreamExt;
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+        if !sent {
+            break;
+        }
+    }
+    use futures::StreamExt;
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The controller under test, in a process of its own so its RSS is its own.
+struct ChildController {
+    child: Child,
+    mqtt_url: String,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildController {
+    async fn start(database_url: &str, kafka: Option<&str>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = format!(
+            "database_url = \"{database_url}\"\ndata_dir = \"{}\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{}\"\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\njob_interval = \"1h\"\n",
+            dir.path().join("data").display(),
+            free_port()?,
+        );
+        if let Some(b) = kafka {
+            cfg.push_str(&format!("[kafka]\nbrokers = \"{b}\"\nbridge = false\n"));
+        }
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, cfg)?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--controller-child")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
+        let mut parts = line.split_whitespace().skip(1);
+        let (Some(mqtt_url), Some(http)) = (parts.next(), parts.next()) else {
+            anyhow::bail!("the controller child did not start: {line:?}");
+        };
+        Ok(Self { mqtt_url: mqtt_url.to_owned(), http: http.to_owned(), child, _dir: dir })
+    }
+
+    /// Runs `publish`, waits until `n` rows are written; returns rows/s from
+    /// the first publish to the last row, and the controller's peak RSS (kB).
+    async fn measure<F, Fut>(&self, n: u64, publish: F) -> anyhow::Result<(f64, u64)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (pid, p2, s2) = (self.child.id(), peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s2.is_cancelled() {
+                p2.fetch_max(status_kb(pid, "VmRSS:"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let t = Instant::now();
+        let sender = tokio::spawn(publish());
+        loop {
+            let written = match rows_written(&self.http).await {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("metrics: {e}");
+                    0
+                }
+            };
+            if written >= n {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "only {written} of {n} rows written in 900 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = t.elapsed().as_secs_f64();
+        sender.await??;
+        stop.cancel();
+        let rss = peak.load(Ordering::Relaxed).max(status_kb(self.child.id(), "VmHWM:"));
+        Ok((n as f64 / s, rss))
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `fleet_rows_written_total` from the controller's /metrics.
+async fn rows_written(http: &str) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let v = out
+        .lines()
+        .find(|l| l.starts_with("fleet_rows_written_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(v as u64)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Child mode: runs a controller from `config` until stdin closes.
+async fn controller_child(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let cfg = ControllerConfig::from_toml(&text, &config.display().to_string())?;
+    let stop = CancellationToken::new();
+    let c = Controller::start(cfg, stop.clone()).await?;
+    println!("ready {} {}", c.mqtt_url, c.http_addr);
+    std::io::stdout().flush()?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await?;
+    stop.cancel();
+    c.wait().await;
+    Ok(())
 }

@@ -67,8 +67,8 @@ pub struct IngestConfig {
     /// Longest wait to fill a write. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub max_write_delay: Duration,
-    /// Sample times further than this ahead of the controller's clock are
-    /// clamped to the controller's clock (and counted). Default 5 min.
+    /// Samples with a time further than this ahead of the controller's clock
+    /// are refused (and counted). Default 5 min.
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
 }

@@ -64,11 +64,12 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let mosquitto = Mosquitto::start().await?;
-    let (mut replicas, mut metrics) = (Vec::new(), Vec::new());
+    let (mut replicas, mut metrics, mut configs) = (Vec::new(), Vec::new(), Vec::new());
     for name in ["replica-a", "replica-b"] {
         let (cfg, http) = controller_toml(dir.path(), name, &db.url, &mosquitto.url, kafka);
         replicas.push(start_controller(dir.path(), name, &cfg)?);
         metrics.push(http);
+        configs.push(cfg);
     }
     let pool = sqlx::PgPool::connect(&db.url).await?;
     // Both replicas up: each logs its MQTT connection.
@@ -78,6 +79,16 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| r.log_text())?;
+        // On Kafka, each holds some of the group's partitions before agents start.
+        if let Path2::Kafka = path {
+            wait_for(Duration::from_secs(60), "a replica holding Kafka partitions", || async {
+                let log = r.log_text();
+                let last = log.lines().rev().find(|l| l.contains("Kafka partitions assigned"))?;
+                last.contains("fleet.telemetry/").then_some(())
+            })
+            .await
+            .with_context(|| r.log_text())?;
+        }
     }
 
     let mut agents = Vec::new();
@@ -109,6 +120,15 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     let mut killed = replicas.remove(0);
     killed.kill9();
     let at_kill = rows(&pool).await;
+    // Kafka: Tansu 0.6 expires the dead member ("missed heartbeat") but the
+    // rebalance still hands the survivor only its own partitions, so, as an
+    // orchestrator would, a replacement replica comes up. It resumes the dead
+    // one's partitions from their last committed offsets: what A consumed but
+    // had not committed to the database is read again (deduplicated).
+    if let Path2::Kafka = path {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        replicas.push(start_controller(dir.path(), "replica-a2", &configs[0])?);
+    }
     wait_for(Duration::from_secs(180), "every sample stored", || async {
         (rows(&pool).await >= SAMPLES).then_some(())
     })
@@ -118,6 +138,14 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     for a in agents {
         reports.push(a.stop().await?);
     }
+    // A killed consumer's partitions move to the survivor after the group's
+    // session timeout; wait for what it then reads.
+    let produced: u64 = reports.iter().map(|r| r.counters.samples_taken).sum();
+    wait_for(Duration::from_secs(120), "every produced sample stored", || async {
+        (rows(&pool).await >= produced).then_some(())
+    })
+    .await
+    .with_context(|| format!("{produced} samples produced; survivor's log:\n{}", replicas[0].log_text()))?;
     let runs = runs_in_db(&db.url).await?;
     let mut total = 0;
     for r in &reports {

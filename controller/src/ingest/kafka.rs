@@ -63,9 +63,14 @@ impl Default for KafkaConfig {
     }
 }
 
-fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+fn client_config(cfg: &KafkaConfig, consumer: bool) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
+    if consumer {
+        // A replica that dies hands its partitions over after the session
+        // timeout (librdkafka's default is 45 s). `[kafka] options` can change both.
+        c.set("session.timeout.ms", "10000").set("heartbeat.interval.ms", "2000");
+    }
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
@@ -101,7 +106,7 @@ impl Bridge {
     /// # Errors
     /// Settings librdkafka refuses.
     pub fn new(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, ControllerError> {
-        let producer = client_config(cfg)
+        let producer = client_config(cfg, false)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -139,9 +144,33 @@ fn accept(m: &BorrowedMessage<'_>, channel: Channel, max_payload: usize) -> Resu
     classify(&node_topic(&key, channel), payload, max_payload).map(|(_, a)| a).map_err(|(r, who)| (r.label(), who))
 }
 
+/// Logs the partitions the group gives this replica (operators ask which
+/// replica reads which nodes; tests wait for both replicas to hold some).
+pub struct GroupContext;
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        use rdkafka::consumer::Rebalance;
+        let parts = |l: &rdkafka::TopicPartitionList| {
+            l.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(l) => {
+                tracing::info!(partitions = %parts(l), "Kafka partitions assigned to this replica.")
+            }
+            Rebalance::Revoke(l) => {
+                tracing::info!(partitions = %parts(l), "Kafka partitions revoked from this replica.")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka consumer group rebalance failed."),
+        }
+    }
+}
+
 /// The telemetry consumer-group member.
 pub struct TelemetryConsumer {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<GroupContext>,
     /// The writer's queue (bounded): waiting on it is the backpressure.
     pub writer_tx: mpsc::Sender<WriteItem>,
     pub metrics: Arc<Metrics>,
@@ -160,12 +189,12 @@ impl TelemetryConsumer {
         metrics: Arc<Metrics>,
         max_payload: usize,
     ) -> Result<Self, ControllerError> {
-        let consumer: StreamConsumer = client_config(cfg)
+        let consumer: StreamConsumer<GroupContext> = client_config(cfg, true)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(GroupContext)
             .map_err(|e| ControllerError::Config(format!("[kafka]: consumer: {e}")))?;
         consumer
             .subscribe(&[fleet_proto::topics::KAFKA_TELEMETRY])
@@ -261,7 +290,7 @@ pub fn status_reader(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ControllerError> {
     let group = format!("{}-status-{:x}{:x}", cfg.group_id, std::process::id(), fleet_proto::now_unix_ms());
-    let consumer: StreamConsumer = client_config(cfg)
+    let consumer: StreamConsumer = client_config(cfg, true)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

@@ -1,0 +1,96 @@
+//! Ack watermarks live in the database: two stores (as two replicas) writing
+//! batches of the same agent runs concurrently and out of order end with the
+//! exact watermark, and out-of-order ranges survive a reopen (restart).
+
+use fleet_controller::store::{RunRange, StorageConfig, Store};
+use fleet_proto::v1::{Sample, TelemetryBatch};
+use fleet_tests::TestDb;
+
+fn batch(node: &str, first_seq: u64, n: u64) -> (TelemetryBatch, RunRange) {
+    // A sample keeps its time on every redelivery (the agent spools it).
+    let base = fleet_proto::now_unix_ms() / 86_400_000 * 86_400_000;
+    let b = TelemetryBatch {
+        node_id: node.into(),
+        boot_id: "boot".into(),
+        first_seq,
+        samples: (0..n)
+            .map(|i| Sample {
+                metric: "m".into(),
+                value: i as f64,
+                time_unix_ms: base + i64::try_from(first_seq + i).unwrap_or(0),
+            })
+            .collect(),
+        low_water_seq: 0,
+    };
+    let r =
+        RunRange { node_id: node.into(), boot_id: "boot".into(), start: first_seq, end: first_seq + n, low_water: 0 };
+    (b, r)
+}
+
+/// Writes batches 0..count of 10 samples each for `nodes`, in a shuffled
+/// order, through `stores` taking turns concurrently.
+async fn write_shuffled(stores: &[Store], nodes: &[&str], count: u64, seed: u64) -> anyhow::Result<()> {
+    let mut work: Vec<(String, u64)> =
+        nodes.iter().flat_map(|n| (0..count).map(move |i| ((*n).to_owned(), i * 10))).collect();
+    fastrand::Rng::with_seed(seed).shuffle(&mut work);
+    let mut tasks = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let mine: Vec<(String, u64)> = work.iter().skip(i).step_by(stores.len()).cloned().collect();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in mine.chunks(3) {
+                let (batches, runs): (Vec<_>, Vec<_>) = chunk.iter().map(|(n, s)| batch(n, *s, 10)).unzip();
+                store.write(&batches, &runs).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_agree_on_the_watermark_in_postgres() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let cfg = StorageConfig::default();
+    let a = Store::open_postgres(&db.url, &cfg).await?;
+    let b = Store::open_postgres(&db.url, &cfg).await?;
+    let nodes = ["n1", "n2", "n3", "n4"];
+    write_shuffled(&[a.clone(), b.clone()], &nodes, 50, 7).await?;
+    // Both writers at once, each with every batch again and more: each sample still once.
+    let (only_a, only_b) = ([a.clone()], [b.clone()]);
+    let (x, y) = tokio::join!(write_shuffled(&only_a, &nodes, 60, 8), write_shuffled(&only_b, &nodes, 60, 9));
+    x?;
+    y?;
+    for n in nodes {
+        assert_eq!(a.load_ack(n, "boot").await?, Some(599), "{n}");
+        assert_eq!(a.count_samples(Some(n)).await?, 600);
+    }
+    // A redelivered batch changes nothing and reports the full mark.
+    let (bt, r) = batch("n1", 100, 10);
+    let w = b.write(&[bt], &[r]).await?;
+    assert_eq!(w.inserted, 0);
+    assert_eq!(w.marks[0].2.up_to(), Some(599));
+    db.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_ranges_survive_a_restart_in_sqlite() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let s = Store::open_sqlite(dir.path()).await?;
+        for first in [0, 20, 40] {
+            let (b, r) = batch("n", first, 10);
+            s.write(&[b], &[r]).await?;
+        }
+        assert_eq!(s.load_ack("n", "boot").await?, Some(9));
+    }
+    let s = Store::open_sqlite(dir.path()).await?;
+    let (b, r) = batch("n", 10, 10);
+    let w = s.write(&[b], &[r]).await?;
+    assert_eq!(w.marks[0].2.up_to(), Some(29), "20..30 was remembered");
+    assert_eq!(w.marks[0].2.ranges(8).collect::<Vec<_>>(), [(40, 50)]);
+    Ok(())
+}
