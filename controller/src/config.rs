@@ -62,8 +62,12 @@ pub struct ListenConfig {
 pub struct IngestConfig {
     /// Writer queue capacity in batches. Default 4096.
     pub queue_batches: usize,
+    /// Writer queue capacity in rows (samples), whatever the batch sizes. Default 200000.
+    pub queue_rows: usize,
     /// Rows per database write at most. Default 20000.
     pub max_rows_per_write: usize,
+    /// Database writes in flight at once (PostgreSQL; SQLite has one). Default 2.
+    pub writers: usize,
     /// Longest wait to fill a write. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub max_write_delay: Duration,
@@ -106,6 +110,8 @@ impl Default for IngestConfig {
         Self {
             queue_batches: 4096,
             max_rows_per_write: 20_000,
+            queue_rows: 200_000,
+            writers: 2,
             max_write_delay: Duration::from_millis(100),
             max_future_skew: Duration::from_secs(300),
         }
@@ -158,8 +164,16 @@ impl ControllerConfig {
         if !g.is_empty() && self.mqtt.url.is_empty() {
             return Err("key `mqtt.shared_group`: replicas share an external broker; set `mqtt.url` too".into());
         }
-        if self.ingest.queue_batches == 0 || self.ingest.max_rows_per_write == 0 {
-            return Err("keys `ingest.queue_batches` and `ingest.max_rows_per_write` must be at least 1".into());
+        if self.ingest.queue_batches == 0
+            || self.ingest.queue_rows == 0
+            || self.ingest.max_rows_per_write == 0
+            || self.ingest.writers == 0
+        {
+            return Err(
+                "keys `ingest.queue_batches`, `ingest.queue_rows`, `ingest.max_rows_per_write` and `ingest.writers` \
+                 must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

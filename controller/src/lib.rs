@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use fleet_proto::v1::fleet_service_server::FleetServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -114,16 +113,23 @@ impl Controller {
 
         let (client, eventloop) =
             ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password).map_err(ControllerError::Config)?;
-        let (writer_tx, writer_rx) = mpsc::channel(cfg.ingest.queue_batches);
+        let (writer_tx, writer_rx) = ingest::writer::WriteQueue::new(cfg.ingest.queue_batches, cfg.ingest.queue_rows);
         let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-        let writer = ingest::writer::Writer {
-            store: store.clone(),
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            client: client.clone(),
-            cfg: cfg.ingest.clone(),
-        };
-        tasks.spawn(writer.run(writer_rx, shutdown.clone()));
+        // Several writers overlap one write's database time with gathering the
+        // next (each takes the queue in turn); SQLite has one writer anyway.
+        let writers = if matches!(store, Store::Sqlite(_)) { 1 } else { cfg.ingest.writers };
+        let writer_rx = Arc::new(tokio::sync::Mutex::new(writer_rx));
+        for _ in 0..writers {
+            let writer = ingest::writer::Writer {
+                store: store.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                client: client.clone(),
+                cfg: cfg.ingest.clone(),
+                optimistic: true.into(),
+            };
+            tasks.spawn(writer.run(writer_rx.clone(), shutdown.clone()));
+        }
         let api_mqtt = client.clone();
         let kafka_on = !cfg.kafka.brokers.is_empty();
         let bridge = if kafka_on && cfg.kafka.bridge {

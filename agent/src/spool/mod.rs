@@ -851,6 +851,13 @@ impl Spool {
             next: ack.up_to_seq.saturating_add(1),
             ranges: ack.committed.iter().map(|r| (r.start, r.end)).collect(),
         };
+        // Acks from two controller replicas can arrive out of order: an older
+        // (lower) one never takes back what a newer one said.
+        if let Some(k) = self.known.iter().find(|k| k.boot_id == ack.boot_id)
+            && k.next > known.next
+        {
+            return Ok(0);
+        }
         self.known.retain(|k| k.boot_id != ack.boot_id);
         self.known.push(known.clone());
         if self.known.len() > KNOWN_RUNS {

@@ -108,6 +108,21 @@ fn ranges_in_the_ack_stop_resends_and_the_head_waits_for_the_gap() {
 }
 
 #[test]
+fn an_older_ack_from_another_replica_takes_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), cfg()).unwrap();
+    fill(&mut s, "a", 3);
+    s.on_connect();
+    assert_eq!(s.replay(Instant::now(), 10).unwrap().len(), 3);
+    assert_eq!(s.ack(&ack("a", 19)).unwrap(), 20);
+    // Replica B's ack, sent before A's, arrives late.
+    assert_eq!(s.ack(&ack("a", 9)).unwrap(), 0);
+    assert_eq!(s.pending(), 1);
+    s.ack(&ack("a", 29)).unwrap();
+    assert_eq!(s.pending(), 0);
+}
+
+#[test]
 fn torn_tail_is_truncated_and_the_agent_starts() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Spool::open(dir.path(), cfg()).unwrap();

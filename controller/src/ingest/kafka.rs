@@ -19,7 +19,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::LogLimiter;
@@ -172,7 +172,7 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
 pub struct TelemetryConsumer {
     pub consumer: StreamConsumer<GroupContext>,
     /// The writer's queue (bounded): waiting on it is the backpressure.
-    pub writer_tx: mpsc::Sender<WriteItem>,
+    pub writer_tx: super::writer::WriteQueue,
     pub metrics: Arc<Metrics>,
     pub max_payload: usize,
     pub commit_every: usize,
@@ -185,7 +185,7 @@ impl TelemetryConsumer {
     /// Settings librdkafka refuses.
     pub fn new(
         cfg: &KafkaConfig,
-        writer_tx: mpsc::Sender<WriteItem>,
+        writer_tx: super::writer::WriteQueue,
         metrics: Arc<Metrics>,
         max_payload: usize,
     ) -> Result<Self, ControllerError> {

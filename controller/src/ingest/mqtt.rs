@@ -10,7 +10,6 @@ use fleet_proto::topics::{Channel, all_nodes_filter, parse_node_topic};
 use fleet_proto::v1::{NodeStatus, TelemetryBatch};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::LogLimiter;
@@ -51,7 +50,7 @@ pub struct Reader {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     /// The writer's queue. Bounded: a full queue makes the reader wait.
-    pub writer_tx: mpsc::Sender<super::writer::WriteItem>,
+    pub writer_tx: super::writer::WriteQueue,
     /// Republishes accepted telemetry and status to Kafka, when configured.
     pub bridge: Option<Arc<super::kafka::Bridge>>,
     pub max_payload_bytes: usize,
@@ -230,7 +229,7 @@ impl Reader {
 struct Handler {
     registry: Registry,
     metrics: Arc<Metrics>,
-    writer_tx: mpsc::Sender<super::writer::WriteItem>,
+    writer_tx: super::writer::WriteQueue,
     max_payload_bytes: usize,
     bridge: Option<Arc<super::kafka::Bridge>>,
 }

@@ -10,7 +10,7 @@ use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{Ack, SeqRange, TelemetryBatch};
 use prost::Message;
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
@@ -28,19 +28,52 @@ pub struct WriteItem {
     pub done: Option<tokio::sync::oneshot::Sender<bool>>,
     /// When it entered the queue: the write lag metric is measured from here.
     pub queued_at: Instant,
+    /// Its rows' share of the queue, given back once written.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The queue to the writers, bounded twice: at most `batches` batches and
+/// `rows` rows (so memory stays bounded whatever the batch size). Sending
+/// waits for room: that wait is the backpressure on the MQTT reader and the
+/// Kafka consumer.
+#[derive(Debug, Clone)]
+pub struct WriteQueue {
+    tx: mpsc::Sender<WriteItem>,
+    rows: Arc<Semaphore>,
+    max_rows: u32,
+}
+
+impl WriteQueue {
+    /// A queue and the receiving end the writers share.
+    #[must_use]
+    pub fn new(batches: usize, rows: usize) -> (Self, mpsc::Receiver<WriteItem>) {
+        let (tx, rx) = mpsc::channel(batches.max(1));
+        let max_rows = u32::try_from(rows.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        (Self { tx, rows: Arc::new(Semaphore::new(max_rows as usize)), max_rows }, rx)
+    }
+
+    /// Queues `item` once there is room. `Err` when the writers are gone.
+    ///
+    /// # Errors
+    /// The writers stopped (shutdown).
+    pub async fn send(&self, mut item: WriteItem) -> Result<(), ()> {
+        let n = u32::try_from(item.batch.samples.len()).unwrap_or(u32::MAX).clamp(1, self.max_rows);
+        item.permit = Some(self.rows.clone().acquire_many_owned(n).await.map_err(|_| ())?);
+        self.tx.send(item).await.map_err(|_| ())
+    }
 }
 
 impl WriteItem {
     /// A batch whose outcome `done` hears (Kafka).
     #[must_use]
     pub fn with_done(batch: TelemetryBatch, done: tokio::sync::oneshot::Sender<bool>) -> Self {
-        Self { batch, done: Some(done), queued_at: Instant::now() }
+        Self { batch, done: Some(done), queued_at: Instant::now(), permit: None }
     }
 }
 
 impl From<TelemetryBatch> for WriteItem {
     fn from(batch: TelemetryBatch) -> Self {
-        Self { batch, done: None, queued_at: Instant::now() }
+        Self { batch, done: None, queued_at: Instant::now(), permit: None }
     }
 }
 
@@ -52,38 +85,54 @@ pub struct Writer {
     /// Used only with `try_publish`, so the writer never waits on the broker.
     pub client: AsyncClient,
     pub cfg: IngestConfig,
+    /// Whether the last write stored every row (no redeliveries): then the
+    /// next one tries the faster plain insert first.
+    pub optimistic: std::sync::atomic::AtomicBool,
 }
 
 impl Writer {
     /// Writes until the queue closes or `shutdown` fires; on shutdown the
-    /// batches already queued are still written.
-    pub async fn run(self, mut rx: mpsc::Receiver<WriteItem>, shutdown: CancellationToken) {
+    /// batches already queued are still written. Several writers share `rx`:
+    /// one gathers a group while the others write theirs.
+    pub async fn run(self, rx: Arc<Mutex<mpsc::Receiver<WriteItem>>>, shutdown: CancellationToken) {
         loop {
-            let first = tokio::select! {
-                b = rx.recv() => b,
-                () = shutdown.cancelled() => { rx.close(); rx.recv().await }
-            };
-            let Some(first) = first else { break };
-            let mut rows = first.batch.samples.len();
-            let mut group = vec![first];
-            let deadline = tokio::time::Instant::now() + self.cfg.max_write_delay;
-            while rows < self.cfg.max_rows_per_write {
-                let next = tokio::select! {
+            let group = {
+                let mut rx = rx.lock().await;
+                let first = tokio::select! {
                     b = rx.recv() => b,
-                    () = tokio::time::sleep_until(deadline) => None,
+                    () = shutdown.cancelled() => { rx.close(); rx.recv().await }
                 };
-                match next {
-                    Some(b) => {
-                        rows += b.batch.samples.len();
-                        group.push(b);
+                let Some(first) = first else { break };
+                let mut rows = first.batch.samples.len();
+                let mut group = vec![first];
+                let deadline = tokio::time::Instant::now() + self.cfg.max_write_delay;
+                while rows < self.cfg.max_rows_per_write {
+                    let next = tokio::select! {
+                        b = rx.recv() => b,
+                        () = tokio::time::sleep_until(deadline) => None,
+                    };
+                    match next {
+                        Some(b) => {
+                            rows += b.batch.samples.len();
+                            group.push(b);
+                        }
+                        None => break,
                     }
-                    None => break,
                 }
-            }
+                group
+            };
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
             let oldest = group.iter().map(|w| w.queued_at).min();
-            let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group.into_iter().map(|w| (w.batch, w.done)).unzip();
+            let mut permits = Vec::with_capacity(group.len());
+            let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group
+                .into_iter()
+                .map(|w| {
+                    permits.push(w.permit);
+                    (w.batch, w.done)
+                })
+                .unzip();
             let ok = self.write_group(batches).await.is_ok();
+            drop(permits);
             if let Some(t) = oldest {
                 self.metrics.ingest_lag_ms.set(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX));
             }
@@ -139,8 +188,10 @@ impl Writer {
 
         let rows: u64 = group.iter().map(|b| b.samples.len() as u64).sum();
         let started = Instant::now();
-        match self.store.write(&group, &runs).await {
+        let optimistic = self.optimistic.load(std::sync::atomic::Ordering::Relaxed);
+        match self.store.write_opt(&group, &runs, optimistic).await {
             Ok(written) => {
+                self.optimistic.store(written.inserted == rows, std::sync::atomic::Ordering::Relaxed);
                 self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.rows_written.inc_by(written.inserted);
                 self.metrics.rows_duplicate.inc_by(rows.saturating_sub(written.inserted));
