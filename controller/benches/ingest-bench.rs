@@ -10,7 +10,7 @@
 //! `ingest_vs_copy_ratio=<(b)/(a)>`.
 //!
 //! `cargo run --release --bin ingest-bench [-- --database-url URL -n 1000000 --nodes 20 --batch 500
-//!  --kafka HOST:PORT --only a,b,c,d]`
+//!  --kafka HOST:PORT --mqtt-url mqtt://HOST:PORT --only a,b,c,d]`
 //! The default URL is the PostgreSQL that scripts/test starts; each path works
 //! in a database of its own (`fleet_bench_<pid>_<path>`), dropped at the end.
 
@@ -93,6 +93,9 @@ async fn main() -> anyhow::Result<()> {
     let per_batch: usize = arg(&args, "--batch").map_or(Ok(500), |v| v.parse())?;
     let only = arg(&args, "--only").unwrap_or_else(|| "a,b,c,d".into());
     let kafka = arg(&args, "--kafka");
+    // An external broker (e.g. the Mosquitto scripts/test starts on 18830)
+    // instead of the embedded one: the controller's RSS is then its own.
+    let mqtt = arg(&args, "--mqtt-url");
     let mut conn = sqlx::PgConnection::connect(&admin).await.map_err(|e| {
         anyhow::anyhow!("cannot reach {admin}: {e} (start it with scripts/test, or pass --database-url)")
     })?;
@@ -111,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         let mut path_rate = None;
         if only.contains('a') || only.contains('b') {
             let url = new_db("mqtt").await?;
-            let c = ChildController::start(&url, None).await?;
+            let c = ChildController::start(&url, None, mqtt.as_deref()).await?;
             if only.contains('a') {
                 copy_rate = Some(copy(&url, &data, nodes).await?);
             }
@@ -140,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     mock.bootstrap_servers()
                 }
             };
-            let c = ChildController::start(&url, Some(&brokers)).await?;
+            let c = ChildController::start(&url, Some(&brokers), mqtt.as_deref()).await?;
             let (rate, rss) = c.measure(n as u64, || publish_kafka(brokers.clone(), all.clone())).await?;
             let via = if kafka.is_some() { brokers.as_str() } else { "librdkafka mock cluster" };
             println!(
@@ -150,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             c.stop()?;
         }
         if only.contains('d') {
-            let c = ChildController::start("", None).await?;
+            let c = ChildController::start("", None, mqtt.as_deref()).await?;
             let (rate, rss) = c.measure(n as u64, || publish_mqtt(c.mqtt_url.clone(), all.clone())).await?;
             println!(
                 "(d) agent batches -> MQTT -> controller -> SQLite: {n} rows, {rate:.0} rows/s; \
@@ -300,13 +303,16 @@ struct ChildController {
 }
 
 impl ChildController {
-    async fn start(database_url: &str, kafka: Option<&str>) -> anyhow::Result<Self> {
+    async fn start(database_url: &str, kafka: Option<&str>, mqtt: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let broker = match mqtt {
+            Some(url) => format!("url = \"{url}\""),
+            None => format!("embedded_listen = \"127.0.0.1:{}\"", free_port()?),
+        };
         let mut cfg = format!(
-            "database_url = \"{database_url}\"\ndata_dir = \"{}\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{}\"\n\
+            "database_url = \"{database_url}\"\ndata_dir = \"{}\"\n[mqtt]\n{broker}\n\
              [grpc]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\njob_interval = \"1h\"\n",
             dir.path().join("data").display(),
-            free_port()?,
         );
         if let Some(b) = kafka {
             cfg.push_str(&format!("[kafka]\nbrokers = \"{b}\"\nbridge = false\n"));
@@ -346,6 +352,7 @@ impl ChildController {
         });
         let t = Instant::now();
         let sender = tokio::spawn(publish());
+        let (mut last, mut moved) = (0, Instant::now());
         loop {
             let written = match rows_written(&self.http).await {
                 Ok(w) => w,
@@ -357,7 +364,14 @@ impl ChildController {
             if written >= n {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "only {written} of {n} rows written in 900 s");
+            if written > last {
+                (last, moved) = (written, Instant::now());
+            }
+            anyhow::ensure!(
+                moved.elapsed() < Duration::from_secs(30),
+                "rows written stopped at {written} of {n}: the broker dropped messages (the bench's \
+                 publishers do not resend like agents do; on Mosquitto set max_queued_messages 0)"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let s = t.elapsed().as_secs_f64();

@@ -70,6 +70,9 @@ fn client_config(cfg: &KafkaConfig, consumer: bool) -> ClientConfig {
         // A replica that dies hands its partitions over after the session
         // timeout (librdkafka's default is 45 s). `[kafka] options` can change both.
         c.set("session.timeout.ms", "10000").set("heartbeat.interval.ms", "2000");
+        // librdkafka prefetches up to 64 MB by default; the writer queue
+        // already holds the next writes, so a smaller prefetch bounds memory.
+        c.set("queued.max.messages.kbytes", "16384");
     }
     for (k, v) in &cfg.options {
         c.set(k, v);
