@@ -2,9 +2,10 @@
 //! batches of the same agent runs concurrently and out of order end with the
 //! exact watermark, and out-of-order ranges survive a reopen (restart).
 
-use fleet_controller::store::{RunRange, StorageConfig, Store};
+use fleet_controller::store::{JOB_LOCK, RunRange, StorageConfig, Store};
 use fleet_proto::v1::{Sample, TelemetryBatch};
 use fleet_tests::TestDb;
+use sqlx::Connection;
 
 fn batch(node: &str, first_seq: u64, n: u64) -> (TelemetryBatch, RunRange) {
     // A sample keeps its time on every redelivery (the agent spools it).
@@ -93,4 +94,23 @@ async fn out_of_order_ranges_survive_a_restart_in_sqlite() -> anyhow::Result<()>
     assert_eq!(w.marks[0].2.up_to(), Some(29), "20..30 was remembered");
     assert_eq!(w.marks[0].2.ranges(8).collect::<Vec<_>>(), [(40, 50)]);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_job_runs_on_one_replica_at_a_time() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let cfg = StorageConfig::default();
+    let store = Store::open_postgres(&db.url, &cfg).await?;
+    let now = fleet_proto::now_unix_ms();
+    // Another replica holds the job's lock: this one skips its round.
+    let mut other = sqlx::PgConnection::connect(&db.url).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(JOB_LOCK).execute(&mut other).await?;
+    assert!(!store.storage_job(&cfg, now).await?, "ran while another replica held the lock");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(JOB_LOCK).execute(&mut other).await?;
+    assert!(store.storage_job(&cfg, now).await?);
+    // And it gave the lock back.
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(JOB_LOCK).fetch_one(&mut other).await?;
+    assert!(free);
+    other.close().await?;
+    db.cleanup().await
 }

@@ -17,7 +17,7 @@ use crate::ControllerError;
 pub mod acks;
 mod tiers;
 use acks::RunMark;
-pub use tiers::{Retention, StorageConfig};
+pub use tiers::{JOB_LOCK, Retention, StorageConfig};
 
 /// Rows per INSERT statement on SQLite (6 binds a row, well under its 32766 limit).
 const SQLITE_ROWS_PER_STATEMENT: usize = 2000;

@@ -17,8 +17,9 @@ const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
 /// Advisory lock of one rollup recompute ("fleetjob" in ASCII).
 const ROLLUP_LOCK: i64 = 0x666c_6565_746a_6f62;
-/// Advisory lock of the whole periodic job and of partition changes ("fleetprt").
-const JOB_LOCK: i64 = 0x666c_6565_7470_7274;
+/// PostgreSQL advisory lock key of the whole periodic storage job ("fleetprt"):
+/// the replica holding it runs partition upkeep, rollups and retention.
+pub const JOB_LOCK: i64 = 0x666c_6565_7470_7274;
 const DAY_MS: i64 = 86_400_000;
 
 /// `[storage]`: rollups and retention.
