@@ -120,13 +120,15 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     let mut killed = replicas.remove(0);
     killed.kill9();
     let at_kill = rows(&pool).await;
-    // Kafka: Tansu 0.6 expires the dead member ("missed heartbeat") but the
-    // rebalance still hands the survivor only its own partitions, so, as an
-    // orchestrator would, a replacement replica comes up. It resumes the dead
-    // one's partitions from their last committed offsets: what A consumed but
-    // had not committed to the database is read again (deduplicated).
+    // Kafka: Tansu 0.6 expires a dead member only when another member joins
+    // or heartbeats, and the rebalance that follows still hands the survivor
+    // only its own partitions; the dead member's are reassigned at the next
+    // join. So, as an orchestrator would, a replacement replica comes up, after
+    // the dead one's session (10 s) has run out. It resumes the dead one's
+    // partitions from their last committed offsets: what A consumed but had
+    // not committed to the database is read again (and deduplicated).
     if let Path2::Kafka = path {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(13)).await;
         replicas.push(start_controller(dir.path(), "replica-a2", &configs[0])?);
     }
     wait_for(Duration::from_secs(180), "every sample stored", || async {
