@@ -1,0 +1,148 @@
+//! Sentence embeddings with a BERT-family model (all-MiniLM-L6-v2) on candle:
+//! tokenise a batch (padded to its longest input, truncated at the model's
+//! `max_seq_length`), run BERT, mean-pool the token vectors under the
+//! attention mask (pad tokens count neither in attention nor in the mean),
+//! L2-normalise. The same steps as sentence-transformers' Transformer ->
+//! Pooling(mean) -> Normalize pipeline for this model.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::InferenceError;
+use crate::registry::{Model, ModelKind};
+
+/// Inputs per forward pass at most; longer lists are cut into such batches.
+pub const MAX_BATCH: usize = 64;
+/// Longest input accepted, in bytes (the tokenizer truncates far below it).
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// A loaded sentence-embedding model.
+pub struct SentenceEmbedder {
+    name: String,
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dim: usize,
+}
+
+impl std::fmt::Debug for SentenceEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentenceEmbedder").field("name", &self.name).field("dim", &self.dim).finish_non_exhaustive()
+    }
+}
+
+impl SentenceEmbedder {
+    /// Loads a checked `sentence-embedding` model: `config.json`,
+    /// `tokenizer.json`, `model.safetensors`, and optionally
+    /// `sentence_bert_config.json` (its `max_seq_length`, default 256).
+    ///
+    /// # Errors
+    /// Wrong kind, missing or unreadable files.
+    pub fn load(model: &Model) -> Result<Self, InferenceError> {
+        let name = model.manifest.name.clone();
+        let load_err = |reason: String| InferenceError::Load { model: name.clone(), reason };
+        if model.manifest.kind != ModelKind::SentenceEmbedding {
+            return Err(load_err(format!("is a {} model, not a sentence-embedding one", model.manifest.kind.as_str())));
+        }
+        let need = |f: &str| model.file(f).ok_or_else(|| load_err(format!("its manifest does not list {f}")));
+        let config: Config = serde_json::from_slice(
+            &std::fs::read(need("config.json")?).map_err(|e| load_err(format!("config.json: {e}")))?,
+        )
+        .map_err(|e| load_err(format!("config.json: {e}")))?;
+        let max_len = match model.file("sentence_bert_config.json") {
+            Some(p) => {
+                let v: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(p).map_err(|e| load_err(format!("sentence_bert_config.json: {e}")))?,
+                )
+                .map_err(|e| load_err(format!("sentence_bert_config.json: {e}")))?;
+                v.get("max_seq_length").and_then(serde_json::Value::as_u64).unwrap_or(256)
+            }
+            None => 256,
+        };
+        let mut tokenizer =
+            Tokenizer::from_file(need("tokenizer.json")?).map_err(|e| load_err(format!("tokenizer.json: {e}")))?;
+        // The shipped tokenizer pads every input to 128 and cuts there; pad to
+        // the batch's longest and cut at the model's own limit instead.
+        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: usize::try_from(max_len).unwrap_or(256),
+                ..Default::default()
+            }))
+            .map_err(|e| load_err(format!("truncation: {e}")))?;
+        let device = Device::Cpu;
+        let weights = need("model.safetensors")?;
+        // SAFETY: the file was checked against its sha256 when the registry
+        // opened; memory-mapping it is how candle reads safetensors.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
+            .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
+        let dim = config.hidden_size;
+        let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("weights: {e}")))?;
+        Ok(Self { name, model, tokenizer, device, dim })
+    }
+
+    /// Length of each embedding.
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The model's registry name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One L2-normalised embedding per text, in order.
+    ///
+    /// # Errors
+    /// An input over [`MAX_INPUT_BYTES`], tokenizer or tensor failures.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        if let Some(i) = texts.iter().position(|t| t.len() > MAX_INPUT_BYTES) {
+            return Err(InferenceError::Input(format!("input {i} is over {MAX_INPUT_BYTES} bytes; shorten it")));
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(MAX_BATCH) {
+            out.extend(self.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let run = |e: &dyn std::fmt::Display| InferenceError::Run { model: self.name.clone(), reason: e.to_string() };
+        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| run(&e))?;
+        let (n, len) = (enc.len(), enc.first().map_or(0, tokenizers::Encoding::len));
+        let mut ids = Vec::with_capacity(n * len);
+        let mut types = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in &enc {
+            ids.extend_from_slice(e.get_ids());
+            types.extend_from_slice(e.get_type_ids());
+            mask.extend_from_slice(e.get_attention_mask());
+        }
+        let t = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &self.device).map_err(|e| run(&e));
+        let (ids, types, mask) = (t(ids)?, t(types)?, t(mask)?);
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(|e| run(&e))?;
+        let pooled = (|| {
+            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+            let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (n, dim)
+            let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+            let mean = summed.broadcast_div(&counts)?;
+            let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            mean.broadcast_div(&norm)?.to_vec2::<f32>()
+        })()
+        .map_err(|e| run(&e))?;
+        Ok(pooled)
+    }
+}
+
+/// Cosine similarity of two vectors (0 when either is all zeros).
+#[must_use]
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+}
