@@ -100,12 +100,30 @@ impl SentenceEmbedder {
     /// # Errors
     /// An input over [`MAX_INPUT_BYTES`], tokenizer or tensor failures.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.embed_batched(texts, MAX_BATCH)
+    }
+
+    /// As [`Self::embed`], running at most `batch` inputs per forward pass.
+    ///
+    /// # Errors
+    /// As [`Self::embed`].
+    pub fn embed_batched(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let batch = batch.clamp(1, MAX_BATCH);
         if let Some(i) = texts.iter().position(|t| t.len() > MAX_INPUT_BYTES) {
             return Err(InferenceError::Input(format!("input {i} is over {MAX_INPUT_BYTES} bytes; shorten it")));
         }
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(MAX_BATCH) {
-            out.extend(self.embed_batch(chunk)?);
+        // Batches of similar lengths pad less (as sentence-transformers does):
+        // embed in length order, answer in the caller's order.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let sorted: Vec<&str> = order.iter().map(|&i| texts[i]).collect();
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut at = 0;
+        for chunk in sorted.chunks(batch) {
+            for v in self.embed_batch(chunk)? {
+                out[order[at]] = v;
+                at += 1;
+            }
         }
         Ok(out)
     }
@@ -124,16 +142,12 @@ impl SentenceEmbedder {
         }
         let t = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &self.device).map_err(|e| run(&e));
         let (ids, types, mask) = (t(ids)?, t(types)?, t(mask)?);
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(|e| run(&e))?;
-        let pooled = (|| {
-            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-            let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (n, dim)
-            let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
-            let mean = summed.broadcast_div(&counts)?;
-            let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            mean.broadcast_div(&norm)?.to_vec2::<f32>()
-        })()
-        .map_err(|e| run(&e))?;
+        let pooled = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .and_then(|hidden| mean_pool_normalize(&hidden, &mask))
+            .and_then(|t| t.to_vec2::<f32>())
+            .map_err(|e| run(&e))?;
         Ok(pooled)
     }
 }
@@ -145,4 +159,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+}
+
+/// Mean of the token vectors under the mask (pad tokens count for nothing),
+/// then L2-normalised: `(batch, hidden)`.
+fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (n, dim)
+    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+    let mean = summed.broadcast_div(&counts)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    mean.broadcast_div(&norm)
 }
