@@ -11,6 +11,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::InferenceError;
+use crate::StepTimes;
 use crate::registry::{Model, ModelKind};
 
 /// Inputs per forward pass at most; longer lists are cut into such batches.
@@ -119,8 +120,9 @@ impl SentenceEmbedder {
         let sorted: Vec<&str> = order.iter().map(|&i| texts[i]).collect();
         let mut out = vec![Vec::new(); texts.len()];
         let mut at = 0;
+        let mut times = StepTimes::default();
         for chunk in sorted.chunks(batch) {
-            for v in self.embed_batch(chunk)? {
+            for v in self.embed_batch(chunk, &mut times)? {
                 out[order[at]] = v;
                 at += 1;
             }
@@ -128,8 +130,22 @@ impl SentenceEmbedder {
         Ok(out)
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    /// One text's embedding and how long tokenizing and the forward pass took.
+    ///
+    /// # Errors
+    /// As [`Self::embed`].
+    pub fn embed_timed(&self, text: &str) -> Result<(Vec<f32>, StepTimes), InferenceError> {
+        if text.len() > MAX_INPUT_BYTES {
+            return Err(InferenceError::Input(format!("input is over {MAX_INPUT_BYTES} bytes; shorten it")));
+        }
+        let mut times = StepTimes::default();
+        let v = self.embed_batch(&[text], &mut times)?.pop().unwrap_or_default();
+        Ok((v, times))
+    }
+
+    fn embed_batch(&self, texts: &[&str], times: &mut StepTimes) -> Result<Vec<Vec<f32>>, InferenceError> {
         let run = |e: &dyn std::fmt::Display| InferenceError::Run { model: self.name.clone(), reason: e.to_string() };
+        let started = std::time::Instant::now();
         let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| run(&e))?;
         let (n, len) = (enc.len(), enc.first().map_or(0, tokenizers::Encoding::len));
         let mut ids = Vec::with_capacity(n * len);
@@ -142,12 +158,15 @@ impl SentenceEmbedder {
         }
         let t = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &self.device).map_err(|e| run(&e));
         let (ids, types, mask) = (t(ids)?, t(types)?, t(mask)?);
+        let tokenized = std::time::Instant::now();
+        times.tokenize += tokenized - started;
         let pooled = self
             .model
             .forward(&ids, &types, Some(&mask))
             .and_then(|hidden| mean_pool_normalize(&hidden, &mask))
             .and_then(|t| t.to_vec2::<f32>())
             .map_err(|e| run(&e))?;
+        times.inference += tokenized.elapsed();
         Ok(pooled)
     }
 }

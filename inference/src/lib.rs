@@ -4,11 +4,15 @@
 
 use std::path::PathBuf;
 
+pub mod classify;
 pub mod embed;
 pub mod registry;
+pub mod runtime;
 
+pub use classify::{Classification, TextClassifier};
 pub use embed::{SentenceEmbedder, cosine};
 pub use registry::{Model, ModelKind, ModelManifest, ModelRegistry};
+pub use runtime::{Answer, Output, Runtime};
 
 /// Why inference could not be done; every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -30,4 +34,13 @@ pub enum InferenceError {
     Run { model: String, reason: String },
     #[error("bad input: {0}")]
     Input(String),
+}
+
+/// How long the steps of one inference took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// Tokenizing (or feature hashing) and building the input tensors.
+    pub tokenize: std::time::Duration,
+    /// The forward pass and reading the output.
+    pub inference: std::time::Duration,
 }
