@@ -38,7 +38,7 @@ impl Answer {
 }
 
 enum Runner {
-    Embed(SentenceEmbedder),
+    Embed(Box<SentenceEmbedder>),
     Classify(TextClassifier),
 }
 
@@ -81,7 +81,7 @@ impl Runtime {
                     for name in reg.names().filter(|n| wanted(n)) {
                         let Ok(model) = reg.get(name) else { continue };
                         let runner = match model.manifest.kind {
-                            ModelKind::SentenceEmbedding => SentenceEmbedder::load(model).map(Runner::Embed),
+                            ModelKind::SentenceEmbedding => SentenceEmbedder::load(model).map(|e| Runner::Embed(Box::new(e))),
                             ModelKind::TextClassifier => TextClassifier::load(model).map(Runner::Classify),
                         };
                         match runner {
