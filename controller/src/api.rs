@@ -132,6 +132,27 @@ impl FleetService for Api {
         Ok(Response::new(DesiredStateView { desired, reported }))
     }
 
+    async fn submit_job(
+        &self,
+        _req: Request<fleet_proto::v1::SubmitJobRequest>,
+    ) -> Result<Response<fleet_proto::v1::JobView>, Status> {
+        Err(Status::unimplemented("jobs"))
+    }
+
+    async fn get_job(
+        &self,
+        _req: Request<fleet_proto::v1::GetJobRequest>,
+    ) -> Result<Response<fleet_proto::v1::JobView>, Status> {
+        Err(Status::unimplemented("jobs"))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<fleet_proto::v1::ListJobsRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListJobsResponse>, Status> {
+        Err(Status::unimplemented("jobs"))
+    }
+
     async fn query_telemetry(
         &self,
         req: Request<QueryTelemetryRequest>,

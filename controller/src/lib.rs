@@ -13,6 +13,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
+pub mod router;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -81,7 +81,9 @@ impl Runtime {
                     for name in reg.names().filter(|n| wanted(n)) {
                         let Ok(model) = reg.get(name) else { continue };
                         let runner = match model.manifest.kind {
-                            ModelKind::SentenceEmbedding => SentenceEmbedder::load(model).map(|e| Runner::Embed(Box::new(e))),
+                            ModelKind::SentenceEmbedding => {
+                                SentenceEmbedder::load(model).map(|e| Runner::Embed(Box::new(e)))
+                            }
                             ModelKind::TextClassifier => TextClassifier::load(model).map(Runner::Classify),
                         };
                         match runner {
