@@ -35,6 +35,33 @@ pub struct AgentConfig {
     pub spool: crate::spool::SpoolConfig,
     /// The power policy in force until the controller sends one.
     pub power: crate::power::PowerPolicy,
+    /// Inference jobs.
+    pub inference: InferenceConfig,
+}
+
+/// `[inference]`: the jobs the controller sends this node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Take jobs at all. Default true.
+    pub enabled: bool,
+    /// Model directory (a folder per model with its model.toml); empty: only
+    /// the built-in classifier. Default "".
+    pub model_dir: PathBuf,
+    /// Inference threads. Default 1.
+    pub workers: usize,
+    /// Jobs waiting for a thread at most (the power profile's `max_jobs`
+    /// caps running plus waiting too). Default 4.
+    pub queue: usize,
+    /// Simulated hardware only: each job holds its thread this many times as
+    /// long as it takes here, to behave like a Pi. Default 1.
+    pub sim_slowdown: f64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { enabled: true, model_dir: PathBuf::new(), workers: 1, queue: 4, sim_slowdown: 1.0 }
+    }
 }
 
 /// `[mqtt]`: how the agent reaches its broker.
@@ -136,6 +163,7 @@ impl Default for AgentConfig {
             hardware: HardwareConfig::default(),
             spool: crate::spool::SpoolConfig::default(),
             power: crate::power::PowerPolicy::default(),
+            inference: InferenceConfig::default(),
         }
     }
 }
@@ -208,6 +236,12 @@ impl AgentConfig {
             fleet_proto::validate_node_id(&self.node_id).map_err(|e| format!("key `node_id`: {e}"))?;
         }
         crate::uplink::parse_mqtt_url(&self.mqtt.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
+        if self.inference.workers == 0 {
+            return Err("key `inference.workers`: use at least 1".into());
+        }
+        if !(self.inference.sim_slowdown >= 1.0 && self.inference.sim_slowdown <= 1000.0) {
+            return Err("key `inference.sim_slowdown`: a factor from 1 to 1000".into());
+        }
         let t = &self.telemetry;
         for (key, d) in [
             ("telemetry.interval", t.interval),

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod desired;
+pub mod jobs;
 pub mod power;
 pub mod sampler;
 pub mod spool;
@@ -131,6 +132,10 @@ struct Agent {
     /// Desired state in force, and the last one refused with its reason.
     desired_version: u64,
     rejected: Option<(u64, String)>,
+    /// Models the desired state asks for (empty: every loaded model).
+    desired_models: Vec<String>,
+    /// Inference jobs: models, the bounded pool, results to publish.
+    jobs: jobs::Jobs,
 }
 
 impl Agent {
@@ -155,6 +160,26 @@ impl Agent {
             max_jobs: self.power.policy().settings(self.power.profile()).max_jobs,
             throttle_bits: self.throttle_bits,
             fan_duty: self.fan_duty,
+            models: if self.uplink.takes_jobs() { self.jobs.models(&self.desired_models) } else { Vec::new() },
+            jobs_active: self.jobs.active(),
+            thermal_limit_c: Some(self.power.policy().hot_c),
+        }
+    }
+
+    /// Takes a job from the controller; publishes at once when it is refused.
+    fn take_job(&mut self, job: fleet_proto::v1::Job) {
+        let max_jobs = self.power.policy().settings(self.power.profile()).max_jobs;
+        if let Some(r) = self.jobs.take(job, max_jobs, self.power.profile().name(), &self.desired_models) {
+            tracing::debug!(job_id = %r.job_id, reason = %r.error, "Job not run.");
+            self.publish_result(&r);
+        }
+    }
+
+    fn publish_result(&mut self, r: &fleet_proto::v1::JobResult) {
+        if !self.connected() || !self.uplink.send_result(r.encode_to_vec()) {
+            // The controller gives the job to another node after its attempt timeout.
+            self.counters.publish_failures += 1;
+            tracing::warn!(job_id = %r.job_id, "Job result not published (not connected or queue full).");
         }
     }
 
@@ -366,6 +391,7 @@ impl Agent {
                 if !a.labels.is_empty() {
                     self.cfg.labels = a.labels;
                 }
+                self.desired_models = a.models;
                 self.desired_version = a.version;
                 tracing::info!(version = a.version, fresh, "Desired state applied.");
             }
@@ -416,6 +442,10 @@ impl Agent {
                 self.deliver(replay_per_tick);
                 return None;
             }
+            UplinkEvent::Job(job) => {
+                self.take_job(*job);
+                return None;
+            }
             UplinkEvent::Desired(d) => {
                 let every = self.apply_desired(&d, true);
                 self.publish_status(NodeState::Online, Some(sampler));
@@ -442,6 +472,8 @@ impl Agent {
 
 /// How often the delivery tick runs (replay is paced per tick).
 const DELIVER_TICK: Duration = Duration::from_millis(100);
+/// How long a stopping agent lets running jobs finish.
+const JOB_DRAIN: Duration = Duration::from_secs(2);
 /// How often the spool's acknowledged position is written to disk at most.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
@@ -492,7 +524,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         // Kafka has no connection to wait for: replay the backlog from the start.
         spool.on_connect();
     }
+    let (jobs, mut job_results) =
+        jobs::Jobs::start(&cfg.inference, &node_id, cfg.hardware.backend == HardwareBackend::Sim);
     let mut agent = Agent {
+        jobs,
+        desired_models: Vec::new(),
         node_id,
         boot_id,
         hostname,
@@ -555,6 +591,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             _ = flush_tick.tick() => flush(&mut agent, &mut next_seq, &mut pending),
             _ = deliver_tick.tick() => agent.deliver(replay_per_tick),
             _ = status_tick.tick() => agent.publish_status(NodeState::Online, Some(&sampler)),
+            () = agent.jobs.loaded(), if agent.jobs.is_loading() => {
+                agent.publish_status(NodeState::Online, Some(&sampler));
+            }
+            Some(r) = job_results.recv() => agent.publish_result(&r),
             ev = agent.uplink.next_event() => {
                 if let Some(every) = agent.on_event(ev, &mut sampler, replay_per_tick) {
                     sample_tick = interval(every);
@@ -564,7 +604,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         }
     }
 
-    // Clean shutdown: nothing sampled is silently lost.
+    // Clean shutdown: stop taking jobs (say so: the router stops sending), let
+    // the running ones finish briefly, then nothing sampled is silently lost.
+    agent.jobs.stop();
+    agent.publish_status(NodeState::Online, Some(&sampler));
+    agent.jobs.drain(JOB_DRAIN).await;
+    while let Ok(r) = job_results.try_recv() {
+        agent.publish_result(&r);
+    }
     flush(&mut agent, &mut next_seq, &mut pending);
     if let Err(e) = agent.spool.sync() {
         agent.spool_error(&e);

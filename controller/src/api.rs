@@ -5,8 +5,9 @@ use std::pin::Pin;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
-    DesiredState, DesiredStateView, GetDesiredStateRequest, GetNodeRequest, ListNodesRequest, ListNodesResponse, Node,
-    QueryTelemetryRequest, QueryTelemetryResponse, SetDesiredStateRequest, WatchNodesRequest,
+    DesiredState, DesiredStateView, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobView, ListJobsRequest,
+    ListJobsResponse, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest, QueryTelemetryResponse,
+    SetDesiredStateRequest, SubmitJobRequest, WatchNodesRequest,
 };
 use futures::Stream;
 use prost::Message;
@@ -34,6 +35,8 @@ pub struct Api {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Publishes desired states (retained) to the nodes.
     pub mqtt: rumqttc::AsyncClient,
+    /// Routes and tracks inference jobs.
+    pub jobs: crate::jobs::JobManager,
 }
 
 /// Publishes a desired state retained on the node's `desired` topic.
@@ -132,25 +135,39 @@ impl FleetService for Api {
         Ok(Response::new(DesiredStateView { desired, reported }))
     }
 
-    async fn submit_job(
-        &self,
-        _req: Request<fleet_proto::v1::SubmitJobRequest>,
-    ) -> Result<Response<fleet_proto::v1::JobView>, Status> {
-        Err(Status::unimplemented("jobs"))
+    async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<JobView>, Status> {
+        let (view, done) = self.jobs.submit(req.into_inner())?;
+        let Some(done) = done else { return Ok(Response::new(view)) };
+        // The job manager ends every job by its deadline; the margin only guards against a bug.
+        let wait = u64::try_from(view.deadline_unix_ms - view.submitted_unix_ms).unwrap_or(0) + 5_000;
+        match tokio::time::timeout(std::time::Duration::from_millis(wait), done).await {
+            Ok(Ok(v)) => Ok(Response::new(v)),
+            _ => Err(Status::internal(format!("job {} did not end by its deadline; see GetJob", view.job_id))),
+        }
     }
 
-    async fn get_job(
-        &self,
-        _req: Request<fleet_proto::v1::GetJobRequest>,
-    ) -> Result<Response<fleet_proto::v1::JobView>, Status> {
-        Err(Status::unimplemented("jobs"))
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<JobView>, Status> {
+        let id = req.into_inner().job_id;
+        if id.is_empty() || id.len() > 64 {
+            return Err(bad("job_id", "give the id SubmitJob returned"));
+        }
+        match self.jobs.get(&id).await.map_err(Status::from)? {
+            Some(v) => Ok(Response::new(v)),
+            None => Err(Status::not_found(format!("no job {id} (finished jobs are kept for jobs.retention)"))),
+        }
     }
 
-    async fn list_jobs(
-        &self,
-        _req: Request<fleet_proto::v1::ListJobsRequest>,
-    ) -> Result<Response<fleet_proto::v1::ListJobsResponse>, Status> {
-        Err(Status::unimplemented("jobs"))
+    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let q = req.into_inner();
+        if !q.node_id.is_empty() {
+            check_node_id(&q.node_id)?;
+        }
+        if q.limit > 10_000 {
+            return Err(bad("limit", "at most 10000"));
+        }
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let jobs = self.jobs.list(&q.node_id, q.status, limit).await.map_err(Status::from)?;
+        Ok(Response::new(ListJobsResponse { jobs }))
     }
 
     async fn query_telemetry(

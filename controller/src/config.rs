@@ -25,6 +25,98 @@ pub struct ControllerConfig {
     pub ingest: IngestConfig,
     pub kafka: crate::ingest::kafka::KafkaConfig,
     pub storage: crate::store::StorageConfig,
+    pub jobs: JobsConfig,
+    pub router: RouterSection,
+    pub cloud: CloudConfig,
+}
+
+/// `[jobs]`: inference jobs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Time a job gets when the caller sets none. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// An edge node that has not answered within this long loses the job to
+    /// the next best site (as when it goes offline). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Jobs in flight at most; more are refused with RESOURCE_EXHAUSTED. Default 10000.
+    pub max_in_flight: usize,
+    /// Finished jobs kept in memory (with embeddings) for GetJob. Default 10000.
+    pub recent: usize,
+    /// Finished jobs waiting to be recorded in the store; more are not
+    /// recorded and are counted. Default 4096.
+    pub record_queue: usize,
+    /// How long job records are kept. Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(5),
+            max_in_flight: 10_000,
+            recent: 10_000,
+            record_queue: 4096,
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// `[router]`: where jobs run (docs/routing.md).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSection {
+    /// The cloud tier competes at this score (0-1000): an edge node scoring
+    /// lower loses the job to the cloud. Default 250.
+    pub cloud_score: i32,
+    /// A node this close to its thermal limit gets no job. Default 2.0 °C.
+    pub hot_margin_c: f64,
+    /// A node whose measured round trip is over this gets no job. Default 1000 ms.
+    pub max_rtt_ms: f64,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        let r = crate::router::RouterConfig::default();
+        Self { cloud_score: r.cloud_score, hot_margin_c: r.score.hot_margin_c, max_rtt_ms: r.score.max_rtt_ms }
+    }
+}
+
+impl RouterSection {
+    /// The router's settings.
+    #[must_use]
+    pub fn router(&self) -> crate::router::RouterConfig {
+        crate::router::RouterConfig {
+            cloud_score: self.cloud_score,
+            score: crate::router::ScoreConfig { hot_margin_c: self.hot_margin_c, max_rtt_ms: self.max_rtt_ms },
+        }
+    }
+}
+
+/// `[cloud]`: the cloud inference tier inside the controller.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Run jobs here when no edge node should. Default true.
+    pub enabled: bool,
+    /// Model directory (a folder per model with its model.toml); empty: only
+    /// the built-in classifier. Default "".
+    pub model_dir: PathBuf,
+    /// Inference threads. Default 2.
+    pub workers: usize,
+    /// Jobs waiting for a thread at most; beyond it the cloud tier counts as
+    /// busy for the router. Default 64.
+    pub queue: usize,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self { enabled: true, model_dir: PathBuf::new(), workers: 2, queue: 64 }
+    }
 }
 
 /// `[mqtt]`.
@@ -88,6 +180,9 @@ impl Default for ControllerConfig {
             ingest: IngestConfig::default(),
             kafka: Default::default(),
             storage: Default::default(),
+            jobs: JobsConfig::default(),
+            router: RouterSection::default(),
+            cloud: CloudConfig::default(),
         }
     }
 }
@@ -174,6 +269,15 @@ impl ControllerConfig {
                  must be at least 1"
                     .into(),
             );
+        }
+        if self.cloud.workers == 0 || self.jobs.max_in_flight == 0 {
+            return Err("keys `cloud.workers` and `jobs.max_in_flight` must be at least 1".into());
+        }
+        if self.jobs.attempt_timeout.is_zero() || self.jobs.default_timeout.is_zero() {
+            return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
+        }
+        if !(0..=1000).contains(&self.router.cloud_score) {
+            return Err("key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into());
         }
         Ok(())
     }

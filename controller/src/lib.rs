@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod router;
@@ -75,6 +76,7 @@ pub struct Controller {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub store: Store,
+    pub jobs: jobs::JobManager,
     tasks: TaskTracker,
 }
 
@@ -154,7 +156,29 @@ impl Controller {
                 shutdown.clone(),
             )?);
         }
+        let cloud = if cfg.cloud.enabled {
+            let dir = (!cfg.cloud.model_dir.as_os_str().is_empty()).then(|| cfg.cloud.model_dir.clone());
+            let (rt, errors) = tokio::task::spawn_blocking(move || fleet_inference::Runtime::load(dir.as_deref(), &[]))
+                .await
+                .map_err(|e| ControllerError::Io(format!("loading the cloud tier's models: {e}")))?;
+            for e in errors {
+                tracing::error!(error = %e, "Cloud tier: a model was not loaded.");
+            }
+            tracing::info!(models = ?rt.names(), workers = cfg.cloud.workers, "Cloud inference tier ready.");
+            Some(fleet_inference::Pool::new(Arc::new(rt), cfg.cloud.workers, cfg.cloud.queue))
+        } else {
+            None
+        };
+        let jobs = jobs::JobManager::start(
+            cfg.jobs.clone(),
+            cfg.router.router(),
+            cloud,
+            (client.clone(), registry.clone(), store.clone(), metrics.clone()),
+            &tasks,
+            &shutdown,
+        );
         let reader = ingest::mqtt::Reader {
+            jobs: Some(jobs.clone()),
             bridge,
             client,
             eventloop,
@@ -218,8 +242,13 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
-        let api =
-            api::Api { registry: registry.clone(), store: store.clone(), shutdown: shutdown.clone(), mqtt: api_mqtt };
+        let api = api::Api {
+            registry: registry.clone(),
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            mqtt: api_mqtt,
+            jobs: jobs.clone(),
+        };
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let r = tonic::transport::Server::builder()
@@ -245,7 +274,7 @@ impl Controller {
         });
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, tasks })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, tasks })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).

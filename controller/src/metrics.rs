@@ -19,6 +19,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels of `fleet_jobs_finished_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub status: &'static str,
+    pub site: &'static str,
+}
+
 /// Every metric the controller keeps.
 pub struct Metrics {
     pub registry: Registry,
@@ -34,6 +41,13 @@ pub struct Metrics {
     pub ingest_queue: Gauge,
     pub ingest_lag_ms: Gauge,
     pub acks_published: Counter,
+    pub jobs_submitted: Counter,
+    pub jobs_finished: Family<JobLabel, Counter>,
+    pub jobs_rerouted: Counter,
+    pub jobs_joint: Counter,
+    pub jobs_late_results: Counter,
+    pub jobs_unrecorded: Counter,
+    pub jobs_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +74,13 @@ impl Metrics {
             ingest_queue: Gauge::default(),
             ingest_lag_ms: Gauge::default(),
             acks_published: Counter::default(),
+            jobs_submitted: Counter::default(),
+            jobs_finished: Family::default(),
+            jobs_rerouted: Counter::default(),
+            jobs_joint: Counter::default(),
+            jobs_late_results: Counter::default(),
+            jobs_unrecorded: Counter::default(),
+            jobs_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("messages_received", "MQTT messages received, by channel", m.received.clone());
@@ -82,12 +103,40 @@ impl Metrics {
             m.ingest_lag_ms.clone(),
         );
         registry.register("acks_published", "End-to-end acks published to agents", m.acks_published.clone());
+        registry.register("jobs_submitted", "Inference jobs accepted by SubmitJob", m.jobs_submitted.clone());
+        registry.register("jobs_finished", "Inference jobs finished, by status and site", m.jobs_finished.clone());
+        registry.register(
+            "jobs_rerouted",
+            "Job attempts given up (node refused, failed, went offline or stayed silent) and sent elsewhere",
+            m.jobs_rerouted.clone(),
+        );
+        registry.register(
+            "jobs_joint",
+            "Edge answers under the confidence threshold re-run on the cloud tier",
+            m.jobs_joint.clone(),
+        );
+        registry.register(
+            "jobs_late_results",
+            "Answers to job attempts already given up (ignored)",
+            m.jobs_late_results.clone(),
+        );
+        registry.register(
+            "jobs_unrecorded",
+            "Finished jobs not written to the store (record queue full or database error)",
+            m.jobs_unrecorded.clone(),
+        );
+        registry.register("jobs_in_flight", "Jobs submitted and not finished", m.jobs_in_flight.clone());
         Self { registry, ..m }
     }
 
     /// Counts one dropped message.
     pub fn drop_msg(&self, reason: &'static str) {
         self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts one finished job.
+    pub fn job_finished(&self, status: &'static str, site: i32) {
+        self.jobs_finished.get_or_create(&JobLabel { status, site: crate::store::jobs::site_word(site) }).inc();
     }
 
     /// The text exposition format.

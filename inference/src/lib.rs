@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 pub mod classify;
 pub mod embed;
+pub mod pool;
 pub mod registry;
 pub mod runtime;
 
 pub use classify::{Classification, TextClassifier};
 pub use embed::{SentenceEmbedder, cosine};
+pub use pool::{Place, Pool, Ran, RunError};
 pub use registry::{Model, ModelKind, ModelManifest, ModelRegistry};
 pub use runtime::{Answer, Output, Runtime};
 

@@ -25,6 +25,8 @@ pub enum UplinkEvent {
     Failed(Position),
     /// The controller published a desired state for this node (MQTT).
     Desired(fleet_proto::v1::DesiredState),
+    /// The controller sent an inference job (MQTT).
+    Job(Box<fleet_proto::v1::Job>),
 }
 
 /// The uplink in use.
@@ -77,6 +79,20 @@ impl Uplink {
             Uplink::Mqtt(l) => l.send_event(event),
             Uplink::Kafka(l) => l.send_event(event),
         }
+    }
+
+    /// Publishes a job result (MQTT; Kafka agents take no jobs).
+    pub fn send_result(&mut self, result: Vec<u8>) -> bool {
+        match self {
+            Uplink::Mqtt(l) => l.send_result(result),
+            Uplink::Kafka(_) => false,
+        }
+    }
+
+    /// True when this uplink carries jobs (MQTT).
+    #[must_use]
+    pub fn takes_jobs(&self) -> bool {
+        matches!(self, Uplink::Mqtt(_))
     }
 
     /// The next event; waits for ever if there is none to come.

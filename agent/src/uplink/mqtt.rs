@@ -43,6 +43,7 @@ pub struct MqttLink {
     status_topic: String,
     events_topic: String,
     reported_topic: String,
+    results_topic: String,
 }
 
 impl MqttLink {
@@ -62,6 +63,10 @@ impl MqttLink {
 
     pub(super) fn send_event(&mut self, event: Vec<u8>) -> bool {
         self.client.try_publish(self.events_topic.clone(), QoS::AtLeastOnce, false, event).is_ok()
+    }
+
+    pub(super) fn send_result(&mut self, result: Vec<u8>) -> bool {
+        self.client.try_publish(self.results_topic.clone(), QoS::AtLeastOnce, false, result).is_ok()
     }
 
     pub(super) async fn next_event(&mut self) -> UplinkEvent {
@@ -100,7 +105,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     let driver = tokio::spawn(drive(
         eventloop,
         client.clone(),
-        (node_topic(node_id, Channel::Ack), node_topic(node_id, Channel::Desired)),
+        [node_topic(node_id, Channel::Ack), node_topic(node_id, Channel::Desired), node_topic(node_id, Channel::Jobs)],
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
         ack_tx,
@@ -116,13 +121,14 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
         status_topic: node_topic(node_id, Channel::Status),
         events_topic: node_topic(node_id, Channel::Events),
         reported_topic: node_topic(node_id, Channel::Reported),
+        results_topic: node_topic(node_id, Channel::Results),
     }
 }
 
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    (ack_topic, desired_topic): (String, String),
+    [ack_topic, desired_topic, jobs_topic]: [String; 3],
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
     ack_tx: mpsc::Sender<UplinkEvent>,
@@ -137,7 +143,7 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
-                for t in [&ack_topic, &desired_topic] {
+                for t in [&ack_topic, &desired_topic, &jobs_topic] {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
                     }
@@ -166,6 +172,17 @@ async fn drive(
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "Undecodable desired state ignored."),
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == jobs_topic => {
+                match fleet_proto::v1::Job::decode(p.payload) {
+                    Ok(j) => {
+                        if ack_tx.try_send(UplinkEvent::Job(Box::new(j))).is_err() {
+                            // Not answered: the controller gives the job to another node after its attempt timeout.
+                            tracing::warn!("Queue full; an inference job is dropped.");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Undecodable job ignored."),
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,

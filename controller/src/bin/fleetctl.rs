@@ -6,8 +6,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_proto::v1::fleet_service_client::FleetServiceClient;
 use fleet_proto::v1::{
-    DesiredState, GetDesiredStateRequest, GetNodeRequest, ListNodesRequest, Node, NodeState, QueryTelemetryRequest,
-    SetDesiredStateRequest, WatchNodesRequest,
+    DesiredState, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobConstraints, JobStatus, JobTimings,
+    JobView, ListJobsRequest, ListNodesRequest, Node, NodeState, Placement, QueryTelemetryRequest,
+    SetDesiredStateRequest, Site, SubmitJobRequest, WatchNodesRequest,
 };
 use tonic::transport::Channel;
 
@@ -42,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: DesiredCommand,
     },
+    /// Inference jobs: submit one and see where it ran and why, or list recent ones.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Telemetry of one node.
     Telemetry {
         /// Node id.
@@ -59,6 +65,55 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Route a job, wait for its result, print it with where it ran and how long each step took.
+    Submit {
+        /// Model: minilm (sentence embedding) or severity (built-in classifier).
+        #[arg(long)]
+        model: String,
+        /// Input text.
+        #[arg(long)]
+        text: String,
+        /// Time the job gets, e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        timeout: humantime::Duration,
+        /// Re-run an edge answer under this confidence on the cloud tier (0: never).
+        #[arg(long, default_value_t = 0.0)]
+        min_confidence: f32,
+        /// The node must carry label k=v (repeatable; keeps the job at the edge).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Where it may run.
+        #[arg(long, value_enum, default_value_t = Where::Any)]
+        placement: Where,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Return at once with the job id instead of waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// One job with every attempt.
+    Get { job: String },
+    /// Recent jobs, newest first.
+    List {
+        /// Only jobs that ran on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Where {
+    Any,
+    Edge,
+    Cloud,
 }
 
 #[derive(Subcommand)]
@@ -287,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
+        Command::Jobs { command } => jobs(&mut client, command, cli.output).await?,
         Command::Telemetry { node, metric, since, bucket, limit } => {
             let now = fleet_proto::now_unix_ms();
             let since_ms = i64::try_from(Duration::from(since).as_millis()).unwrap_or(i64::MAX);
@@ -322,6 +378,163 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if r.truncated {
                     eprintln!("(truncated at {limit} points; raise --limit or use --bucket)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn job_status(s: i32) -> &'static str {
+    match JobStatus::try_from(s).unwrap_or_default() {
+        JobStatus::Unspecified => "unknown",
+        JobStatus::Pending => "pending",
+        JobStatus::Running => "running",
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Refused => "refused",
+        JobStatus::Expired => "expired",
+        JobStatus::Abandoned => "abandoned",
+    }
+}
+
+fn site_of(site: i32, node: &str) -> String {
+    match Site::try_from(site).unwrap_or_default() {
+        Site::Edge => format!("edge node {node}"),
+        Site::Cloud => "cloud tier".into(),
+        Site::Unspecified => "-".into(),
+    }
+}
+
+fn ms(us: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // display
+    let v = us as f64 / 1000.0;
+    format!("{v:.3} ms")
+}
+
+fn timings_json(t: &JobTimings) -> serde_json::Value {
+    serde_json::json!({
+        "route_us": t.route_us, "queued_us": t.queued_us, "tokenize_us": t.tokenize_us,
+        "inference_us": t.inference_us, "node_total_us": t.total_us, "transport_us": t.transport_us,
+        "end_to_end_us": t.end_to_end_us,
+    })
+}
+
+fn job_json(j: &JobView) -> serde_json::Value {
+    let attempts: Vec<_> = j
+        .attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "attempt": a.attempt, "site": site_of(a.site, &a.node_id), "node_id": a.node_id,
+                "status": job_status(a.status), "error": a.error, "reason": a.reason, "label": a.label,
+                "confidence": a.confidence, "timings": timings_json(&a.timings.unwrap_or_default()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "job_id": j.job_id, "model": j.model, "status": job_status(j.status), "error": j.error,
+        "site": site_of(j.site, &j.node_id), "node_id": j.node_id, "reason": j.reason,
+        "label": j.label, "confidence": j.confidence, "embedding": j.embedding,
+        "submitted_unix_ms": j.submitted_unix_ms, "finished_unix_ms": j.finished_unix_ms,
+        "timings": timings_json(&j.timings.unwrap_or_default()), "attempts": attempts,
+    })
+}
+
+fn print_job(j: &JobView) {
+    let t = j.timings.unwrap_or_default();
+    println!("job {} ({}): {}", j.job_id, j.model, job_status(j.status));
+    if !j.error.is_empty() {
+        println!("  error:     {}", j.error);
+    }
+    if j.status == JobStatus::Succeeded as i32 {
+        if j.embedding.is_empty() {
+            println!("  answer:    {} (confidence {:.3})", j.label, j.confidence);
+        } else {
+            let head: Vec<String> = j.embedding.iter().take(4).map(|x| format!("{x:.4}")).collect();
+            println!("  answer:    embedding of {} dims [{}, ...]", j.embedding.len(), head.join(", "));
+        }
+        println!("  ran on:    {}", site_of(j.site, &j.node_id));
+        println!("  why:       {}", j.reason);
+        println!(
+            "  steps:     route {}, queued {}, tokenize {}, inference {}, transport {} (node total {}); end to end {}",
+            ms(t.route_us),
+            ms(t.queued_us),
+            ms(t.tokenize_us),
+            ms(t.inference_us),
+            ms(t.transport_us),
+            ms(t.total_us),
+            ms(t.end_to_end_us)
+        );
+    }
+    if j.attempts.len() > 1 || j.status != JobStatus::Succeeded as i32 {
+        println!("  attempts:");
+        for a in &j.attempts {
+            let what = if a.error.is_empty() { a.label.clone() } else { a.error.clone() };
+            println!("    {} {} {}: {what}", a.attempt, site_of(a.site, &a.node_id), job_status(a.status));
+            println!("      why: {}", a.reason);
+        }
+    }
+}
+
+async fn jobs(client: &mut FleetServiceClient<Channel>, command: JobsCommand, out: Output) -> anyhow::Result<()> {
+    let show = |j: &JobView| -> anyhow::Result<()> {
+        if out == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&job_json(j))?);
+        } else {
+            print_job(j);
+        }
+        Ok(())
+    };
+    match command {
+        JobsCommand::Submit { model, text, timeout, min_confidence, labels, placement, node, detach } => {
+            let placement = match placement {
+                Where::Any => Placement::Any,
+                Where::Edge => Placement::EdgeOnly,
+                Where::Cloud => Placement::CloudOnly,
+            };
+            let req = SubmitJobRequest {
+                model,
+                text,
+                timeout_ms: u32::try_from(Duration::from(timeout).as_millis()).unwrap_or(u32::MAX),
+                min_confidence,
+                constraints: Some(JobConstraints {
+                    required_labels: labels.into_iter().collect(),
+                    placement: placement as i32,
+                    node_id: node.unwrap_or_default(),
+                }),
+                detach,
+            };
+            let j = client.submit_job(req).await.map_err(status_error)?.into_inner();
+            show(&j)?;
+            if j.status != JobStatus::Succeeded as i32 && !detach {
+                anyhow::bail!("the job did not succeed");
+            }
+        }
+        JobsCommand::Get { job } => {
+            let j = client.get_job(GetJobRequest { job_id: job }).await.map_err(status_error)?.into_inner();
+            show(&j)?;
+        }
+        JobsCommand::List { node, limit } => {
+            let r = client
+                .list_jobs(ListJobsRequest { node_id: node.unwrap_or_default(), status: 0, limit })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if out == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r.jobs.iter().map(job_json).collect::<Vec<_>>())?);
+            } else {
+                println!("{:<36} {:<9} {:<10} {:<22} {:>12}", "JOB", "MODEL", "STATUS", "SITE", "END TO END");
+                for j in &r.jobs {
+                    let t = j.timings.unwrap_or_default();
+                    println!(
+                        "{:<36} {:<9} {:<10} {:<22} {:>12}",
+                        j.job_id,
+                        j.model,
+                        job_status(j.status),
+                        site_of(j.site, &j.node_id),
+                        ms(t.end_to_end_us)
+                    );
                 }
             }
         }

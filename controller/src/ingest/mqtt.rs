@@ -58,6 +58,8 @@ pub struct Reader {
     pub ready: tokio::sync::watch::Sender<bool>,
     /// Telemetry through `$share/{group}/...` when not empty (replicas).
     pub shared_group: String,
+    /// Takes the nodes' job results.
+    pub jobs: Option<crate::jobs::JobManager>,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -90,6 +92,8 @@ pub enum Accepted {
     Telemetry(TelemetryBatch),
     Status(Box<NodeStatus>),
     Reported(fleet_proto::v1::ReportedState),
+    /// A node's answer to a job.
+    Result(fleet_proto::v1::JobResult),
     /// Retained-message clear (empty payload) or a channel not handled yet.
     Ignored,
 }
@@ -146,6 +150,13 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
             }
             Ok((channel, Accepted::Reported(r)))
         }
+        Channel::Results => {
+            let r = fleet_proto::v1::JobResult::decode(payload).map_err(|_| (Refusal::Decode, who()))?;
+            if r.node_id != node_id {
+                return Err((Refusal::NodeMismatch, who()));
+            }
+            Ok((channel, Accepted::Result(r)))
+        }
         _ => Ok((channel, Accepted::Ignored)),
     }
 }
@@ -163,11 +174,12 @@ impl Reader {
             ready,
             bridge,
             shared_group,
+            jobs,
         } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
-        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge };
+        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
         let mut connected = false;
@@ -232,6 +244,7 @@ struct Handler {
     writer_tx: super::writer::WriteQueue,
     max_payload_bytes: usize,
     bridge: Option<Arc<super::kafka::Bridge>>,
+    jobs: Option<crate::jobs::JobManager>,
 }
 
 impl Handler {
@@ -267,6 +280,13 @@ impl Handler {
                     }
                     Accepted::Reported(r) => {
                         self.registry.update_reported(r);
+                        Ok(())
+                    }
+                    Accepted::Result(r) => {
+                        if let Some(jobs) = &self.jobs {
+                            let node = r.node_id.clone();
+                            jobs.on_result(&node, r);
+                        }
                         Ok(())
                     }
                     Accepted::Ignored => Ok(()),

@@ -15,6 +15,7 @@ use sqlx::{QueryBuilder, Row};
 use crate::ControllerError;
 
 pub mod acks;
+pub mod jobs;
 mod tiers;
 use acks::RunMark;
 pub use tiers::{JOB_LOCK, Retention, StorageConfig};

@@ -1,0 +1,202 @@
+//! The node's inference jobs: models loaded once off the event loop, jobs run
+//! on a bounded pool of blocking threads (fleet-inference's `Pool`), admitted
+//! only while the power profile allows (`max_jobs` running plus waiting) and
+//! only before their deadline, measured on the node's own monotonic clock
+//! from the budget the controller gave (a Pi without RTC may be hours off).
+//! Every job gets a `JobResult`: refused, expired, failed or succeeded, with
+//! its timings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_inference::{InferenceError, Output, Pool, RunError, Runtime};
+use fleet_proto::v1::{Job, JobResult, JobStatus, JobTimings, job};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::InferenceConfig;
+
+/// What the agent holds of its inference jobs.
+pub struct Jobs {
+    node_id: String,
+    enabled: bool,
+    workers: usize,
+    queue: usize,
+    slowdown: f64,
+    /// Models being loaded on a blocking thread; taken when done.
+    loading: Option<JoinHandle<(Runtime, Vec<InferenceError>)>>,
+    /// None until the models are loaded (or when jobs are disabled).
+    pool: Option<Pool>,
+    /// Results of finished runs, for the event loop to publish. Bounded by
+    /// the pool's places (each run sends one), so a send never waits long.
+    results_tx: mpsc::Sender<JobResult>,
+    /// The runs in progress, so shutdown can wait for them (bounded).
+    tasks: TaskTracker,
+    /// Refusing everything from now on (shutting down).
+    stopped: bool,
+    pub refused: u64,
+    pub ran: u64,
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Jobs {
+    /// Starts loading the models (when enabled). The receiver gets every result to publish.
+    #[must_use]
+    pub fn start(cfg: &InferenceConfig, node_id: &str, sim_hardware: bool) -> (Self, mpsc::Receiver<JobResult>) {
+        let loading = cfg.enabled.then(|| {
+            let dir = (!cfg.model_dir.as_os_str().is_empty()).then(|| cfg.model_dir.clone());
+            tokio::task::spawn_blocking(move || Runtime::load(dir.as_deref(), &[]))
+        });
+        let (results_tx, results) = mpsc::channel(cfg.workers + cfg.queue + 1);
+        let jobs = Self {
+            node_id: node_id.to_owned(),
+            enabled: cfg.enabled,
+            workers: cfg.workers,
+            queue: cfg.queue,
+            slowdown: if sim_hardware { cfg.sim_slowdown } else { 1.0 },
+            loading,
+            pool: None,
+            results_tx,
+            tasks: TaskTracker::new(),
+            stopped: false,
+            refused: 0,
+            ran: 0,
+        };
+        (jobs, results)
+    }
+
+    /// Resolves when the models are loaded (never, if they are not loading).
+    pub async fn loaded(&mut self) {
+        let Some(h) = self.loading.as_mut() else { return std::future::pending().await };
+        let r = h.await;
+        self.loading = None;
+        match r {
+            Ok((rt, errors)) => {
+                for e in errors {
+                    tracing::error!(error = %e, "A model was not loaded; jobs for it go to other nodes.");
+                }
+                tracing::info!(models = ?rt.names(), "Inference models loaded.");
+                self.pool = Some(Pool::new(Arc::new(rt), self.workers, self.queue).with_slowdown(self.slowdown));
+            }
+            Err(e) => tracing::error!(error = %e, "Loading the inference models failed; this node takes no jobs."),
+        }
+    }
+
+    /// True while models are being loaded.
+    #[must_use]
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// Models this node offers (none once stopped), narrowed to `wanted` when it is not empty.
+    #[must_use]
+    pub fn models(&self, wanted: &[String]) -> Vec<String> {
+        if self.stopped {
+            return Vec::new();
+        }
+        let Some(p) = &self.pool else { return Vec::new() };
+        p.runtime().names().into_iter().filter(|m| wanted.is_empty() || wanted.contains(m)).collect()
+    }
+
+    /// Jobs running or waiting.
+    #[must_use]
+    pub fn active(&self) -> u32 {
+        self.pool.as_ref().map_or(0, |p| u32::try_from(p.active()).unwrap_or(u32::MAX))
+    }
+
+    /// Takes a job: starts it, or answers at once why not (the returned result).
+    pub fn take(&mut self, job: Job, max_jobs: u32, profile: &str, wanted: &[String]) -> Option<JobResult> {
+        let received = Instant::now();
+        let mut r = JobResult {
+            job_id: job.job_id.clone(),
+            node_id: self.node_id.clone(),
+            attempt: job.attempt,
+            status: JobStatus::Refused as i32,
+            ..Default::default()
+        };
+        let text = match job.input {
+            Some(job::Input::Text(t)) => t,
+            _ => {
+                r.status = JobStatus::Failed as i32;
+                r.error = "this node takes text input only".into();
+                return Some(r);
+            }
+        };
+        let refuse = |mut r: JobResult, why: String| {
+            r.error = why;
+            Some(r)
+        };
+        let Some(pool) = self.pool.as_ref().filter(|_| self.enabled && !self.stopped) else {
+            self.refused += 1;
+            let why = if self.stopped { "the agent is shutting down" } else { "the node's models are not loaded" };
+            return refuse(r, why.into());
+        };
+        if !pool.runtime().has(&job.model) || (!wanted.is_empty() && !wanted.contains(&job.model)) {
+            self.refused += 1;
+            return refuse(r, format!("model {:?} is not on this node", job.model));
+        }
+        if self.active() >= max_jobs {
+            self.refused += 1;
+            return refuse(r, format!("power profile {profile} admits {max_jobs} jobs at once"));
+        }
+        if job.budget_ms == 0 {
+            r.status = JobStatus::Expired as i32;
+            r.error = "the job arrived after its deadline".into();
+            return Some(r);
+        }
+        let Some(place) = pool.reserve() else {
+            self.refused += 1;
+            return refuse(r, "the node's job queue is full".into());
+        };
+        let deadline = received + Duration::from_millis(u64::from(job.budget_ms));
+        let tx = self.results_tx.clone();
+        self.ran += 1;
+        self.tasks.spawn(async move {
+            let ran = place.run(job.model, text, deadline).await;
+            let total = received.elapsed();
+            match ran {
+                Ok(ran) => {
+                    r.timings = Some(JobTimings {
+                        queued_us: us(ran.queued),
+                        tokenize_us: us(ran.answer.times.tokenize),
+                        inference_us: us(ran.answer.times.inference),
+                        total_us: us(total),
+                        ..Default::default()
+                    });
+                    r.confidence = ran.answer.confidence();
+                    match ran.answer.output {
+                        Output::Embedding(v) => r.embedding = v,
+                        Output::Class(c) => r.label = c.label,
+                    }
+                    r.status = if Instant::now() > deadline { JobStatus::Expired } else { JobStatus::Succeeded } as i32;
+                }
+                Err(RunError::Expired) => {
+                    r.status = JobStatus::Expired as i32;
+                    r.error = "the deadline passed while the job waited for a worker".into();
+                }
+                Err(e) => {
+                    r.status = JobStatus::Failed as i32;
+                    r.error = e.to_string();
+                }
+            }
+            let _ = tx.send(r).await;
+        });
+        None
+    }
+
+    /// Refuses new jobs from now on (shutdown: "stop taking jobs" comes first).
+    pub fn stop(&mut self) {
+        self.stopped = true;
+        self.tasks.close();
+    }
+
+    /// Waits up to `grace` for the runs in progress.
+    pub async fn drain(&self, grace: Duration) {
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}
