@@ -254,3 +254,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
+
+/// The model directory with `minilm` (scripts/fetch-model fills `target/models`;
+/// `FLEET_MODEL_DIR` overrides). `None`, after printing why, when it is missing
+/// and `FLEET_REQUIRE_MODEL` is not 1 (scripts/test sets it: missing fails there).
+///
+/// # Panics
+/// When the model is missing and required.
+#[must_use]
+pub fn model_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("FLEET_MODEL_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models"),
+        std::path::PathBuf::from,
+    );
+    if dir.join("minilm/model.toml").is_file() {
+        return Some(dir);
+    }
+    let why = format!("model minilm not in {} (run scripts/fetch-model)", dir.display());
+    assert!(std::env::var("FLEET_REQUIRE_MODEL").as_deref() != Ok("1"), "{why}");
+    println!("SKIPPED: {why}");
+    None
+}
