@@ -200,3 +200,65 @@ impl Jobs {
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(model: &str, budget_ms: u32) -> Job {
+        Job {
+            job_id: "j".into(),
+            model: model.into(),
+            input: Some(job::Input::Text("disk full, data lost".into())),
+            attempt: 2,
+            budget_ms,
+            ..Default::default()
+        }
+    }
+
+    async fn started(queue: usize) -> (Jobs, mpsc::Receiver<JobResult>) {
+        let cfg = InferenceConfig { workers: 1, queue, ..Default::default() };
+        let (mut jobs, rx) = Jobs::start(&cfg, "n1", false);
+        assert!(jobs.models(&[]).is_empty(), "nothing offered before the models are loaded");
+        jobs.loaded().await;
+        (jobs, rx)
+    }
+
+    #[tokio::test]
+    async fn runs_and_answers_with_timings() {
+        let (mut jobs, mut rx) = started(1).await;
+        assert_eq!(jobs.models(&[]), ["severity"]);
+        assert!(jobs.take(job("severity", 5000), 4, "performance", &[]).is_none());
+        let r = rx.recv().await.unwrap();
+        assert_eq!((r.status, r.attempt, r.label.as_str(), r.node_id.as_str()), (3, 2, "critical", "n1"));
+        let t = r.timings.unwrap();
+        assert!(t.total_us >= t.inference_us && r.confidence > 0.5);
+    }
+
+    #[tokio::test]
+    async fn refuses_what_it_should_not_run() {
+        let (mut jobs, _rx) = started(0).await;
+        let why = |r: Option<JobResult>| r.map(|r| (r.status, r.error)).unwrap();
+        let (s, e) = why(jobs.take(job("minilm", 5000), 4, "performance", &[]));
+        assert_eq!(s, JobStatus::Refused as i32);
+        assert!(e.contains("not on this node"), "{e}");
+        let (s, e) = why(jobs.take(job("severity", 5000), 0, "critical", &[]));
+        assert_eq!(s, JobStatus::Refused as i32);
+        assert!(e.contains("power profile critical admits 0"), "{e}");
+        let (s, _) = why(jobs.take(job("severity", 0), 4, "performance", &[]));
+        assert_eq!(s, JobStatus::Expired as i32);
+        // The desired state narrows the models offered and taken.
+        let wanted = vec!["minilm".to_owned()];
+        assert!(jobs.models(&wanted).is_empty());
+        assert!(jobs.take(job("severity", 5000), 4, "performance", &wanted).is_some());
+        // One worker, no queue: the second job at once is refused.
+        assert!(jobs.take(job("severity", 5000), 4, "performance", &[]).is_none());
+        let (s, e) = why(jobs.take(job("severity", 5000), 4, "performance", &[]));
+        assert_eq!(s, JobStatus::Refused as i32);
+        assert!(e.contains("admits") || e.contains("queue is full"), "{e}");
+        jobs.stop();
+        let (_, e) = why(jobs.take(job("severity", 5000), 4, "performance", &[]));
+        assert!(e.contains("shutting down"), "{e}");
+        assert!(jobs.models(&[]).is_empty());
+    }
+}

@@ -49,6 +49,14 @@ struct Cli {
     /// Prefix of the agents' node ids.
     #[arg(long, default_value = "sim")]
     node_prefix: String,
+    /// Model directory for the agents and the cloud tier (scripts/fetch-model
+    /// fills target/models with all-MiniLM-L6-v2); without it only the built-in
+    /// classifier `severity` runs.
+    #[arg(long, env = "FLEET_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Simulated agents run each job this many times as long, like a Pi.
+    #[arg(long, default_value_t = 5.0)]
+    sim_slowdown: f64,
 }
 
 fn main() -> ExitCode {
@@ -81,13 +89,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mqtt_url, grpc_url, controller) = match &cli.mqtt_url {
         Some(url) => (url.clone(), cli.controller_url.clone(), None),
         None => {
-            let cfg = ControllerConfig {
+            let mut cfg = ControllerConfig {
                 data_dir: cli.data_dir.join("controller"),
                 grpc: fleet_controller::config::ListenConfig { listen: cli.grpc_listen },
                 http: fleet_controller::config::ListenConfig { listen: cli.http_listen },
                 mqtt: fleet_controller::config::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
                 ..Default::default()
             };
+            cfg.cloud.model_dir = cli.model_dir.clone().unwrap_or_default();
             let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
             let grpc = format!("http://{}", c.grpc_addr);
             println!("Spark Fleet on this machine");
@@ -95,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  metrics      http://{}/metrics", c.http_addr);
             println!("  MQTT broker  {}", c.mqtt_url);
             println!("  store        SQLite in {}", cli.data_dir.join("controller").display());
+            println!("  jobs         fleetctl --server {grpc} jobs submit --model severity --text \"disk full\"");
             (c.mqtt_url.clone(), grpc, Some(c))
         }
     };
@@ -111,6 +121,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.hardware.backend = HardwareBackend::Sim;
         cfg.hardware.sim_seed = i as u64;
         cfg.labels.insert("site".into(), format!("site-{}", i % 3));
+        cfg.inference.model_dir = cli.model_dir.clone().unwrap_or_default();
+        cfg.inference.sim_slowdown = cli.sim_slowdown;
         let stop = agents_stop.clone();
         agents.spawn(async move {
             if let Err(e) = fleet_agent::run(cfg, stop).await {

@@ -125,6 +125,7 @@ impl Bridge {
             Channel::Telemetry => fleet_proto::topics::KAFKA_TELEMETRY,
             Channel::Status => fleet_proto::topics::KAFKA_STATUS,
             Channel::Events => fleet_proto::topics::KAFKA_EVENTS,
+            Channel::Results => fleet_proto::topics::KAFKA_RESULTS,
             _ => return,
         };
         let headers = OwnedHeaders::new().insert(Header { key: BRIDGED_HEADER, value: Some("1") });
