@@ -6,6 +6,10 @@
 //!
 //! `cargo run --release --bin embed-bench [-- --model-dir target/models --python /opt/st-venv/bin/python
 //!  --sentences 256 --threads 2]`
+//!
+//! Also measured: batch 1 as a node serves jobs, one sentence per job on a
+//! pool of `--threads` workers with one candle thread each (a child process
+//! with `RAYON_NUM_THREADS=1`), the setting docs/routing.md recommends.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -78,6 +82,9 @@ fn main() -> anyhow::Result<()> {
     let n: usize = arg(&args, "--sentences").map_or(Ok(256), |v| v.parse())?;
     let threads: usize = arg(&args, "--threads").map_or(Ok(2), |v| v.parse())?;
     let python = arg(&args, "--python").unwrap_or_else(|| "python3".into());
+    if args.iter().any(|a| a == "--pool-child") {
+        return pool_child(&dir, n, threads);
+    }
     let reg = ModelRegistry::open(&dir)?;
     let model = reg.get("minilm").map_err(|e| anyhow::anyhow!("{e} (run scripts/fetch-model first)"))?;
     let e = SentenceEmbedder::load(model)?;
@@ -91,6 +98,19 @@ fn main() -> anyhow::Result<()> {
         e.embed_batched(&refs, bs)?;
         candle[i] = n as f64 / t.elapsed().as_secs_f64();
         println!("candle batch {bs}: {:.1} sentences/s ({n} sentences)", candle[i]);
+    }
+
+    // Batch 1 as a node's job pool runs it, in a child with one candle thread per worker.
+    let pooled = Command::new(std::env::current_exe()?)
+        .args(["--pool-child", "--model-dir", &dir.display().to_string()])
+        .args(["--sentences", &n.to_string(), "--threads", &threads.to_string()])
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok());
+    if let Some(p) = pooled {
+        println!("candle batch 1, {threads} workers x 1 thread: {p:.1} sentences/s");
     }
 
     // PyTorch + sentence-transformers, if this Python has them.
@@ -123,8 +143,36 @@ fn main() -> anyhow::Result<()> {
         let (p1, p32) = (rate("1"), rate("32"));
         println!("pytorch batch 1: {p1:.1} sentences/s; batch 32: {p32:.1} sentences/s (torch threads {threads})");
         println!("candle/pytorch: batch 1 {:.2}, batch 32 {:.2}", candle[0] / p1, candle[1] / p32);
+        if let Some(p) = pooled {
+            println!("candle/pytorch: batch 1 on the job pool {:.2}", p / p1);
+        }
         last.push_str(&format!(" candle_vs_pytorch_ratio={:.2}", candle[1] / p32));
     }
     println!("{last}");
+    Ok(())
+}
+
+/// The child: `threads` workers, each embedding its share one sentence at a time.
+fn pool_child(dir: &std::path::Path, n: usize, threads: usize) -> anyhow::Result<()> {
+    let reg = ModelRegistry::open(dir)?;
+    let e = std::sync::Arc::new(SentenceEmbedder::load(reg.get("minilm")?)?);
+    let texts = std::sync::Arc::new(sentences(n));
+    e.embed(&[texts[0].as_str()])?; // warm up
+    let t = Instant::now();
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|w| {
+            let (e, texts) = (e.clone(), texts.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                for s in texts.iter().skip(w).step_by(threads.max(1)) {
+                    e.embed(&[s.as_str()])?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    println!("{:.1}", n as f64 / t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -75,10 +75,17 @@ impl SentenceEmbedder {
             .map_err(|e| load_err(format!("truncation: {e}")))?;
         let device = Device::Cpu;
         let weights = need("model.safetensors")?;
-        // SAFETY: the file was checked against its sha256 when the registry
-        // opened; memory-mapping it is how candle reads safetensors.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
+        let mut tensors = candle_core::safetensors::load(&weights, &device)
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
+        // candle's Linear multiplies by `weight.t()`, a transposed view that the
+        // matrix product packs again on every call. Hand it the transpose of a
+        // contiguous (in, out) copy instead: its `.t()` is then contiguous.
+        for (name, t) in &mut tensors {
+            if t.rank() == 2 && !name.contains("embeddings") {
+                *t = t.t().and_then(|x| x.contiguous()).and_then(|x| x.t()).map_err(|e| load_err(e.to_string()))?;
+            }
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let dim = config.hidden_size;
         let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("weights: {e}")))?;
         Ok(Self { name, model, tokenizer, device, dim })

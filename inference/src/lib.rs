@@ -1,6 +1,7 @@
 //! Spark Fleet inference, shared by the agent (edge) and the controller
 //! (cloud tier): a model registry that offers only models whose files match
 //! their manifest's sha256, and candle runners for each model kind.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
