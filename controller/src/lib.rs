@@ -256,7 +256,8 @@ impl Controller {
                 .add_service(reflection)
                 .add_service(FleetServiceServer::new(api))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    // No Nagle: a small answer must not wait for the client's delayed ACK (40 ms).
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                     grpc_shutdown.cancelled_owned(),
                 )
                 .await;

@@ -65,8 +65,9 @@ impl MqttLink {
         self.client.try_publish(self.events_topic.clone(), QoS::AtLeastOnce, false, event).is_ok()
     }
 
+    /// QoS 0: the controller re-routes a job whose answer does not come (docs/routing.md, "Latency").
     pub(super) fn send_result(&mut self, result: Vec<u8>) -> bool {
-        self.client.try_publish(self.results_topic.clone(), QoS::AtLeastOnce, false, result).is_ok()
+        self.client.try_publish(self.results_topic.clone(), QoS::AtMostOnce, false, result).is_ok()
     }
 
     pub(super) async fn next_event(&mut self) -> UplinkEvent {
@@ -98,7 +99,11 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     if !cfg.username.is_empty() {
         opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     }
-    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // No Nagle: job results and status are small and must not wait for a delayed ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let (conn_tx, conn) = watch::channel(ConnState::default());
     let (ack_tx, incoming) = mpsc::channel(ACK_QUEUE);
     let stop = CancellationToken::new();

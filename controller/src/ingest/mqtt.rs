@@ -36,7 +36,12 @@ pub fn client(url: &str, username: &str, password: &str) -> Result<(AsyncClient,
     if !username.is_empty() {
         opts.set_credentials(username, password);
     }
-    Ok(AsyncClient::new(opts, 4096))
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    // No Nagle: jobs and acks are small and must not wait for a delayed ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
 }
 
 fn uuid_like() -> String {

@@ -288,10 +288,15 @@ impl JobManager {
                         budget_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
                     };
                     let topic = node_topic(id, Channel::Jobs);
+                    // QoS 0, as the node's answer: a job's delivery guarantee is end to end
+                    // (an answer, or a re-route after jobs.attempt_timeout). QoS 1 acks make a
+                    // broker without TCP_NODELAY (rumqttd; Mosquitto unless set_tcp_nodelay)
+                    // hold its next small write for the peer's delayed ACK: 40 ms a job
+                    // (docs/routing.md, "Latency").
                     let ok = self
                         .inner
                         .mqtt
-                        .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, job.encode_to_vec())
+                        .try_publish(topic, rumqttc::QoS::AtMostOnce, false, job.encode_to_vec())
                         .is_ok();
                     if ok {
                         st.router.dispatched(id);
