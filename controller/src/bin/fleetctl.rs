@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleet_controller::store::jobs::status_word as job_status;
 use fleet_proto::v1::fleet_service_client::FleetServiceClient;
 use fleet_proto::v1::{
     DesiredState, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobConstraints, JobStatus, JobTimings,
@@ -383,19 +384,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn job_status(s: i32) -> &'static str {
-    match JobStatus::try_from(s).unwrap_or_default() {
-        JobStatus::Unspecified => "unknown",
-        JobStatus::Pending => "pending",
-        JobStatus::Running => "running",
-        JobStatus::Succeeded => "succeeded",
-        JobStatus::Failed => "failed",
-        JobStatus::Refused => "refused",
-        JobStatus::Expired => "expired",
-        JobStatus::Abandoned => "abandoned",
-    }
 }
 
 fn site_of(site: i32, node: &str) -> String {
