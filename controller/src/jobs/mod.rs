@@ -344,7 +344,7 @@ impl JobManager {
     pub fn on_result(&self, node_id: &str, r: JobResult) {
         let mut st = self.state();
         let Some(l) = st.live.get(&r.job_id) else { return };
-        let current = l.current.as_ref().filter(|c| c.attempt == r.attempt && c.target == Target::Edge(node_id.into()));
+        let current = l.current.as_ref().filter(|c| c.attempt == r.attempt && c.target.is_node(node_id));
         let Some(c) = current else {
             // A late answer to an attempt already given up (or another replica's job).
             if l.view.attempts.iter().any(|a| a.attempt == r.attempt) {
@@ -359,21 +359,28 @@ impl JobManager {
         #[allow(clippy::cast_precision_loss)] // a round trip in µs fits an f64
         st.router.observe_rtt(node_id, transport as f64 / 1000.0);
         st.router.finished(node_id);
-        let status = JobStatus::try_from(r.status).unwrap_or(JobStatus::Failed);
-        let timings = JobTimings { route_us, transport_us: transport, ..node_t };
+        let mut r = r;
+        r.timings = Some(JobTimings { route_us, transport_us: transport, ..node_t });
+        self.settle(&mut st, r, Site::Edge);
+    }
+
+    /// Records an attempt's answer (a node's, or the cloud pool's) on the
+    /// job's current attempt, then decides what follows.
+    fn settle(&self, st: &mut State, r: JobResult, site: Site) {
         let Some(l) = st.live.get_mut(&r.job_id) else { return };
         l.current = None;
+        let status = JobStatus::try_from(r.status).unwrap_or(JobStatus::Failed);
         if let Some(a) = l.view.attempts.last_mut() {
             a.status = status as i32;
-            a.error.clone_from(&r.error);
-            a.timings = Some(timings);
-            a.label.clone_from(&r.label);
+            a.error = r.error;
+            a.timings = r.timings;
+            a.label = r.label;
             a.confidence = r.confidence;
         }
         if status == JobStatus::Succeeded {
             l.view.embedding = r.embedding;
         }
-        self.after_attempt(&mut st, &r.job_id, status, Site::Edge);
+        self.after_attempt(st, &r.job_id, status, site);
     }
 
     /// What follows an attempt's end: done, joint inference, or the next site.
@@ -465,7 +472,7 @@ impl JobManager {
         let ids: Vec<String> = st
             .live
             .iter()
-            .filter(|(_, l)| l.current.as_ref().is_some_and(|c| c.target == Target::Edge(node_id.into())))
+            .filter(|(_, l)| l.current.as_ref().is_some_and(|c| c.target.is_node(node_id)))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -572,48 +579,38 @@ impl JobManager {
                 d = rx.recv() => match d { Some(d) => d, None => return },
             };
             let mut st = self.state();
-            let Some(l) = st.live.get_mut(&done.job_id) else { continue };
+            let Some(l) = st.live.get(&done.job_id) else { continue };
             let Some(c) = l.current.as_ref().filter(|c| c.attempt == done.attempt && c.target == Target::Cloud) else {
                 continue;
             };
-            let route_us = c.route_us;
-            l.current = None;
-            let (status, error, timings) = match &done.result {
-                Ok(ran) => (
-                    JobStatus::Succeeded,
-                    String::new(),
-                    JobTimings {
+            let mut r = JobResult { job_id: done.job_id, attempt: done.attempt, ..Default::default() };
+            match done.result {
+                Ok(ran) => {
+                    r.status = JobStatus::Succeeded as i32;
+                    r.timings = Some(JobTimings {
                         queued_us: us(ran.queued),
                         tokenize_us: us(ran.answer.times.tokenize),
                         inference_us: us(ran.answer.times.inference),
                         total_us: us(ran.total),
-                        route_us,
+                        route_us: c.route_us,
                         ..Default::default()
-                    },
-                ),
-                Err(RunError::Expired) => {
-                    (JobStatus::Expired, "the deadline passed in the cloud queue".into(), JobTimings::default())
-                }
-                Err(e) => (JobStatus::Failed, e.to_string(), JobTimings::default()),
-            };
-            if let Some(a) = l.view.attempts.last_mut() {
-                a.status = status as i32;
-                a.error = error;
-                a.timings = Some(timings);
-                if let Ok(ran) = &done.result {
-                    a.confidence = ran.answer.confidence();
-                    if let Output::Class(c) = &ran.answer.output {
-                        a.label.clone_from(&c.label);
+                    });
+                    r.confidence = ran.answer.confidence();
+                    match ran.answer.output {
+                        Output::Embedding(v) => r.embedding = v,
+                        Output::Class(class) => r.label = class.label,
                     }
                 }
+                Err(RunError::Expired) => {
+                    r.status = JobStatus::Expired as i32;
+                    r.error = "the deadline passed in the cloud queue".into();
+                }
+                Err(e) => {
+                    r.status = JobStatus::Failed as i32;
+                    r.error = e.to_string();
+                }
             }
-            if let Ok(Ran { answer, .. }) = done.result {
-                l.view.embedding = match answer.output {
-                    Output::Embedding(v) => v,
-                    Output::Class(_) => Vec::new(),
-                };
-            }
-            self.after_attempt(&mut st, &done.job_id, status, Site::Cloud);
+            self.settle(&mut st, r, Site::Cloud);
         }
     }
 

@@ -43,6 +43,14 @@ pub enum Target {
     Cloud,
 }
 
+impl Target {
+    /// True when this is the edge node `id` (no allocation, for hot paths).
+    #[must_use]
+    pub fn is_node(&self, id: &str) -> bool {
+        matches!(self, Target::Edge(n) if **n == *id)
+    }
+}
+
 /// A decision and its reason, for the caller and the job's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
