@@ -74,6 +74,20 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
     }
     let mut client = grpc(c.grpc_addr).await?;
     ready(&mut client, &["saver-pi", "hot-pi", "good-pi"]).await?;
+    // Their first statuses may precede the first power decision: wait until
+    // the controller sees the saver saving and the hot node's temperature.
+    wait_for(Duration::from_secs(30), "saver-pi in saver, hot-pi reporting its heat", || {
+        let mut client = client.clone();
+        async move {
+            let nodes = list_nodes(&mut client).await.ok()?;
+            let status = |id: &str| nodes.iter().find(|n| n.node_id == id).and_then(|n| n.status.clone());
+            let saver = status("saver-pi")?.power_profile == fleet_proto::v1::PowerProfile::Saver as i32;
+            let hot = status("hot-pi")?.vitals.and_then(|v| v.soc_temp_c).is_some_and(|t| t > 30.0);
+            let good = status("good-pi")?.vitals.is_some_and(|v| v.soc_temp_c.is_some());
+            (saver && hot && good).then_some(())
+        }
+    })
+    .await?;
 
     for (model, text) in [("minilm", "The fan is spinning faster than usual."), ("severity", "disk full, data lost")] {
         let v = client.submit_job(job(model, text)).await?.into_inner();
