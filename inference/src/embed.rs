@@ -1,14 +1,13 @@
 //! Sentence embeddings with a BERT-family model (all-MiniLM-L6-v2) on candle:
-//! tokenise a batch (padded to its longest input, truncated at the model's
-//! `max_seq_length`), run BERT, mean-pool the token vectors under the
-//! attention mask (pad tokens count neither in attention nor in the mean),
+//! tokenise a batch (truncated at the model's `max_seq_length`, not padded),
+//! run BERT ([`crate::bert`]), mean-pool each input's token vectors,
 //! L2-normalise. The same steps as sentence-transformers' Transformer ->
 //! Pooling(mean) -> Normalize pipeline for this model.
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use candle_core::Device;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::bert::{Bert, BertConfig, Sequence};
 
 use crate::InferenceError;
 use crate::StepTimes;
@@ -22,9 +21,8 @@ pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 /// A loaded sentence-embedding model.
 pub struct SentenceEmbedder {
     name: String,
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
     dim: usize,
 }
 
@@ -48,7 +46,7 @@ impl SentenceEmbedder {
             return Err(load_err(format!("is a {} model, not a sentence-embedding one", model.manifest.kind.as_str())));
         }
         let need = |f: &str| model.file(f).ok_or_else(|| load_err(format!("its manifest does not list {f}")));
-        let config: Config = serde_json::from_slice(
+        let config: BertConfig = serde_json::from_slice(
             &std::fs::read(need("config.json")?).map_err(|e| load_err(format!("config.json: {e}")))?,
         )
         .map_err(|e| load_err(format!("config.json: {e}")))?;
@@ -64,31 +62,21 @@ impl SentenceEmbedder {
         };
         let mut tokenizer =
             Tokenizer::from_file(need("tokenizer.json")?).map_err(|e| load_err(format!("tokenizer.json: {e}")))?;
-        // The shipped tokenizer pads every input to 128 and cuts there; pad to
-        // the batch's longest and cut at the model's own limit instead.
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        // The shipped tokenizer pads every input to 128 and cuts there; the
+        // encoder packs inputs without padding, and cuts at the model's own limit.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: usize::try_from(max_len).unwrap_or(256),
                 ..Default::default()
             }))
             .map_err(|e| load_err(format!("truncation: {e}")))?;
-        let device = Device::Cpu;
         let weights = need("model.safetensors")?;
-        let mut tensors = candle_core::safetensors::load(&weights, &device)
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
-        // candle's Linear multiplies by `weight.t()`, a transposed view that the
-        // matrix product packs again on every call. Hand it the transpose of a
-        // contiguous (in, out) copy instead: its `.t()` is then contiguous.
-        for (name, t) in &mut tensors {
-            if t.rank() == 2 && !name.contains("embeddings") {
-                *t = t.t().and_then(|x| x.contiguous()).and_then(|x| x.t()).map_err(|e| load_err(e.to_string()))?;
-            }
-        }
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let dim = config.hidden_size;
-        let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("weights: {e}")))?;
-        Ok(Self { name, model, tokenizer, device, dim })
+        let model = Bert::new(&config, tensors).map_err(|e| load_err(format!("model.safetensors: {e}")))?;
+        Ok(Self { name, model, tokenizer, dim })
     }
 
     /// Length of each embedding.
@@ -154,25 +142,11 @@ impl SentenceEmbedder {
         let run = |e: &dyn std::fmt::Display| InferenceError::Run { model: self.name.clone(), reason: e.to_string() };
         let started = std::time::Instant::now();
         let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| run(&e))?;
-        let (n, len) = (enc.len(), enc.first().map_or(0, tokenizers::Encoding::len));
-        let mut ids = Vec::with_capacity(n * len);
-        let mut types = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in &enc {
-            ids.extend_from_slice(e.get_ids());
-            types.extend_from_slice(e.get_type_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
-        let t = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &self.device).map_err(|e| run(&e));
-        let (ids, types, mask) = (t(ids)?, t(types)?, t(mask)?);
+        let seqs: Vec<Sequence<'_>> =
+            enc.iter().map(|e| Sequence { ids: e.get_ids(), types: e.get_type_ids() }).collect();
         let tokenized = std::time::Instant::now();
         times.tokenize += tokenized - started;
-        let pooled = self
-            .model
-            .forward(&ids, &types, Some(&mask))
-            .and_then(|hidden| mean_pool_normalize(&hidden, &mask))
-            .and_then(|t| t.to_vec2::<f32>())
-            .map_err(|e| run(&e))?;
+        let pooled = self.model.embed(&seqs).map_err(|e| run(&e))?;
         times.inference += tokenized.elapsed();
         Ok(pooled)
     }
@@ -185,15 +159,4 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
-}
-
-/// Mean of the token vectors under the mask (pad tokens count for nothing),
-/// then L2-normalised: `(batch, hidden)`.
-fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-    let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (n, dim)
-    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
-    let mean = summed.broadcast_div(&counts)?;
-    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    mean.broadcast_div(&norm)
 }

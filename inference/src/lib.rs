@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+pub mod bert;
 pub mod classify;
 pub mod embed;
 pub mod pool;

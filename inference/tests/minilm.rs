@@ -1,7 +1,8 @@
 //! all-MiniLM-L6-v2 on candle against the real model: embeddings match the
 //! reference vectors made once by sentence-transformers (cosine >= 0.9999
-//! each), are unit length, do not depend on the batch they ride in (pad
-//! tokens are masked), and rank related sentences above unrelated ones.
+//! each) and candle-transformers' `BertModel` (the encoder is our own,
+//! `fleet_inference::bert`), are unit length, do not depend on the batch they
+//! ride in, and rank related sentences above unrelated ones.
 //!
 //! The model comes from `scripts/fetch-model` (scripts/test runs it) into
 //! `target/models`, or `FLEET_MODEL_DIR`.
@@ -10,17 +11,49 @@ use std::path::PathBuf;
 
 use fleet_inference::{ModelRegistry, SentenceEmbedder, cosine};
 
-fn embedder() -> Option<SentenceEmbedder> {
+fn registry() -> Option<ModelRegistry> {
     let dir = std::env::var_os("FLEET_MODEL_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models"), PathBuf::from);
     let reg = ModelRegistry::open(&dir).ok().filter(|r| r.get("minilm").is_ok());
-    let Some(reg) = reg else {
+    if reg.is_none() {
         let why = format!("model minilm not in {} (run scripts/fetch-model)", dir.display());
         assert!(std::env::var("FLEET_REQUIRE_MODEL").as_deref() != Ok("1"), "{why}");
         println!("SKIPPED: {why}");
-        return None;
-    };
+    }
+    reg
+}
+
+fn embedder() -> Option<SentenceEmbedder> {
+    let reg = registry()?;
     Some(SentenceEmbedder::load(reg.get("minilm").expect("checked above")).expect("load minilm"))
+}
+
+/// The same sentences through candle-transformers' BERT (padded batch,
+/// attention mask), mean-pooled under the mask and normalised.
+fn candle_transformers_embeddings(texts: &[&str]) -> Vec<Vec<f32>> {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+    let reg = registry().expect("checked by the caller");
+    let model = reg.get("minilm").unwrap();
+    let file = |f: &str| model.file(f).unwrap();
+    let config: Config = serde_json::from_slice(&std::fs::read(file("config.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(file("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let bert = BertModel::load(vb, &config).unwrap();
+    let mut tok = tokenizers::Tokenizer::from_file(file("tokenizer.json")).unwrap();
+    tok.with_padding(Some(tokenizers::PaddingParams::default()));
+    tok.with_truncation(Some(tokenizers::TruncationParams { max_length: 256, ..Default::default() })).unwrap();
+    let enc = tok.encode_batch(texts.to_vec(), true).unwrap();
+    let (n, len) = (enc.len(), enc[0].len());
+    let cat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+        Tensor::from_vec(enc.iter().flat_map(|e| f(e).to_vec()).collect::<Vec<u32>>(), (n, len), &Device::Cpu).unwrap()
+    };
+    let (ids, types, mask) = (cat(&|e| e.get_ids()), cat(&|e| e.get_type_ids()), cat(&|e| e.get_attention_mask()));
+    let hidden = bert.forward(&ids, &types, Some(&mask)).unwrap();
+    let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+    let mean = hidden.broadcast_mul(&m).unwrap().sum(1).unwrap().broadcast_div(&m.sum(1).unwrap()).unwrap();
+    let norm = mean.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+    mean.broadcast_div(&norm).unwrap().to_vec2::<f32>().unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -44,6 +77,18 @@ fn embeddings_match_sentence_transformers() {
             let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "sentence {i}: norm {norm}");
         }
+    }
+}
+
+#[test]
+fn our_encoder_matches_candle_transformers_bert() {
+    let Some(e) = embedder() else { return };
+    let r: Reference = serde_json::from_str(include_str!("reference/minilm.json")).expect("reference json");
+    let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+    let ours = e.embed(&texts).unwrap();
+    for (i, (a, b)) in ours.iter().zip(candle_transformers_embeddings(&texts)).enumerate() {
+        let c = cosine(a, &b);
+        assert!(c >= 0.99999, "sentence {i}: cosine {c} vs candle-transformers' BertModel");
     }
 }
 

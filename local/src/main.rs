@@ -59,6 +59,11 @@ struct Cli {
     sim_slowdown: f64,
 }
 
+/// mimalloc: model inference allocates and frees megabytes per layer; glibc
+/// hands such blocks back to the kernel and faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -34,6 +34,11 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[i]
 }
 
+/// mimalloc: model inference allocates and frees megabytes per layer; glibc
+/// hands such blocks back to the kernel and faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let o = Opts::parse();

@@ -1,0 +1,545 @@
+//! A BERT encoder for sentence embeddings, built for the CPU of a small node.
+//!
+//! The four dense products of each layer are candle matrix products (the
+//! `gemm` crate's kernels) on weights laid out once at load time as
+//! contiguous `(in, out)` matrices, with query, key and value fused into one
+//! product. Everything between the products is done here, in place where it
+//! can be and in parallel over rows on rayon's pool (the one `gemm` uses):
+//! bias and GELU in one pass, bias + residual + LayerNorm in one pass,
+//! attention per sentence and head in one pass. The sentences of a batch are
+//! packed end to end, without padding: dense layers see only real tokens,
+//! and attention never reaches across sentences, so no mask is needed.
+//!
+//! Why not candle-transformers' `BertModel`: on two cores it spent more time
+//! around the products than in them (exact GELU through a scalar `erf`
+//! call per element, a copy per transpose, a small matrix product per
+//! sentence and head, thread hand-offs per element-wise operation). This
+//! encoder computes the same function; `tests/minilm.rs` checks it against the
+//! reference vectors of sentence-transformers and against `BertModel`.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Storage, Tensor};
+use multiversion::multiversion;
+use rayon::prelude::*;
+use serde::Deserialize;
+
+/// Rows per rayon task for the row-wise passes (small batches stay on one thread).
+const MIN_ROWS: usize = 8;
+
+/// The fields of a Hugging Face BERT `config.json` this encoder reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_position_kind")]
+    pub position_embedding_type: String,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+fn default_position_kind() -> String {
+    "absolute".into()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    /// The exact GELU, `x * Φ(x)` (Hugging Face's "gelu").
+    Gelu,
+    Relu,
+}
+
+#[derive(Debug)]
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+#[derive(Debug)]
+struct Layer {
+    /// `(hidden, 3 * hidden)`: query, key and value side by side.
+    qkv: Tensor,
+    qkv_bias: Vec<f32>,
+    out: Tensor,
+    out_bias: Vec<f32>,
+    attention_norm: Norm,
+    up: Tensor,
+    up_bias: Vec<f32>,
+    down: Tensor,
+    down_bias: Vec<f32>,
+    output_norm: Norm,
+}
+
+/// One input sequence: token ids and token type ids, of equal length.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub types: &'a [u32],
+}
+
+/// A loaded BERT encoder.
+#[derive(Debug)]
+pub struct Bert {
+    hidden: usize,
+    heads: usize,
+    activation: Activation,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// Builds the encoder from a config and the model's tensors (names as in
+    /// Hugging Face checkpoints, with or without a `bert.` prefix).
+    ///
+    /// # Errors
+    /// A setting this encoder does not implement, or a missing or
+    /// mis-shaped tensor, named in the message.
+    pub fn new(config: &BertConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self, String> {
+        let h = config.hidden_size;
+        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {h} is not a multiple of num_attention_heads {}",
+                config.num_attention_heads
+            ));
+        }
+        if config.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type {:?} is not supported (only \"absolute\")",
+                config.position_embedding_type
+            ));
+        }
+        let activation = match config.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            other => return Err(format!("hidden_act {other:?} is not supported (only \"gelu\" and \"relu\")")),
+        };
+        let prefix = if tensors.keys().any(|k| k.starts_with("bert.")) { "bert." } else { "" };
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, String> {
+            let full = format!("{prefix}{name}");
+            let t = tensors.remove(&full).ok_or_else(|| format!("tensor {full} is missing"))?;
+            if t.dims() != shape {
+                return Err(format!("tensor {full} has shape {:?}, expected {shape:?}", t.dims()));
+            }
+            t.to_dtype(DType::F32).map_err(|e| format!("tensor {full}: {e}"))
+        };
+        let vec = |t: Tensor| -> Result<Vec<f32>, String> {
+            t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
+        };
+        // Stored as (out, in); the products want the contiguous (in, out).
+        let weight =
+            |t: Tensor| -> Result<Tensor, String> { t.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string()) };
+        let eps = config.layer_norm_eps as f32;
+        let mut norm = |name: &str| -> Result<Norm, String> {
+            Ok(Norm {
+                gamma: vec(take(&format!("{name}.weight"), &[h])?)?,
+                beta: vec(take(&format!("{name}.bias"), &[h])?)?,
+                eps,
+            })
+        };
+        // `norm` borrows `take`; collect the norms first, then the rest.
+        let embedding_norm = norm("embeddings.LayerNorm")?;
+        let mut norms = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            norms.push((norm(&format!("{p}.attention.output.LayerNorm"))?, norm(&format!("{p}.output.LayerNorm"))?));
+        }
+        let word = vec(take("embeddings.word_embeddings.weight", &[config.vocab_size, h])?)?;
+        let position = vec(take("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?)?;
+        let token_type = vec(take("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?)?;
+        let inter = config.intermediate_size;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for (l, (attention_norm, output_norm)) in norms.into_iter().enumerate() {
+            let p = format!("encoder.layer.{l}");
+            let mut qkv = Vec::with_capacity(3);
+            let mut qkv_bias = Vec::with_capacity(3 * h);
+            for part in ["query", "key", "value"] {
+                qkv.push(take(&format!("{p}.attention.self.{part}.weight"), &[h, h])?);
+                qkv_bias.extend(vec(take(&format!("{p}.attention.self.{part}.bias"), &[h])?)?);
+            }
+            let qkv = Tensor::cat(&qkv, 0).map_err(|e| e.to_string())?;
+            layers.push(Layer {
+                qkv: weight(qkv)?,
+                qkv_bias,
+                out: weight(take(&format!("{p}.attention.output.dense.weight"), &[h, h])?)?,
+                out_bias: vec(take(&format!("{p}.attention.output.dense.bias"), &[h])?)?,
+                attention_norm,
+                up: weight(take(&format!("{p}.intermediate.dense.weight"), &[inter, h])?)?,
+                up_bias: vec(take(&format!("{p}.intermediate.dense.bias"), &[inter])?)?,
+                down: weight(take(&format!("{p}.output.dense.weight"), &[h, inter])?)?,
+                down_bias: vec(take(&format!("{p}.output.dense.bias"), &[h])?)?,
+                output_norm,
+            });
+        }
+        Ok(Self {
+            hidden: h,
+            heads: config.num_attention_heads,
+            activation,
+            word,
+            position,
+            token_type,
+            embedding_norm,
+            layers,
+        })
+    }
+
+    /// Width of the hidden states (and of the embeddings).
+    #[must_use]
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// The mean of each sequence's last hidden states, L2-normalised: one
+    /// vector per sequence, in order.
+    ///
+    /// # Errors
+    /// A token id or position outside the model's tables, ids and types of
+    /// different lengths, or a failed matrix product.
+    pub fn embed(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        let h = self.hidden;
+        let mut starts = Vec::with_capacity(seqs.len() + 1);
+        starts.push(0);
+        for s in seqs {
+            if s.ids.len() != s.types.len() {
+                return Err(format!("{} token ids but {} type ids", s.ids.len(), s.types.len()));
+            }
+            starts.push(starts.last().copied().unwrap_or(0) + s.ids.len());
+        }
+        let n = starts.last().copied().unwrap_or(0);
+        if n == 0 {
+            return Ok(vec![vec![0.0; h]; seqs.len()]);
+        }
+        let mut x = self.embeddings(seqs, n)?;
+        for layer in &self.layers {
+            x = self.layer(layer, x, n, &starts)?;
+        }
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let rows = &x[starts[i] * h..starts[i + 1] * h];
+                let count = (starts[i + 1] - starts[i]).max(1) as f32;
+                let mut mean = vec![0.0f32; h];
+                for row in rows.chunks_exact(h) {
+                    for (m, v) in mean.iter_mut().zip(row) {
+                        *m += v;
+                    }
+                }
+                let norm = mean.iter().map(|v| (v / count) * (v / count)).sum::<f32>().sqrt().max(1e-12);
+                mean.iter().map(|v| v / count / norm).collect()
+            })
+            .collect())
+    }
+
+    fn embeddings(&self, seqs: &[Sequence<'_>], n: usize) -> Result<Vec<f32>, String> {
+        let h = self.hidden;
+        let (vocab, positions, types) = (self.word.len() / h, self.position.len() / h, self.token_type.len() / h);
+        let mut x = Vec::with_capacity(n * h);
+        for s in seqs {
+            if s.ids.len() > positions {
+                return Err(format!("{} tokens; this model takes at most {positions}", s.ids.len()));
+            }
+            for (p, (&id, &ty)) in s.ids.iter().zip(s.types).enumerate() {
+                let (id, ty) = (id as usize, ty as usize);
+                if id >= vocab || ty >= types {
+                    return Err(format!("token id {id} or type {ty} outside the model's tables ({vocab}, {types})"));
+                }
+                let (w, ps, t) =
+                    (&self.word[id * h..][..h], &self.position[p * h..][..h], &self.token_type[ty * h..][..h]);
+                x.extend(w.iter().zip(ps).zip(t).map(|((a, b), c)| a + b + c));
+            }
+        }
+        x.par_chunks_mut(h).with_min_len(MIN_ROWS).for_each(|row| self.embedding_norm.apply(row));
+        Ok(x)
+    }
+
+    fn layer(&self, l: &Layer, x: Vec<f32>, n: usize, starts: &[usize]) -> Result<Vec<f32>, String> {
+        let h = self.hidden;
+        let qkv = product(&x, n, &l.qkv)?;
+        let ctx = with_f32(&qkv, |qkv| self.attention(qkv, &l.qkv_bias, starts))?;
+        let attended = product_owned(ctx, n, &l.out)?;
+        let x = with_f32(&attended, |a| add_norm(a, &l.out_bias, x, &l.attention_norm, h))?;
+        let up = product(&x, n, &l.up)?;
+        let inter = l.up_bias.len();
+        let act = with_f32(&up, |u| {
+            let mut out = vec![0.0f32; u.len()];
+            out.par_chunks_mut(inter).zip(u.par_chunks(inter)).with_min_len(MIN_ROWS).for_each(|(o, u)| {
+                match self.activation {
+                    Activation::Gelu => bias_gelu(o, u, &l.up_bias),
+                    Activation::Relu => {
+                        o.iter_mut().zip(u).zip(&l.up_bias).for_each(|((o, u), b)| *o = (u + b).max(0.0))
+                    }
+                }
+            });
+            out
+        })?;
+        let down = product_owned(act, n, &l.down)?;
+        with_f32(&down, |d| add_norm(d, &l.down_bias, x, &l.output_norm, h))
+    }
+
+    /// Self-attention over packed sequences: `qkv` is `(n, 3 * hidden)`
+    /// without its bias; the answer is the context, `(n, hidden)`.
+    fn attention(&self, qkv: &[f32], bias: &[f32], starts: &[usize]) -> Vec<f32> {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let n = starts.last().copied().unwrap_or(0);
+        let mut ctx = vec![0.0f32; n * h];
+        // One task per sequence, over its own rows of the context.
+        let mut rows: Vec<(usize, &mut [f32])> = Vec::with_capacity(starts.len());
+        let mut rest = ctx.as_mut_slice();
+        for (s, w) in starts.windows(2).enumerate() {
+            let (mine, tail) = rest.split_at_mut((w[1] - w[0]) * h);
+            rows.push((s, mine));
+            rest = tail;
+        }
+        rows.par_iter_mut().for_each(|(s, out)| {
+            let (first, len) = (starts[*s], starts[*s + 1] - starts[*s]);
+            let (mut q, mut k, mut v) = (vec![0.0f32; len * d], vec![0.0f32; d * len], vec![0.0f32; len * d]);
+            let mut scores = vec![0.0f32; len];
+            for head in 0..self.heads {
+                let col = head * d;
+                for (part, buf, mul) in [(0, &mut q, scale), (2, &mut v, 1.0)] {
+                    let b = &bias[part * h + col..][..d];
+                    for (t, dst) in buf.chunks_exact_mut(d).enumerate() {
+                        let row = &qkv[(first + t) * 3 * h + part * h + col..][..d];
+                        for ((o, x), b) in dst.iter_mut().zip(row).zip(b) {
+                            *o = (x + b) * mul;
+                        }
+                    }
+                }
+                // k transposed: one row per feature, one column per token.
+                let b = &bias[h + col..][..d];
+                for t in 0..len {
+                    let row = &qkv[(first + t) * 3 * h + h + col..][..d];
+                    for (c, (x, b)) in row.iter().zip(b).enumerate() {
+                        k[c * len + t] = x + b;
+                    }
+                }
+                attend(&q, &k, &v, &mut scores, &mut out[col..], h);
+            }
+        });
+        ctx
+    }
+}
+
+impl Norm {
+    /// LayerNorm of one row, in place.
+    fn apply(&self, row: &mut [f32]) {
+        add_norm_row(row, None, &self.gamma, &self.beta, self.eps);
+    }
+}
+
+/// `LayerNorm(product + bias + residual)`, row by row, into `residual`'s buffer.
+fn add_norm(product: &[f32], bias: &[f32], mut residual: Vec<f32>, norm: &Norm, h: usize) -> Vec<f32> {
+    residual.par_chunks_mut(h).zip(product.par_chunks(h)).with_min_len(MIN_ROWS).for_each(|(r, p)| {
+        add_norm_row(r, Some((p, bias)), &norm.gamma, &norm.beta, norm.eps);
+    });
+    residual
+}
+
+// The passes below are compiled for the wider vector units too and picked
+// at run time (`multiversion`): the same code, 8 or 16 lanes instead of 4.
+
+/// `row = LayerNorm(row + product + bias)` (or of `row` alone).
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
+fn add_norm_row(row: &mut [f32], add: Option<(&[f32], &[f32])>, gamma: &[f32], beta: &[f32], eps: f32) {
+    if let Some((p, bias)) = add {
+        for ((r, p), b) in row.iter_mut().zip(p).zip(bias) {
+            *r += p + b;
+        }
+    }
+    let len = row.len() as f32;
+    let mean = sum(row) / len;
+    let mut acc = [0.0f32; 8];
+    let c = row.chunks_exact(8);
+    let mut var: f32 = c.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for x in c {
+        for i in 0..8 {
+            acc[i] += (x[i] - mean) * (x[i] - mean);
+        }
+    }
+    var += acc.iter().sum::<f32>();
+    let var = var / len;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = (*v - mean) * inv * g + b;
+    }
+}
+
+/// One head of one sequence: softmax(q k^T) v (`q` already scaled, `kt` is
+/// k transposed: `d` rows of `len`), row `i` written at `out[i * stride..][..d]`;
+/// `scores` holds one row's weights.
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
+fn attend(q: &[f32], kt: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32], stride: usize) {
+    let len = scores.len();
+    let d = q.len() / len.max(1);
+    for i in 0..len {
+        // Scores as a sum of `d` scaled rows of k^T: vector-wide over the keys.
+        scores.fill(0.0);
+        for (&qc, krow) in q[i * d..][..d].iter().zip(kt.chunks_exact(len)) {
+            for (s, k) in scores.iter_mut().zip(krow) {
+                *s += qc * k;
+            }
+        }
+        let max = scores.iter().fold(f32::MIN, |m, &s| if s > m { s } else { m });
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+        }
+        let inv = 1.0 / sum(scores);
+        let o = &mut out[i * stride..][..d];
+        o.fill(0.0);
+        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+            let p = p * inv;
+            for (o, x) in o.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+    }
+}
+
+/// `x @ w` for `x` of `n` rows: one candle matrix product.
+fn product(x: &[f32], n: usize, w: &Tensor) -> Result<Tensor, String> {
+    let k = w.dims().first().copied().unwrap_or(0);
+    Tensor::from_slice(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w)).map_err(|e| e.to_string())
+}
+
+/// As [`product`], taking `x` over instead of copying it.
+fn product_owned(x: Vec<f32>, n: usize, w: &Tensor) -> Result<Tensor, String> {
+    let k = w.dims().first().copied().unwrap_or(0);
+    Tensor::from_vec(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w)).map_err(|e| e.to_string())
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's values without copying them.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, String> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err("internal: a product's result is not contiguous".into());
+    };
+    match &*storage {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(f(&v[start..end])),
+        _ => Err("internal: a product's result is not f32 on the CPU".into()),
+    }
+}
+
+/// Sum with eight partial sums (vectorises; float addition is not reordered otherwise).
+#[inline]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out = gelu(x + bias)` with the exact (erf) GELU.
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
+fn bias_gelu(out: &mut [f32], x: &[f32], bias: &[f32]) {
+    for ((o, x), b) in out.iter_mut().zip(x).zip(bias) {
+        *o = gelu(x + b);
+    }
+}
+
+/// `x * Φ(x) = x/2 * (1 + erf(x / √2))`.
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error under 1.5e-7), written
+/// without branches or library calls so that loops over it vectorise.
+#[inline]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+/// e^x for x in [-87, 88] (clamped outside) with a relative error near
+/// 1e-7: x = k ln2 + r, e^r by its Taylor series to r^7, 2^k by exponent bits.
+/// Branch-free so that loops over it vectorise.
+#[inline]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let rounded = x * std::f32::consts::LOG2_E + ROUND;
+    let k = rounded - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    // k (in [-126, 127]) sits in the low bits of `rounded`: 2^k from them by
+    // integer arithmetic alone (a float-to-int cast would not vectorise).
+    let k_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
+    p * two_k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libm_erf(x: f64) -> f64 {
+        // Reference by series/continued fraction is overkill: use the
+        // relation erf(x) = 1 - erfc(x) with std's f64 exp in a long
+        // Taylor series, accurate to ~1e-15 for |x| < 3.
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn exp_is_close_to_std() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.01;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn erf_and_gelu_are_close_to_the_exact_ones() {
+        let mut worst = 0.0f64;
+        let mut x = -3.0f32;
+        while x < 3.0 {
+            worst = worst.max((f64::from(erf(x)) - libm_erf(f64::from(x))).abs());
+            x += 0.001;
+        }
+        assert!(worst < 1e-6, "worst absolute erf error {worst}");
+        // Far out: erf saturates at ±1 and GELU at x or 0.
+        assert!((erf(10.0) - 1.0).abs() < 1e-7 && (erf(-10.0) + 1.0).abs() < 1e-7);
+        assert!((gelu(20.0) - 20.0).abs() < 1e-5 && gelu(-20.0).abs() < 1e-5);
+        assert!(gelu(0.0) == 0.0 && (gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+    }
+}
