@@ -209,6 +209,13 @@ impl Bert {
     /// A token id or position outside the model's tables, ids and types of
     /// different lengths, or a failed matrix product.
     pub fn embed(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        // The whole pass runs on one of rayon's threads: each parallel step
+        // is then shared with the pool's other threads directly, instead of
+        // waking the pool from outside and sleeping until it is done.
+        rayon::join(|| self.embed_on_pool(seqs), || ()).0
+    }
+
+    fn embed_on_pool(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
         let h = self.hidden;
         let mut starts = Vec::with_capacity(seqs.len() + 1);
         starts.push(0);
@@ -308,8 +315,10 @@ impl Bert {
         }
         rows.par_iter_mut().for_each(|(s, out)| {
             let (first, len) = (starts[*s], starts[*s + 1] - starts[*s]);
-            let (mut q, mut k, mut v) = (vec![0.0f32; len * d], vec![0.0f32; d * len], vec![0.0f32; len * d]);
-            let mut scores = vec![0.0f32; len];
+            // k^T's rows padded to whole blocks of keys (the padding stays 0).
+            let padded = len.div_ceil(KEYS) * KEYS;
+            let (mut q, mut k, mut v) = (vec![0.0f32; len * d], vec![0.0f32; d * padded], vec![0.0f32; len * d]);
+            let mut scores = vec![0.0f32; padded];
             for head in 0..self.heads {
                 let col = head * d;
                 for (part, buf, mul) in [(0, &mut q, scale), (2, &mut v, 1.0)] {
@@ -326,10 +335,10 @@ impl Bert {
                 for t in 0..len {
                     let row = &qkv[(first + t) * 3 * h + h + col..][..d];
                     for (c, (x, b)) in row.iter().zip(b).enumerate() {
-                        k[c * len + t] = x + b;
+                        k[c * padded + t] = x + b;
                     }
                 }
-                attend(&q, &k, &v, &mut scores, &mut out[col..], h);
+                attend(&q, &k, &v, d, &mut scores, &mut out[col..], h);
             }
         });
         ctx
@@ -380,34 +389,69 @@ fn add_norm_row(row: &mut [f32], add: Option<(&[f32], &[f32])>, gamma: &[f32], b
     }
 }
 
-/// One head of one sequence: softmax(q k^T) v (`q` already scaled, `kt` is
-/// k transposed: `d` rows of `len`), row `i` written at `out[i * stride..][..d]`;
-/// `scores` holds one row's weights.
+/// One head of one sequence: softmax(q k^T) v for `len` tokens of width `d`
+/// (`q` already scaled; `kt` is k transposed, `d` rows of `scores.len()`, the
+/// length padded to whole blocks of [`KEYS`]); row `i` is written at
+/// `out[i * stride..][..d]`.
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
-fn attend(q: &[f32], kt: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32], stride: usize) {
-    let len = scores.len();
-    let d = q.len() / len.max(1);
+fn attend(q: &[f32], kt: &[f32], v: &[f32], d: usize, scores: &mut [f32], out: &mut [f32], stride: usize) {
+    let len = q.len() / d.max(1);
+    let padded = scores.len();
     for i in 0..len {
-        // Scores as a sum of `d` scaled rows of k^T: vector-wide over the keys.
-        scores.fill(0.0);
-        for (&qc, krow) in q[i * d..][..d].iter().zip(kt.chunks_exact(len)) {
-            for (s, k) in scores.iter_mut().zip(krow) {
-                *s += qc * k;
+        // Eight keys at a time, as a sum of `d` scaled pieces of k^T's rows
+        // (padded to a multiple of 8), the eight sums held in registers.
+        let qi = &q[i * d..][..d];
+        for (block, s) in scores[..padded].chunks_exact_mut(KEYS).enumerate() {
+            let mut acc = [0.0f32; KEYS];
+            for (c, &qc) in qi.iter().enumerate() {
+                if let Some(k) = kt[c * padded + block * KEYS..].first_chunk::<KEYS>() {
+                    for t in 0..KEYS {
+                        acc[t] += qc * k[t];
+                    }
+                }
             }
+            s.copy_from_slice(&acc);
         }
+        let scores = &mut scores[..len];
         let max = scores.iter().fold(f32::MIN, |m, &s| if s > m { s } else { m });
         for s in scores.iter_mut() {
             *s = exp(*s - max);
         }
         let inv = 1.0 / sum(scores);
         let o = &mut out[i * stride..][..d];
-        o.fill(0.0);
-        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
-            let p = p * inv;
-            for (o, x) in o.iter_mut().zip(vj) {
-                *o += p * x;
+        // Common head widths get their sum in registers, stored once.
+        match d {
+            32 => weighted_rows::<32>(scores, v, inv, o),
+            64 => weighted_rows::<64>(scores, v, inv, o),
+            _ => {
+                o.fill(0.0);
+                for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+                    let p = p * inv;
+                    for (o, x) in o.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Keys scored together in [`attend`].
+const KEYS: usize = 8;
+
+/// `out = inv * sum_j p_j v_j` for rows `v_j` of width `D`.
+#[inline(always)]
+fn weighted_rows<const D: usize>(p: &[f32], v: &[f32], inv: f32, out: &mut [f32]) {
+    let mut acc = [0.0f32; D];
+    for (p, vj) in p.iter().zip(v.chunks_exact(D)) {
+        if let Some(vj) = vj.first_chunk::<D>() {
+            for c in 0..D {
+                acc[c] += p * vj[c];
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a * inv;
     }
 }
 
