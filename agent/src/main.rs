@@ -33,11 +33,6 @@ enum Command {
     GenerateConfig,
 }
 
-/// mimalloc: model inference allocates and frees megabytes per layer; glibc
-/// hands such blocks back to the kernel and faults them in again.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::GenerateConfig) = cli.command {
