@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod router;
+pub mod security;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -16,6 +16,7 @@ use crate::ControllerError;
 
 pub mod acks;
 pub mod jobs;
+pub mod security;
 mod tiers;
 use acks::RunMark;
 pub use tiers::{JOB_LOCK, Retention, StorageConfig};

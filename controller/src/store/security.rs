@@ -1,0 +1,288 @@
+//! Enrollment and access records (docs/security.md): bootstrap tokens, API
+//! tokens, overlay addresses and the audit log. Secrets arrive here only as
+//! their hashes.
+
+use super::Store;
+use crate::ControllerError;
+use crate::security::{Lifetime, Role};
+
+/// Runs the same statement text on whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($p, _) => $body,
+            Store::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// A bootstrap token as stored (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    pub token_id: String,
+    /// `k=v` labels the enrolled node receives, comma-separated.
+    pub labels: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub used_unix_ms: Option<i64>,
+    pub used_by: Option<String>,
+    pub revoked_unix_ms: Option<i64>,
+}
+
+/// Why a bootstrap token was not accepted (each says what to do).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("unknown bootstrap token: ask an operator for one (fleetctl tokens create)")]
+    Unknown,
+    #[error("bootstrap token already used (by {0}): each token enrolls one node; ask for a new one")]
+    Used(String),
+    #[error("bootstrap token revoked: ask an operator for a new one")]
+    Revoked,
+    #[error("bootstrap token expired: ask an operator for a new one")]
+    Expired,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at_unix_ms: i64,
+    /// Who: an API token's name, or `node:<id>` for an enrollment.
+    pub actor: String,
+    /// The call, e.g. `SetDesiredState`.
+    pub action: String,
+    /// What it acted on, e.g. a node id (never a secret).
+    pub target: String,
+    /// `ok`, or the gRPC code and message it ended with.
+    pub result: String,
+}
+
+type TokenRow = (String, String, i64, i64, Option<i64>, Option<String>, Option<i64>);
+
+fn token_of(r: TokenRow) -> BootstrapToken {
+    BootstrapToken {
+        token_id: r.0,
+        labels: r.1,
+        created_unix_ms: r.2,
+        expires_unix_ms: r.3,
+        used_unix_ms: r.4,
+        used_by: r.5,
+        revoked_unix_ms: r.6,
+    }
+}
+
+impl Store {
+    /// Stores a new bootstrap token's hash.
+    ///
+    /// # Errors
+    /// Database errors (a duplicate id or hash among them).
+    pub async fn create_bootstrap_token(
+        &self,
+        token_id: &str,
+        hash: &str,
+        labels: &str,
+        created_unix_ms: i64,
+        expires_unix_ms: i64,
+    ) -> Result<(), ControllerError> {
+        let sql = "INSERT INTO bootstrap_tokens (token_id, hash, labels, created_ms, expires_ms) \
+                   VALUES ($1, $2, $3, $4, $5)";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(token_id)
+            .bind(hash)
+            .bind(labels)
+            .bind(created_unix_ms)
+            .bind(expires_unix_ms)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Uses a bootstrap token once, for `node_id`: checks it (unknown, used,
+    /// revoked, expired by `lifetime_of`'s rule at `now_unix_ms`) and marks it
+    /// used so that no second caller, even a concurrent one, can use it.
+    ///
+    /// # Errors
+    /// `Ok(Err(why))` when refused; `Err` for database errors.
+    pub async fn use_bootstrap_token(
+        &self,
+        hash: &str,
+        node_id: &str,
+        now_unix_ms: i64,
+        lifetime_of: impl Fn(&BootstrapToken) -> Lifetime,
+    ) -> Result<Result<BootstrapToken, TokenRefused>, ControllerError> {
+        let sql = "SELECT token_id, labels, created_ms, expires_ms, used_ms, used_by, revoked_ms \
+                   FROM bootstrap_tokens WHERE hash = $1";
+        let row: Option<TokenRow> = on_pool!(self, p => sqlx::query_as(sql).bind(hash).fetch_optional(p).await?);
+        let Some(token) = row.map(token_of) else { return Ok(Err(TokenRefused::Unknown)) };
+        if let Some(by) = &token.used_by {
+            return Ok(Err(TokenRefused::Used(by.clone())));
+        }
+        if token.revoked_unix_ms.is_some() {
+            return Ok(Err(TokenRefused::Revoked));
+        }
+        if lifetime_of(&token).expired(now_unix_ms) {
+            return Ok(Err(TokenRefused::Expired));
+        }
+        let mark = "UPDATE bootstrap_tokens SET used_ms = $1, used_by = $2 \
+                    WHERE hash = $3 AND used_ms IS NULL AND revoked_ms IS NULL";
+        let done = on_pool!(self, p => sqlx::query(mark).bind(now_unix_ms).bind(node_id).bind(hash).execute(p).await?.rows_affected());
+        if done != 1 {
+            return Ok(Err(TokenRefused::Used("another enrollment at the same moment".into())));
+        }
+        Ok(Ok(BootstrapToken { used_unix_ms: Some(now_unix_ms), used_by: Some(node_id.into()), ..token }))
+    }
+
+    /// Revokes an unused bootstrap token; `false` when there is no such token
+    /// or it was already used or revoked.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn revoke_bootstrap_token(&self, token_id: &str, now_unix_ms: i64) -> Result<bool, ControllerError> {
+        let sql = "UPDATE bootstrap_tokens SET revoked_ms = $1 \
+                   WHERE token_id = $2 AND used_ms IS NULL AND revoked_ms IS NULL";
+        let n =
+            on_pool!(self, p => sqlx::query(sql).bind(now_unix_ms).bind(token_id).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Every bootstrap token, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_bootstrap_tokens(&self) -> Result<Vec<BootstrapToken>, ControllerError> {
+        let sql = "SELECT token_id, labels, created_ms, expires_ms, used_ms, used_by, revoked_ms \
+                   FROM bootstrap_tokens ORDER BY created_ms DESC, token_id";
+        let rows: Vec<TokenRow> = on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await?);
+        Ok(rows.into_iter().map(token_of).collect())
+    }
+
+    /// Stores an API token's hash under a unique name.
+    ///
+    /// # Errors
+    /// Database errors (a name or hash already taken among them).
+    pub async fn create_api_token(
+        &self,
+        name: &str,
+        hash: &str,
+        role: Role,
+        created_unix_ms: i64,
+    ) -> Result<(), ControllerError> {
+        let sql = "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES ($1, $2, $3, $4)";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(name)
+            .bind(hash)
+            .bind(role.as_str())
+            .bind(created_unix_ms)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// The name and role of a live (not revoked) API token, by its hash.
+    ///
+    /// # Errors
+    /// Database errors, or a stored role that is not a role.
+    pub async fn api_token(&self, hash: &str) -> Result<Option<(String, Role)>, ControllerError> {
+        let sql = "SELECT name, role FROM api_tokens WHERE hash = $1 AND revoked_ms IS NULL";
+        let row: Option<(String, String)> =
+            on_pool!(self, p => sqlx::query_as(sql).bind(hash).fetch_optional(p).await?);
+        row.map(|(name, role)| Role::parse(&role).map(|r| (name, r)).map_err(ControllerError::Io)).transpose()
+    }
+
+    /// Revokes an API token by name; `false` when there is no live one.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn revoke_api_token(&self, name: &str, now_unix_ms: i64) -> Result<bool, ControllerError> {
+        let sql = "UPDATE api_tokens SET revoked_ms = $1 WHERE name = $2 AND revoked_ms IS NULL";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(now_unix_ms).bind(name).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// The overlay address of `node_id` in the IPv4 network `base/prefix`:
+    /// the one it already has, or the next never-used one. The network's
+    /// first host address is the controller's; the last is broadcast.
+    ///
+    /// # Errors
+    /// The network is full (it says how many it holds), or database errors.
+    pub async fn allocate_overlay_address(
+        &self,
+        base: std::net::Ipv4Addr,
+        prefix: u8,
+        node_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<std::net::Ipv4Addr, ControllerError> {
+        let size = 1u64 << (32 - u32::from(prefix.clamp(8, 30)));
+        let first = u64::from(u32::from(base)) & !(size - 1);
+        let (lowest, highest) = (first + 2, first + size - 2);
+        let existing = "SELECT address FROM overlay_addresses WHERE node_id = $1";
+        let mine: Option<i64> =
+            on_pool!(self, p => sqlx::query_scalar(existing).bind(node_id).fetch_optional(p).await?);
+        if let Some(a) = mine {
+            return Ok(addr(a));
+        }
+        // The next above the highest ever given; a concurrent replica taking the
+        // same one loses on the primary key and tries again.
+        let (lo, hi) = (i64::try_from(lowest).unwrap_or(0), i64::try_from(highest).unwrap_or(0));
+        let insert = "INSERT INTO overlay_addresses (address, node_id, allocated_ms) \
+                      SELECT COALESCE(MAX(address) + 1, $1), $3, $4 FROM overlay_addresses \
+                      WHERE address >= $1 AND address <= $2";
+        for _ in 0..3 {
+            let next: Option<i64> = {
+                let sql = "SELECT MAX(address) FROM overlay_addresses WHERE address >= $1 AND address <= $2";
+                on_pool!(self, p => sqlx::query_scalar(sql).bind(lo).bind(hi).fetch_one(p).await?)
+            };
+            if next.is_some_and(|m| m >= hi) {
+                return Err(ControllerError::Io(format!(
+                    "the overlay network {base}/{prefix} is full ({} node addresses, none ever reused): \
+                     configure a larger security.overlay_cidr",
+                    highest - lowest + 1
+                )));
+            }
+            let r = on_pool!(self, p => sqlx::query(insert).bind(lo).bind(hi).bind(node_id).bind(now_unix_ms).execute(p).await.map(|r| r.rows_affected()));
+            if r.is_ok() {
+                let a: i64 = on_pool!(self, p => sqlx::query_scalar(existing).bind(node_id).fetch_one(p).await?);
+                return Ok(addr(a));
+            }
+        }
+        Err(ControllerError::Io("could not allocate an overlay address after 3 tries; retry the enrollment".into()))
+    }
+
+    /// Appends one audit record.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn append_audit(&self, e: &AuditEntry) -> Result<(), ControllerError> {
+        let sql = "INSERT INTO audit_log (at_ms, actor, action, target, result) VALUES ($1, $2, $3, $4, $5)";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(e.at_unix_ms)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.result)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Audit records at or after `since_unix_ms`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_audit(&self, since_unix_ms: i64, limit: u32) -> Result<Vec<AuditEntry>, ControllerError> {
+        let sql = "SELECT at_ms, actor, action, target, result FROM audit_log WHERE at_ms >= $1 \
+                   ORDER BY at_ms DESC LIMIT $2";
+        let rows: Vec<(i64, String, String, String, String)> =
+            on_pool!(self, p => sqlx::query_as(sql).bind(since_unix_ms).bind(i64::from(limit)).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(at_unix_ms, actor, action, target, result)| AuditEntry { at_unix_ms, actor, action, target, result })
+            .collect())
+    }
+}
+
+fn addr(a: i64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::try_from(a).unwrap_or(0))
+}

@@ -1,0 +1,111 @@
+//! Enrollment and access records in both stores (docs/security.md): a
+//! bootstrap token enrolls once and is refused when unknown, used, revoked or
+//! expired (also when the wall clock was set back); API tokens resolve to their
+//! role until revoked; overlay addresses are handed out in order and never
+//! twice, even to a re-enrolled node; the audit log reads back newest first —
+//! on SQLite and on the real PostgreSQL.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use fleet_controller::security::{self, Lifetime, Role};
+use fleet_controller::store::security::{AuditEntry, TokenRefused};
+use fleet_controller::store::{StorageConfig, Store};
+use fleet_tests::TestDb;
+
+const NOW: i64 = 1_800_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+fn wall_only(t: &fleet_controller::store::security::BootstrapToken) -> Lifetime {
+    Lifetime { created_unix_ms: t.created_unix_ms, expires_unix_ms: t.expires_unix_ms, created_here: None }
+}
+
+async fn check(s: &Store) -> anyhow::Result<()> {
+    // Bootstrap tokens: one use each.
+    let (token, hash) = security::new_token(security::BOOTSTRAP_PREFIX).map_err(anyhow::Error::msg)?;
+    s.create_bootstrap_token("t1", &hash, "site=greenhouse", NOW, NOW + HOUR).await?;
+    let used = s.use_bootstrap_token(&security::hash_token(token.expose()), "pi-a", NOW + 1, wall_only).await?;
+    let used = used.expect("a fresh token enrolls");
+    assert_eq!((used.labels.as_str(), used.used_by.as_deref()), ("site=greenhouse", Some("pi-a")));
+    let again = s.use_bootstrap_token(&hash, "pi-b", NOW + 2, wall_only).await?;
+    assert_eq!(again, Err(TokenRefused::Used("pi-a".into())));
+    assert_eq!(s.use_bootstrap_token("nope", "pi-b", NOW, wall_only).await?, Err(TokenRefused::Unknown));
+
+    s.create_bootstrap_token("t2", "h2", "", NOW, NOW + HOUR).await?;
+    assert_eq!(s.use_bootstrap_token("h2", "pi-b", NOW + HOUR, wall_only).await?, Err(TokenRefused::Expired));
+    // Created by this process two hours ago by the monotonic clock, with the
+    // wall clock set back a day: still expired.
+    if let Some(two_hours_ago) = Instant::now().checked_sub(Duration::from_secs(7_200)) {
+        let monotonic = |t: &fleet_controller::store::security::BootstrapToken| Lifetime {
+            created_here: Some(two_hours_ago),
+            ..wall_only(t)
+        };
+        assert_eq!(s.use_bootstrap_token("h2", "pi-b", NOW - 86_400_000, monotonic).await?, Err(TokenRefused::Expired));
+    }
+    s.create_bootstrap_token("t3", "h3", "", NOW, NOW + HOUR).await?;
+    assert!(s.revoke_bootstrap_token("t3", NOW + 5).await?);
+    assert!(!s.revoke_bootstrap_token("t3", NOW + 6).await?, "revoked once");
+    assert!(!s.revoke_bootstrap_token("t1", NOW + 6).await?, "a used token cannot be revoked");
+    assert_eq!(s.use_bootstrap_token("h3", "pi-b", NOW + 7, wall_only).await?, Err(TokenRefused::Revoked));
+    let listed = s.list_bootstrap_tokens().await?;
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|t| !t.token_id.is_empty()));
+
+    // API tokens.
+    s.create_api_token("ci", "ha", Role::Viewer, NOW).await?;
+    s.create_api_token("ops", "hb", Role::Admin, NOW).await?;
+    assert_eq!(s.api_token("ha").await?, Some(("ci".into(), Role::Viewer)));
+    assert_eq!(s.api_token("hb").await?, Some(("ops".into(), Role::Admin)));
+    assert!(s.create_api_token("ci", "hc", Role::Admin, NOW).await.is_err(), "names are unique");
+    assert!(s.revoke_api_token("ci", NOW + 1).await?);
+    assert_eq!(s.api_token("ha").await?, None);
+    assert!(!s.revoke_api_token("ci", NOW + 2).await?);
+
+    // Overlay addresses in a /29: .0 network, .1 the controller, .7 broadcast,
+    // so five nodes (.2-.6); never reused.
+    let net = Ipv4Addr::new(10, 77, 0, 0);
+    assert_eq!(s.allocate_overlay_address(net, 29, "pi-a", NOW).await?, Ipv4Addr::new(10, 77, 0, 2));
+    assert_eq!(s.allocate_overlay_address(net, 29, "pi-b", NOW).await?, Ipv4Addr::new(10, 77, 0, 3));
+    assert_eq!(
+        s.allocate_overlay_address(net, 29, "pi-a", NOW).await?,
+        Ipv4Addr::new(10, 77, 0, 2),
+        "same node, same address"
+    );
+    for (i, n) in ["pi-c", "pi-d", "pi-e"].iter().enumerate() {
+        let a = s.allocate_overlay_address(net, 29, n, NOW).await?;
+        assert_eq!(a, Ipv4Addr::new(10, 77, 0, 4 + u8::try_from(i)?));
+    }
+    let full = s.allocate_overlay_address(net, 29, "pi-f", NOW).await.unwrap_err().to_string();
+    assert!(full.contains("is full") && full.contains("overlay_cidr"), "{full}");
+
+    // Audit log.
+    for (i, action) in ["CreateBootstrapToken", "SetDesiredState", "RevokeNode"].iter().enumerate() {
+        s.append_audit(&AuditEntry {
+            at_unix_ms: NOW + i64::try_from(i)?,
+            actor: "ops".into(),
+            action: (*action).into(),
+            target: "pi-a".into(),
+            result: "ok".into(),
+        })
+        .await?;
+    }
+    let log = s.list_audit(NOW + 1, 10).await?;
+    assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["RevokeNode", "SetDesiredState"]);
+    assert_eq!(s.list_audit(0, 1).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn security_records_on_sqlite() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    check(&Store::open_sqlite(dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn security_records_on_postgres() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let s = Store::open_postgres(&db.url, &StorageConfig::default()).await?;
+    check(&s).await?;
+    drop(s);
+    db.cleanup().await
+}
