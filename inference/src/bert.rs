@@ -24,6 +24,13 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+thread_local! {
+    /// A one-thread rayon pool made of the calling thread itself, so that the
+    /// passes' parallel iterators run inline on it (None if it cannot be built).
+    static SOLO: Option<rayon::ThreadPool> =
+        rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().ok();
+}
+
 /// Rows per rayon task for the row-wise passes (small batches stay on one thread).
 const MIN_ROWS: usize = 8;
 
@@ -209,6 +216,15 @@ impl Bert {
     /// A token id or position outside the model's tables, ids and types of
     /// different lengths, or a failed matrix product.
     pub fn embed(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        if rayon::current_num_threads() <= 1 {
+            // One rayon thread (`RAYON_NUM_THREADS=1`, as a node's job pool runs
+            // one job per core): stay on the caller's thread, or every worker's
+            // job would queue for the one rayon thread.
+            return SOLO.with(|pool| match pool {
+                Some(pool) => pool.install(|| self.embed_on_pool(seqs)),
+                None => self.embed_on_pool(seqs),
+            });
+        }
         // The whole pass runs on one of rayon's threads: each parallel step
         // is then shared with the pool's other threads directly, instead of
         // waking the pool from outside and sleeping until it is done.

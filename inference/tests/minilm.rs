@@ -108,3 +108,31 @@ fn oversized_input_is_refused_with_a_reason() {
     let err = e.embed(&[&big]).unwrap_err().to_string();
     assert!(err.contains("shorten"), "{err}");
 }
+
+#[test]
+fn one_rayon_thread_serves_two_workers_on_their_own_threads() {
+    // As a node runs jobs: RAYON_NUM_THREADS=1 and a worker thread per core.
+    // nextest runs each test in its own process, so the global pool is ours.
+    if rayon::ThreadPoolBuilder::new().num_threads(1).build_global().is_err() {
+        println!("SKIPPED: rayon's global pool was built by an earlier test in this process (run under nextest)");
+        return;
+    }
+    let Some(e) = embedder() else { return };
+    let e = std::sync::Arc::new(e);
+    let r: Reference = serde_json::from_str(include_str!("reference/minilm.json")).expect("reference json");
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (e, r) = (e.clone(), (r.sentences.clone(), r.vectors.clone()));
+            std::thread::spawn(move || {
+                for (i, (t, want)) in r.0.iter().zip(&r.1).enumerate().skip(w).step_by(2) {
+                    let got = e.embed(&[t.as_str()]).unwrap().remove(0);
+                    let c = cosine(&got, want);
+                    assert!(c >= 0.9999, "sentence {i} on worker {w}: cosine {c}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+}
