@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod signing;
 pub mod topics;
 
 /// Generated messages and gRPC stubs for package `fleet.v1`.
