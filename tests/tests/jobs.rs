@@ -145,13 +145,17 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
     })
     .await?;
     assert!(listed.windows(2).all(|w| w[0].submitted_unix_ms >= w[1].submitted_unix_ms));
-    let rows: i64 = match &c.store {
-        fleet_controller::store::Store::Sqlite(p) => {
-            sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(p).await?
-        }
-        fleet_controller::store::Store::Postgres(..) => unreachable!("SQLite here"),
-    };
-    assert_eq!(rows, 5, "the refused submission (UNAVAILABLE) is recorded too, every job once");
+    // ListJobs also reads the in-memory recent jobs: the recorder writes its
+    // batch to the table a moment later.
+    let fleet_controller::store::Store::Sqlite(pool) = &c.store else { unreachable!("SQLite here") };
+    let count = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(pool).await.ok() };
+    let rows = wait_for(Duration::from_secs(10), "5 job rows", || async { count().await.filter(|n| *n >= 5) }).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        (rows, count().await),
+        (5, Some(5)),
+        "the refused submission (UNAVAILABLE) is recorded too, every job once"
+    );
     assert_eq!(listed.iter().filter(|j| j.status == JobStatus::Failed as i32).count(), 1);
     let metrics = http_get(c.http_addr, "/metrics").await?;
     assert_eq!(metric_value(&metrics, "fleet_jobs_joint_total"), 1.0);
