@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod desired;
+pub mod identity;
 pub mod jobs;
 pub mod power;
 pub mod sampler;
