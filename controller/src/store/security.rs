@@ -241,9 +241,14 @@ impl Store {
                 )));
             }
             let r = on_pool!(self, p => sqlx::query(insert).bind(lo).bind(hi).bind(node_id).bind(now_unix_ms).execute(p).await.map(|r| r.rows_affected()));
-            if r.is_ok() {
-                let a: i64 = on_pool!(self, p => sqlx::query_scalar(existing).bind(node_id).fetch_one(p).await?);
-                return Ok(addr(a));
+            match r {
+                Ok(_) => {
+                    let a: i64 = on_pool!(self, p => sqlx::query_scalar(existing).bind(node_id).fetch_one(p).await?);
+                    return Ok(addr(a));
+                }
+                // Another replica took that address (or enrolled this node): look again.
+                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Err(ControllerError::Io("could not allocate an overlay address after 3 tries; retry the enrollment".into()))
