@@ -291,11 +291,11 @@ impl Bert {
 
     fn layer(&self, l: &Layer, x: Vec<f32>, n: usize, starts: &[usize]) -> Result<Vec<f32>, String> {
         let h = self.hidden;
-        let qkv = product(&x, n, &l.qkv)?;
+        let qkv = product(x.clone(), n, &l.qkv)?; // x stays for the residual
         let ctx = with_f32(&qkv, |qkv| self.attention(qkv, &l.qkv_bias, starts))?;
-        let attended = product_owned(ctx, n, &l.out)?;
+        let attended = product(ctx, n, &l.out)?;
         let x = with_f32(&attended, |a| add_norm(a, &l.out_bias, x, &l.attention_norm, h))?;
-        let up = product(&x, n, &l.up)?;
+        let up = product(x.clone(), n, &l.up)?;
         let inter = l.up_bias.len();
         let act = with_f32(&up, |u| {
             let mut out = vec![0.0f32; u.len()];
@@ -309,7 +309,7 @@ impl Bert {
             });
             out
         })?;
-        let down = product_owned(act, n, &l.down)?;
+        let down = product(act, n, &l.down)?;
         with_f32(&down, |d| add_norm(d, &l.down_bias, x, &l.output_norm, h))
     }
 
@@ -389,16 +389,7 @@ fn add_norm_row(row: &mut [f32], add: Option<(&[f32], &[f32])>, gamma: &[f32], b
     }
     let len = row.len() as f32;
     let mean = sum(row) / len;
-    let mut acc = [0.0f32; 8];
-    let c = row.chunks_exact(8);
-    let mut var: f32 = c.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
-    for x in c {
-        for i in 0..8 {
-            acc[i] += (x[i] - mean) * (x[i] - mean);
-        }
-    }
-    var += acc.iter().sum::<f32>();
-    let var = var / len;
+    let var = sum_by(row, |v| (v - mean) * (v - mean)) / len;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
         *v = (*v - mean) * inv * g + b;
@@ -471,14 +462,8 @@ fn weighted_rows<const D: usize>(p: &[f32], v: &[f32], inv: f32, out: &mut [f32]
     }
 }
 
-/// `x @ w` for `x` of `n` rows: one candle matrix product.
-fn product(x: &[f32], n: usize, w: &Tensor) -> Result<Tensor, String> {
-    let k = w.dims().first().copied().unwrap_or(0);
-    Tensor::from_slice(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w)).map_err(|e| e.to_string())
-}
-
-/// As [`product`], taking `x` over instead of copying it.
-fn product_owned(x: Vec<f32>, n: usize, w: &Tensor) -> Result<Tensor, String> {
+/// `x @ w` for `x` of `n` rows: one candle matrix product (`x` is taken over).
+fn product(x: Vec<f32>, n: usize, w: &Tensor) -> Result<Tensor, String> {
     let k = w.dims().first().copied().unwrap_or(0);
     Tensor::from_vec(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w)).map_err(|e| e.to_string())
 }
@@ -498,12 +483,18 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, String> {
 /// Sum with eight partial sums (vectorises; float addition is not reordered otherwise).
 #[inline]
 fn sum(a: &[f32]) -> f32 {
+    sum_by(a, |x| x)
+}
+
+/// `sum(f(x))` over `a`, with eight partial sums.
+#[inline]
+fn sum_by(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let c = a.chunks_exact(8);
-    let tail: f32 = c.remainder().iter().sum();
+    let tail: f32 = c.remainder().iter().map(|&x| f(x)).sum();
     for x in c {
         for i in 0..8 {
-            acc[i] += x[i];
+            acc[i] += f(x[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
