@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["fleet/v1/telemetry.proto", "fleet/v1/node.proto", "fleet/v1/jobs.proto", "fleet/v1/fleet.proto"];
+    let files = [
+        "fleet/v1/telemetry.proto",
+        "fleet/v1/node.proto",
+        "fleet/v1/jobs.proto",
+        "fleet/v1/security.proto",
+        "fleet/v1/fleet.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -5,9 +5,13 @@ use std::pin::Pin;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
-    DesiredState, DesiredStateView, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobView, ListJobsRequest,
-    ListJobsResponse, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest, QueryTelemetryResponse,
-    SetDesiredStateRequest, SubmitJobRequest, WatchNodesRequest,
+    CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest, CreateBootstrapTokenResponse,
+    DesiredState, DesiredStateView, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobView,
+    ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensRequest, ListBootstrapTokensResponse,
+    ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest,
+    QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse, RevokeBootstrapTokenRequest,
+    RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, SetDesiredStateRequest, SubmitJobRequest,
+    WatchNodesRequest,
 };
 use futures::Stream;
 use prost::Message;
@@ -37,6 +41,13 @@ pub struct Api {
     pub mqtt: rumqttc::AsyncClient,
     /// Routes and tracks inference jobs.
     pub jobs: crate::jobs::JobManager,
+    /// Tokens, audit, enrollment.
+    pub security: std::sync::Arc<crate::security::service::Security>,
+}
+
+/// The API token name the guard put on the call.
+fn who<T>(req: &Request<T>) -> String {
+    req.extensions().get::<crate::security::guard::Caller>().map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
 }
 
 /// Publishes a desired state retained on the node's `desired` topic.
@@ -60,6 +71,30 @@ fn bad(field: &str, why: impl std::fmt::Display) -> Status {
 
 fn check_node_id(id: &str) -> Result<(), Status> {
     fleet_proto::validate_node_id(id).map_err(|e| bad("node_id", e))
+}
+
+impl Api {
+    async fn set_desired(&self, req: SetDesiredStateRequest) -> Result<DesiredState, Status> {
+        let desired = req.desired.ok_or_else(|| bad("desired", "give the desired state"))?;
+        check_node_id(&desired.node_id).map_err(|e| bad("desired.node_id", e.message()))?;
+        if desired.telemetry_interval_ms != 0 && desired.telemetry_interval_ms < 100 {
+            return Err(bad("desired.telemetry_interval_ms", "use 0 (keep the agent's) or at least 100"));
+        }
+        if !desired.power_policy_toml.is_empty() {
+            toml::from_str::<toml::Table>(&desired.power_policy_toml)
+                .map_err(|e| bad("desired.power_policy_toml", format!("not valid TOML: {}", e.message())))?;
+        }
+        if let Some(m) = desired.models.iter().find(|m| m.is_empty() || m.len() > 128) {
+            return Err(bad("desired.models", format!("bad model name {m:?}")));
+        }
+        let stored =
+            self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {
+                Status::failed_precondition("expected_version: the desired state changed meanwhile; read it again")
+            })?;
+        publish_desired(&self.mqtt, &stored).await?;
+        tracing::info!(node_id = %stored.node_id, version = stored.version, "Desired state stored and published.");
+        Ok(stored)
+    }
 }
 
 #[tonic::async_trait]
@@ -99,26 +134,11 @@ impl FleetService for Api {
     }
 
     async fn set_desired_state(&self, req: Request<SetDesiredStateRequest>) -> Result<Response<DesiredState>, Status> {
-        let req = req.into_inner();
-        let desired = req.desired.ok_or_else(|| bad("desired", "give the desired state"))?;
-        check_node_id(&desired.node_id).map_err(|e| bad("desired.node_id", e.message()))?;
-        if desired.telemetry_interval_ms != 0 && desired.telemetry_interval_ms < 100 {
-            return Err(bad("desired.telemetry_interval_ms", "use 0 (keep the agent's) or at least 100"));
-        }
-        if !desired.power_policy_toml.is_empty() {
-            toml::from_str::<toml::Table>(&desired.power_policy_toml)
-                .map_err(|e| bad("desired.power_policy_toml", format!("not valid TOML: {}", e.message())))?;
-        }
-        if let Some(m) = desired.models.iter().find(|m| m.is_empty() || m.len() > 128) {
-            return Err(bad("desired.models", format!("bad model name {m:?}")));
-        }
-        let stored =
-            self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {
-                Status::failed_precondition("expected_version: the desired state changed meanwhile; read it again")
-            })?;
-        publish_desired(&self.mqtt, &stored).await?;
-        tracing::info!(node_id = %stored.node_id, version = stored.version, "Desired state stored and published.");
-        Ok(Response::new(stored))
+        let actor = who(&req);
+        let target = req.get_ref().desired.as_ref().map(|d| d.node_id.clone()).unwrap_or_default();
+        let r = self.set_desired(req.into_inner()).await;
+        self.security.audit.record_result(&actor, "SetDesiredState", &target, &r).await;
+        r.map(Response::new)
     }
 
     async fn get_desired_state(
@@ -136,7 +156,11 @@ impl FleetService for Api {
     }
 
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<JobView>, Status> {
-        let (view, done) = self.jobs.submit(req.into_inner())?;
+        let actor = who(&req);
+        let submitted = self.jobs.submit(req.into_inner());
+        let target = submitted.as_ref().map(|(v, _)| v.job_id.clone()).unwrap_or_default();
+        self.security.audit.record_result(&actor, "SubmitJob", &target, &submitted).await;
+        let (view, done) = submitted?;
         let Some(done) = done else { return Ok(Response::new(view)) };
         // The job manager ends every job by its deadline; the margin only guards against a bug.
         let wait = u64::try_from(view.deadline_unix_ms - view.submitted_unix_ms).unwrap_or(0) + 5_000;
@@ -202,6 +226,58 @@ impl FleetService for Api {
             points: r.points,
             truncated: r.truncated,
         }))
+    }
+    async fn create_bootstrap_token(
+        &self,
+        req: Request<CreateBootstrapTokenRequest>,
+    ) -> Result<Response<CreateBootstrapTokenResponse>, Status> {
+        self.security.create_bootstrap_token(req).await
+    }
+
+    async fn list_bootstrap_tokens(
+        &self,
+        _req: Request<ListBootstrapTokensRequest>,
+    ) -> Result<Response<ListBootstrapTokensResponse>, Status> {
+        self.security.list_bootstrap_tokens().await
+    }
+
+    async fn revoke_bootstrap_token(
+        &self,
+        req: Request<RevokeBootstrapTokenRequest>,
+    ) -> Result<Response<RevokeBootstrapTokenResponse>, Status> {
+        self.security.revoke_bootstrap_token(req).await
+    }
+
+    async fn create_api_token(
+        &self,
+        req: Request<CreateApiTokenRequest>,
+    ) -> Result<Response<CreateApiTokenResponse>, Status> {
+        self.security.create_api_token(req).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        req: Request<RevokeApiTokenRequest>,
+    ) -> Result<Response<RevokeApiTokenResponse>, Status> {
+        self.security.revoke_api_token(req).await
+    }
+
+    async fn list_audit_log(
+        &self,
+        req: Request<ListAuditLogRequest>,
+    ) -> Result<Response<ListAuditLogResponse>, Status> {
+        self.security.list_audit_log(req.into_inner()).await
+    }
+
+    async fn revoke_node(&self, req: Request<RevokeNodeRequest>) -> Result<Response<RevokeNodeResponse>, Status> {
+        let id = req.get_ref().node_id.clone();
+        let r = self.security.revoke_node(req).await?;
+        // Offline in the live view: its jobs go elsewhere, the router passes it by.
+        if let Some(mut s) = self.registry.get(&id).and_then(|n| n.status) {
+            s.state = fleet_proto::v1::NodeState::Offline as i32;
+            self.registry.update_status(s);
+        }
+        Ok(r)
     }
 }
 

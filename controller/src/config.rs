@@ -28,6 +28,79 @@ pub struct ControllerConfig {
     pub jobs: JobsConfig,
     pub router: RouterSection,
     pub cloud: CloudConfig,
+    pub security: SecurityConfig,
+}
+
+/// gRPC TLS (`[security] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain HTTP/2.
+    Off,
+    /// A CA and server certificate made in `<data_dir>/tls` at first start.
+    Auto,
+    /// `tls_cert` and `tls_key`.
+    Files,
+}
+
+/// `[security]`: API tokens, TLS, the overlay network (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Bearer API tokens required on FleetService. Default true.
+    pub api_auth: bool,
+    /// Calls per second per API token (bursts of twice that). Default 200.
+    pub api_rate_per_s: u32,
+    /// Default "auto".
+    pub tls: TlsMode,
+    /// PEM files for `tls = "files"`. Default "".
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Names of the "auto" certificate. Default localhost, 127.0.0.1, ::1.
+    pub tls_names: Vec<String>,
+    /// Overlay network of the nodes. Default 10.77.0.0/16.
+    pub overlay_cidr: String,
+    /// Default lifetime of bootstrap tokens. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_ttl: Duration,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            api_auth: true,
+            api_rate_per_s: 200,
+            tls: TlsMode::Auto,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            overlay_cidr: "10.77.0.0/16".into(),
+            bootstrap_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The overlay network as (base address, prefix length).
+    ///
+    /// # Errors
+    /// When `overlay_cidr` is not an IPv4 network such as 10.77.0.0/16 with a prefix of 8 to 30.
+    pub fn overlay(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
+        let bad = || {
+            format!(
+                "key `security.overlay_cidr`: {:?} is not an IPv4 network such as \"10.77.0.0/16\" (prefix 8 to 30)",
+                self.overlay_cidr
+            )
+        };
+        let (a, p) = self.overlay_cidr.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
+    }
 }
 
 /// `[jobs]`: inference jobs.
@@ -183,6 +256,7 @@ impl Default for ControllerConfig {
             jobs: JobsConfig::default(),
             router: RouterSection::default(),
             cloud: CloudConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -275,6 +349,20 @@ impl ControllerConfig {
         }
         if self.jobs.attempt_timeout.is_zero() || self.jobs.default_timeout.is_zero() {
             return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
+        }
+        self.security.overlay()?;
+        if self.security.tls == TlsMode::Files
+            && (self.security.tls_cert.as_os_str().is_empty() || self.security.tls_key.as_os_str().is_empty())
+        {
+            return Err(
+                "keys `security.tls_cert` and `security.tls_key`: give both PEM files for tls = \"files\"".into()
+            );
+        }
+        if self.security.tls == TlsMode::Auto && self.security.tls_names.is_empty() {
+            return Err("key `security.tls_names`: give at least one name, e.g. [\"localhost\"]".into());
+        }
+        if self.security.api_rate_per_s == 0 || self.security.bootstrap_ttl.is_zero() {
+            return Err("keys `security.api_rate_per_s` and `security.bootstrap_ttl` must be more than 0".into());
         }
         if !(0..=1000).contains(&self.router.cloud_score) {
             return Err("key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into());

@@ -21,6 +21,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use fleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use fleet_proto::v1::fleet_service_server::FleetServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,37 @@ pub use config::ControllerConfig;
 use metrics::Metrics;
 use registry::Registry;
 use store::Store;
+
+/// The first admin API token's file in the data directory (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// How a client reaches this controller's API: what `fleet-local` prints and tests use.
+#[derive(Debug, Clone)]
+pub struct ApiAccess {
+    /// `https://addr` with TLS, else `http://addr`.
+    pub url: String,
+    /// The CA to trust ("auto" TLS).
+    pub ca_pem: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The first admin token's file (when auth is on).
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ApiAccess {
+    /// A `FleetService` client with the admin token.
+    ///
+    /// # Errors
+    /// The token file unreadable, or the controller unreachable.
+    pub async fn admin_client(&self) -> Result<fleet_proto::client::FleetClient, String> {
+        let token = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f).map_err(|e| format!("cannot read the admin token {}: {e}", f.display()))?,
+            ),
+            None => None,
+        };
+        fleet_proto::client::fleet_client(&self.url, self.ca_pem.as_deref().map(str::as_bytes), token.as_deref()).await
+    }
+}
 
 /// How long `Controller::start` waits for the broker to confirm ingest's subscriptions.
 const INGEST_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -78,6 +110,8 @@ pub struct Controller {
     pub registry: Registry,
     pub store: Store,
     pub jobs: jobs::JobManager,
+    /// URL, CA and admin token of the API.
+    pub api: ApiAccess,
     tasks: TaskTracker,
 }
 
@@ -243,19 +277,63 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ControllerError::Io(format!("reflection service: {e}")))?;
+        let audit = security::audit::Auditor::start(store.clone(), &tasks, shutdown.clone());
+        let guard = Arc::new(security::guard::Guard::new(
+            store.clone(),
+            audit.clone(),
+            cfg.security.api_auth,
+            cfg.security.api_rate_per_s,
+            metrics.clone(),
+        ));
+        let facing = security::service::NodeFacing {
+            broker_url: mqtt_url.clone(),
+            wg_public_key: String::new(),
+            wg_endpoint: String::new(),
+        };
+        let sec = Arc::new(security::service::Security::new(
+            store.clone(),
+            guard.clone(),
+            audit,
+            cfg.security.clone(),
+            facing,
+        ));
+        let admin_token_file = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+        if cfg.security.api_auth {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+            sec.first_admin_token(&admin_token_file).await?;
+        }
+        let tls = security::tls::server_tls(&cfg.security, &cfg.data_dir)?;
+        if let Some(t) = &tls {
+            tracing::info!(fingerprint = %t.fingerprint, "gRPC TLS on; clients check the CA's SHA-256 fingerprint.");
+        }
+        let api_access = ApiAccess {
+            url: format!("{}://{grpc_addr}", if tls.is_some() { "https" } else { "http" }),
+            ca_pem: tls.as_ref().and_then(|t| t.ca_pem.clone()),
+            ca_file: tls.as_ref().and_then(|t| t.ca_pem.as_ref().map(|_| cfg.data_dir.join("tls/ca.pem"))),
+            token_file: cfg.security.api_auth.then(|| admin_token_file.clone()),
+        };
         let api = api::Api {
             registry: registry.clone(),
             store: store.clone(),
             shutdown: shutdown.clone(),
             mqtt: api_mqtt,
             jobs: jobs.clone(),
+            security: sec.clone(),
         };
         let grpc_shutdown = shutdown.clone();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(t) = tls {
+            server = server.tls_config(t.config).map_err(|e| {
+                ControllerError::Config(format!("gRPC TLS settings: {e}; check security.tls_cert/tls_key"))
+            })?;
+        }
         tasks.spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(FleetServiceServer::new(api))
+                .add_service(EnrollmentServiceServer::new(security::service::Enrollment(sec)))
+                .add_service(security::guard::Guarded::new(FleetServiceServer::new(api), guard))
                 .serve_with_incoming_shutdown(
                     // No Nagle: a small answer must not wait for the client's delayed ACK (40 ms).
                     tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
@@ -276,7 +354,7 @@ impl Controller {
         });
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, tasks })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: api_access, tasks })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub jobs_late_results: Counter,
     pub jobs_unrecorded: Counter,
     pub jobs_in_flight: Gauge,
+    pub api_rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +82,7 @@ impl Metrics {
             jobs_late_results: Counter::default(),
             jobs_unrecorded: Counter::default(),
             jobs_in_flight: Gauge::default(),
+            api_rejected: Family::default(),
             registry: Registry::default(),
         };
         registry.register("messages_received", "MQTT messages received, by channel", m.received.clone());
@@ -126,6 +128,11 @@ impl Metrics {
             m.jobs_unrecorded.clone(),
         );
         registry.register("jobs_in_flight", "Jobs submitted and not finished", m.jobs_in_flight.clone());
+        registry.register(
+            "api_rejected",
+            "gRPC calls refused: unauthenticated, permission_denied, rate_limited",
+            m.api_rejected.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -13,7 +13,6 @@ use anyhow::Context;
 use clap::Parser;
 use fleet_agent::config::{AgentConfig, HardwareBackend};
 use fleet_controller::ControllerConfig;
-use fleet_proto::v1::fleet_service_client::FleetServiceClient;
 use fleet_proto::v1::{ListNodesRequest, NodeState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,8 +36,14 @@ struct Cli {
     #[arg(long)]
     mqtt_url: Option<String>,
     /// gRPC endpoint of the existing controller, for the summary.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
     controller_url: String,
+    /// The existing controller's CA (tls/ca.pem in its data directory).
+    #[arg(long, env = "FLEET_CA")]
+    ca: Option<PathBuf>,
+    /// A viewer (or higher) API token's file for the summary.
+    #[arg(long, env = "FLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Addresses of the in-process controller.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_listen: SocketAddr,
@@ -92,7 +97,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let controller_stop = CancellationToken::new();
     let agents_stop = CancellationToken::new();
     let (mqtt_url, grpc_url, controller) = match &cli.mqtt_url {
-        Some(url) => (url.clone(), cli.controller_url.clone(), None),
+        Some(url) => {
+            let access = fleet_controller::ApiAccess {
+                url: cli.controller_url.clone(),
+                ca_pem: match &cli.ca {
+                    Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --ca {}", p.display()))?),
+                    None => None,
+                },
+                ca_file: cli.ca.clone(),
+                token_file: cli.token_file.clone(),
+            };
+            (url.clone(), Some(access), None)
+        }
         None => {
             let mut cfg = ControllerConfig {
                 data_dir: cli.data_dir.join("controller"),
@@ -103,14 +119,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             cfg.cloud.model_dir = cli.model_dir.clone().unwrap_or_default();
             let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
-            let grpc = format!("http://{}", c.grpc_addr);
+            let grpc = c.api.url.clone();
             println!("Spark Fleet on this machine");
-            println!("  gRPC API     {grpc}   (fleetctl --server {grpc} nodes list)");
+            println!("  gRPC API     {grpc}   (fleetctl nodes list: run from this directory, it finds the token and CA)");
+            if let (Some(ca), Some(token)) = (&c.api.ca_file, &c.api.token_file) {
+                println!("  TLS CA       {}   admin token {}", ca.display(), token.display());
+            }
             println!("  metrics      http://{}/metrics", c.http_addr);
             println!("  MQTT broker  {}", c.mqtt_url);
             println!("  store        SQLite in {}", cli.data_dir.join("controller").display());
-            println!("  jobs         fleetctl --server {grpc} jobs submit --model severity --text \"disk full\"");
-            (c.mqtt_url.clone(), grpc, Some(c))
+            println!("  jobs         fleetctl jobs submit --model severity --text \"disk full\"");
+            let access = c.api.clone();
+            (c.mqtt_url.clone(), Some(access), Some(c))
         }
     };
 
@@ -150,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = fleet_controller::shutdown_signal() => break,
             () = tokio::time::sleep(until_deadline) => break,
             _ = summary.tick() => {
-                match fleet_summary(&grpc_url).await {
+                match fleet_summary(grpc_url.as_ref()).await {
                     Ok((online, known, stored)) => {
                         let dt = last.0.elapsed().as_secs_f64().max(1e-3);
                         let rate = stored.saturating_sub(last.1) as f64 / dt;
@@ -175,8 +195,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fleet_summary(url: &str) -> anyhow::Result<(usize, usize, u64)> {
-    let mut client = FleetServiceClient::connect(url.to_owned()).await.context("connect")?;
+async fn fleet_summary(access: Option<&fleet_controller::ApiAccess>) -> anyhow::Result<(usize, usize, u64)> {
+    let access = access.context("no controller")?;
+    let mut client = access.admin_client().await.map_err(anyhow::Error::msg)?;
     let nodes = client.list_nodes(ListNodesRequest::default()).await?.into_inner().nodes;
     let online =
         nodes.iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)).count();

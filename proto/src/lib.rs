@@ -1,8 +1,10 @@
 //! The Spark Fleet wire contract: the protobuf messages agents and the
 //! controller exchange, the gRPC `FleetService`, and the one place where MQTT
-//! topic and Kafka topic names are spelled. No I/O lives here.
+//! topic and Kafka topic names are spelled. No I/O lives here, apart from
+//! `client`: the one way to open a channel to the controller.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod metrics;
 pub mod signing;
 pub mod topics;

@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let mut acfg = agent_config("bench-pi", &c.mqtt_url, dir.path());
     acfg.telemetry.interval = Duration::from_secs(1);
     let agent = AgentHandle::spawn(acfg);
-    let mut client = grpc(c.grpc_addr).await?;
+    let mut client = grpc(&c).await?;
     wait_for(Duration::from_secs(30), "the agent online with its models", || {
         let mut client = client.clone();
         async move {

@@ -14,7 +14,7 @@ pub mod procs;
 use anyhow::{Context, bail};
 use fleet_agent::config::{AgentConfig, HardwareBackend};
 use fleet_controller::config::{ControllerConfig, ListenConfig};
-use fleet_proto::v1::fleet_service_client::FleetServiceClient;
+use fleet_proto::client::FleetClient;
 use fleet_proto::v1::{ListNodesRequest, Node, NodeState};
 use tokio_util::sync::CancellationToken;
 
@@ -209,19 +209,28 @@ impl AgentHandle {
     }
 }
 
-/// A gRPC client of `addr`.
+/// A gRPC client of the controller, over its TLS, with its first admin token.
 ///
 /// # Errors
 /// When the controller cannot be reached.
-pub async fn grpc(addr: SocketAddr) -> anyhow::Result<FleetServiceClient<tonic::transport::Channel>> {
-    Ok(FleetServiceClient::connect(format!("http://{addr}")).await?)
+pub async fn grpc(c: &fleet_controller::Controller) -> anyhow::Result<FleetClient> {
+    c.api.admin_client().await.map_err(anyhow::Error::msg)
+}
+
+/// A plain channel to the controller (TLS with its CA when on), no token:
+/// for health, reflection and enrollment.
+///
+/// # Errors
+/// When the controller cannot be reached.
+pub async fn channel(c: &fleet_controller::Controller) -> anyhow::Result<tonic::transport::Channel> {
+    fleet_proto::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes)).await.map_err(anyhow::Error::msg)
 }
 
 /// The nodes the controller lists.
 ///
 /// # Errors
 /// gRPC errors.
-pub async fn list_nodes(client: &mut FleetServiceClient<tonic::transport::Channel>) -> anyhow::Result<Vec<Node>> {
+pub async fn list_nodes(client: &mut FleetClient) -> anyhow::Result<Vec<Node>> {
     Ok(client.list_nodes(ListNodesRequest::default()).await?.into_inner().nodes)
 }
 

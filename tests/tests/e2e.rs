@@ -20,7 +20,7 @@ async fn three_agent_fleet(cfg: ControllerConfig, prefix: &str) -> anyhow::Resul
     let c = Controller::start(cfg, stop.clone()).await?;
     let mut agents: Vec<_> =
         (0..3).map(|i| AgentHandle::spawn(agent_config(&format!("{prefix}{i}"), &c.mqtt_url, dir.path()))).collect();
-    let mut api = grpc(c.grpc_addr).await?;
+    let mut api = grpc(&c).await?;
 
     wait_for(T, "ListNodes to show 3 online nodes", || {
         let mut api = api.clone();
@@ -267,7 +267,7 @@ async fn bad_payloads_are_counted_and_the_controller_keeps_serving() -> anyhow::
     }
     assert!(http_get(c.http_addr, "/healthz").await?.contains("200 OK"));
     // Still serving, and nothing was stored.
-    let mut api = grpc(c.grpc_addr).await?;
+    let mut api = grpc(&c).await?;
     list_nodes(&mut api).await?;
     assert_eq!(c.store.count_samples(None).await?, 0);
     stop.cancel();
@@ -280,7 +280,7 @@ async fn grpc_bad_arguments_health_and_not_found() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let c = Controller::start(controller_config(dir.path(), "", ""), stop.clone()).await?;
-    let mut api = grpc(c.grpc_addr).await?;
+    let mut api = grpc(&c).await?;
     let e = api.get_node(GetNodeRequest { node_id: "bad/id".into() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("node_id"), "{}", e.message());
@@ -304,7 +304,7 @@ async fn grpc_bad_arguments_health_and_not_found() -> anyhow::Result<()> {
         .unwrap_err();
     assert!(e.message().starts_with("start_unix_ms"), "{}", e.message());
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr))?.connect().await?;
+    let channel = fleet_tests::channel(&c).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
         .check(tonic_health::pb::HealthCheckRequest { service: "fleet.v1.FleetService".into() })
@@ -317,7 +317,7 @@ async fn grpc_bad_arguments_health_and_not_found() -> anyhow::Result<()> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr))?.connect().await?;
+    let channel = fleet_tests::channel(&c).await?;
     let mut reflection = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
         host: String::new(),

@@ -12,15 +12,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fleet_controller::Controller;
-use fleet_proto::v1::fleet_service_client::FleetServiceClient;
 use fleet_proto::v1::{
     GetJobRequest, JobConstraints, JobStatus, JobView, ListJobsRequest, Placement, Site, SubmitJobRequest,
 };
 use fleet_tests::*;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-type Client = FleetServiceClient<Channel>;
+type Client = fleet_proto::client::FleetClient;
 
 fn job(model: &str, text: &str) -> SubmitJobRequest {
     SubmitJobRequest { model: model.into(), text: text.into(), timeout_ms: 15_000, ..Default::default() }
@@ -72,7 +70,7 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
         cfg.labels.insert("site".into(), format!("site-{}", cfg.node_id));
         agents.push(AgentHandle::spawn(cfg));
     }
-    let mut client = grpc(c.grpc_addr).await?;
+    let mut client = grpc(&c).await?;
     ready(&mut client, &["saver-pi", "hot-pi", "good-pi"]).await?;
     // Their first statuses may precede the first power decision: wait until
     // the controller sees the saver saving and the hot node's temperature.
@@ -186,7 +184,7 @@ async fn a_job_whose_node_dies_finishes_elsewhere_before_its_deadline() -> anyho
         cfg.inference.sim_slowdown = 30.0;
         agents.insert(id.into(), AgentHandle::spawn(cfg));
     }
-    let mut client = grpc(c.grpc_addr).await?;
+    let mut client = grpc(&c).await?;
     ready(&mut client, &["pi-a", "pi-b", "pi-c"]).await?;
 
     // A first run pays for warming up; do it on every node so the timing below is steady.
@@ -241,7 +239,7 @@ async fn no_node_and_no_cloud_is_unavailable_with_the_reason() -> anyhow::Result
     let mut ccfg = controller_config(dir.path(), "", "");
     ccfg.cloud.enabled = false;
     let c = Controller::start(ccfg, stop.clone()).await?;
-    let mut client = grpc(c.grpc_addr).await?;
+    let mut client = grpc(&c).await?;
     let err = client.submit_job(job("severity", "disk full")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("no node is known") && err.message().contains("cloud tier disabled"), "{err}");

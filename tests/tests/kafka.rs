@@ -54,7 +54,7 @@ async fn kafka_agents_are_ingested_exactly_once_with_offsets_after_commit() -> a
         }
     })
     .await?;
-    let api = grpc(c.grpc_addr).await?;
+    let api = grpc(&c).await?;
     wait_for(Duration::from_secs(15), "their status from fleet.status in the live view", || {
         let mut api = api.clone();
         async move {

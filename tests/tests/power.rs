@@ -103,7 +103,7 @@ async fn desired_power_policy_applies_live_is_refused_when_bad_and_survives_offl
     cfg.telemetry.interval = Duration::from_millis(100);
     cfg.power.saver.telemetry_interval = None;
     let agent = AgentHandle::spawn(cfg.clone());
-    let mut api = grpc(c.grpc_addr).await?;
+    let mut api = grpc(&c).await?;
     wait_for(Duration::from_secs(10), "the agent online, governor ondemand (balanced)", || {
         let mut api = api.clone();
         let g = read(&governor);

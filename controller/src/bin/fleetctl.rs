@@ -1,24 +1,37 @@
 //! `fleetctl`: the operator's command line for the controller's gRPC API.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_controller::store::jobs::status_word as job_status;
-use fleet_proto::v1::fleet_service_client::FleetServiceClient;
+use fleet_proto::client::FleetClient;
 use fleet_proto::v1::{
-    DesiredState, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobConstraints, JobStatus, JobTimings,
-    JobView, ListJobsRequest, ListNodesRequest, Node, NodeState, Placement, QueryTelemetryRequest,
-    SetDesiredStateRequest, Site, SubmitJobRequest, WatchNodesRequest,
+    CreateApiTokenRequest, CreateBootstrapTokenRequest, DesiredState, GetDesiredStateRequest, GetJobRequest,
+    GetNodeRequest, JobConstraints, JobStatus, JobTimings, JobView, ListAuditLogRequest, ListBootstrapTokensRequest,
+    ListJobsRequest, ListNodesRequest, Node, NodeState, Placement, QueryTelemetryRequest, RevokeApiTokenRequest,
+    RevokeBootstrapTokenRequest, RevokeNodeRequest, SetDesiredStateRequest, Site, SubmitJobRequest, WatchNodesRequest,
 };
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(name = "fleetctl", version, about = "Operate a Spark Fleet through its controller")]
 struct Cli {
-    /// Controller gRPC endpoint.
-    #[arg(long, global = true, env = "FLEET_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
+    /// Controller gRPC endpoint [default: from the config file, else https://127.0.0.1:50051].
+    #[arg(long, global = true, env = "FLEET_SERVER")]
+    server: Option<String>,
+    /// File holding the API token [default: from the config file, else the
+    /// controller's admin.token in ./fleet-data/controller or ./fleet-data].
+    /// The token itself may come in FLEET_TOKEN instead (never as a flag: flags show in `ps`).
+    #[arg(long, global = true, env = "FLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The controller's CA (PEM) for https:// [default: from the config file,
+    /// else tls/ca.pem in ./fleet-data/controller or ./fleet-data].
+    #[arg(long, global = true, env = "FLEET_CA")]
+    ca: Option<PathBuf>,
+    /// Config file with `server`, `token_file` and `ca` [default: ~/.config/fleet/fleetctl.toml when present].
+    #[arg(long, global = true, env = "FLEETCTL_CONFIG")]
+    config: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -49,6 +62,25 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// One-time bootstrap tokens that enroll nodes (`fleet-agent enroll --token`).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// API tokens for fleetctl and other clients (admin).
+    ApiTokens {
+        #[command(subcommand)]
+        command: ApiTokensCommand,
+    },
+    /// The audit log: every change made through the API, newest first.
+    Audit {
+        /// How far back, e.g. 1h, 7d (default: everything).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Records at most.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Telemetry of one node.
     Telemetry {
         /// Node id.
@@ -66,6 +98,36 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a token; it is printed once (only its hash is kept).
+    Create {
+        /// Lifetime, e.g. 1h, 2d [default: the controller's security.bootstrap_ttl].
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        /// Label k=v the enrolled node gets (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Every token with its state.
+    List,
+    /// Revoke an unused token by id.
+    Revoke { token_id: String },
+}
+
+#[derive(Subcommand)]
+enum ApiTokensCommand {
+    /// Make a token with a role; it is printed once.
+    Create {
+        name: String,
+        /// viewer (reads), operator (desired state, jobs, bootstrap tokens), admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Revoke a token by name.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +219,8 @@ enum NodesCommand {
     Get { node: String },
     /// Print every status change as it happens (Ctrl-C to stop).
     Watch,
+    /// Revoke a node: its broker access and tunnel end, its jobs go elsewhere (admin).
+    Revoke { node: String },
 }
 
 fn main() -> ExitCode {
@@ -189,18 +253,101 @@ fn metric_alias(m: &str) -> String {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<FleetServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|e| anyhow::anyhow!("--server {server:?} is not a URL: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the controller at {server}: {e} (is fleet-controller running? set --server)")
-    })?;
-    Ok(FleetServiceClient::new(channel))
+/// `~/.config/fleet/fleetctl.toml` (or --config).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+/// Where the controller's files are when it runs from this directory
+/// (`fleet-local`, then `fleet-controller` on its defaults).
+const LOCAL_DATA_DIRS: [&str; 2] = ["./fleet-data/controller", "./fleet-data"];
+
+fn local_file(name: &str) -> Option<PathBuf> {
+    LOCAL_DATA_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// Server, CA and token from flags, environment, the config file and the
+/// local controller's files, in that order.
+fn settings(cli: &Cli) -> anyhow::Result<(String, Option<Vec<u8>>, Option<String>)> {
+    let default_cfg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("fleet/fleetctl.toml"));
+    let file = match (&cli.config, default_cfg) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) if p.is_file() => Some(p),
+        _ => None,
+    };
+    let fc: FileConfig = match &file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
+        }
+        None => FileConfig::default(),
+    };
+    let server = cli.server.clone().or(fc.server).unwrap_or_else(|| "https://127.0.0.1:50051".into());
+    let ca_path =
+        cli.ca.clone().or(fc.ca).or_else(|| server.starts_with("https://").then(|| local_file("tls/ca.pem")).flatten());
+    let ca = match ca_path {
+        Some(p) => Some(std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read the CA {}: {e}", p.display()))?),
+        None => None,
+    };
+    let token = match std::env::var("FLEET_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        Some(t) => Some(t),
+        None => match cli.token_file.clone().or(fc.token_file).or_else(|| local_file("admin.token")) {
+            Some(p) => {
+                check_private(&p)?;
+                Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", p.display()))?,
+                )
+            }
+            None => None,
+        },
+    };
+    Ok((server, ca, token))
+}
+
+/// Refuses a token file others can read.
+fn check_private(p: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "the token file {} is readable by others (mode {mode:o}): run `chmod 600 {}`",
+                    p.display(),
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<FleetClient> {
+    let (server, ca, token) = settings(cli)?;
+    fleet_proto::client::fleet_client(&server, ca.as_deref(), token.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (is fleet-controller running? set --server)"))
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", e.code(), e.message())
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+fn when(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .to_string()
 }
 
 fn state_name(n: &Node) -> &'static str {
@@ -270,8 +417,113 @@ fn print_table(nodes: &[Node]) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.server).await?;
+    let mut client = connect(&cli).await?;
     match cli.command {
+        Command::Nodes { command: NodesCommand::Revoke { node } } => {
+            client.revoke_node(RevokeNodeRequest { node_id: node.clone() }).await.map_err(status_error)?;
+            println!("node {node} revoked: it must enroll again with a new token to come back");
+        }
+        Command::Tokens { command: TokensCommand::Create { ttl, labels } } => {
+            let ttl_s = ttl.map_or(0, |d| u32::try_from(Duration::from(d).as_secs().max(1)).unwrap_or(u32::MAX));
+            let t = client
+                .create_bootstrap_token(CreateBootstrapTokenRequest { ttl_s, labels: labels.into_iter().collect() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if cli.output == Output::Json {
+                let v =
+                    serde_json::json!({"token_id": t.token_id, "token": t.token, "expires_unix_ms": t.expires_unix_ms});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} expires {}; shown once. On the node: fleet-agent enroll --controller URL --token <token>",
+                    t.token_id,
+                    when(t.expires_unix_ms)
+                );
+            }
+        }
+        Command::Tokens { command: TokensCommand::List } => {
+            let tokens = client
+                .list_bootstrap_tokens(ListBootstrapTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .tokens;
+            println!("{:<14} {:<10} {:<22} {:<24} LABELS", "ID", "STATE", "EXPIRES", "USED BY");
+            let now = fleet_proto::now_unix_ms();
+            for t in tokens {
+                let state = if t.revoked_unix_ms != 0 {
+                    "revoked"
+                } else if t.used_unix_ms != 0 {
+                    "used"
+                } else if t.expires_unix_ms <= now {
+                    "expired"
+                } else {
+                    "valid"
+                };
+                let mut labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                println!(
+                    "{:<14} {:<10} {:<22} {:<24} {}",
+                    t.token_id,
+                    state,
+                    when(t.expires_unix_ms),
+                    t.used_by,
+                    labels.join(",")
+                );
+            }
+        }
+        Command::Tokens { command: TokensCommand::Revoke { token_id } } => {
+            client
+                .revoke_bootstrap_token(RevokeBootstrapTokenRequest { token_id: token_id.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("bootstrap token {token_id} revoked");
+        }
+        Command::ApiTokens { command: ApiTokensCommand::Create { name, role } } => {
+            let t =
+                client.create_api_token(CreateApiTokenRequest { name, role }).await.map_err(status_error)?.into_inner();
+            println!("{}", t.token);
+            eprintln!(
+                "API token {} ({}); shown once. Keep it in a file with mode 0600 and use --token-file.",
+                t.name, t.role
+            );
+        }
+        Command::ApiTokens { command: ApiTokensCommand::Revoke { name } } => {
+            client.revoke_api_token(RevokeApiTokenRequest { name: name.clone() }).await.map_err(status_error)?;
+            println!("API token {name} revoked");
+        }
+        Command::Audit { since, limit } => {
+            let since_unix_ms = since.map_or(0, |d| {
+                fleet_proto::now_unix_ms() - i64::try_from(Duration::from(d).as_millis()).unwrap_or(i64::MAX / 2)
+            });
+            let records = client
+                .list_audit_log(ListAuditLogRequest { since_unix_ms: since_unix_ms.max(0), limit })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .records;
+            if cli.output == Output::Json {
+                let v: Vec<_> = records
+                    .iter()
+                    .map(|r| serde_json::json!({"at_unix_ms": r.at_unix_ms, "actor": r.actor, "action": r.action, "target": r.target, "result": r.result}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<22} {:<20} {:<22} {:<24} RESULT", "AT", "ACTOR", "ACTION", "TARGET");
+                for r in records {
+                    println!(
+                        "{:<22} {:<20} {:<22} {:<24} {}",
+                        when(r.at_unix_ms),
+                        r.actor,
+                        r.action,
+                        r.target,
+                        r.result
+                    );
+                }
+            }
+        }
         Command::Nodes { command: NodesCommand::List } => {
             let nodes = client.list_nodes(ListNodesRequest::default()).await.map_err(status_error)?.into_inner().nodes;
             if cli.output == Output::Json {
@@ -465,7 +717,7 @@ fn print_job(j: &JobView) {
     }
 }
 
-async fn jobs(client: &mut FleetServiceClient<Channel>, command: JobsCommand, out: Output) -> anyhow::Result<()> {
+async fn jobs(client: &mut FleetClient, command: JobsCommand, out: Output) -> anyhow::Result<()> {
     let show = |j: &JobView| -> anyhow::Result<()> {
         if out == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job_json(j))?);

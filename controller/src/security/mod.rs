@@ -5,6 +5,11 @@
 //! as `<prefix>_<base64url>`; the controller keeps only their SHA-256. They
 //! have full entropy, so a slow password hash would buy nothing.
 
+pub mod audit;
+pub mod guard;
+pub mod service;
+pub mod tls;
+
 use std::fmt;
 
 use base64::Engine;

@@ -288,6 +288,115 @@ impl Store {
     }
 }
 
+/// An enrolled node: the public halves of its keys, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    /// WireGuard public key, base64.
+    pub wg_public_key: String,
+    /// The next WireGuard key while a rotation waits for the node's confirmation.
+    pub wg_next_key: Option<String>,
+    /// Ed25519 public key, base64.
+    pub signing_key: String,
+    /// SHA-256 (hex) of the broker password.
+    pub broker_hash: String,
+    /// `k=v` labels, comma-separated.
+    pub labels: String,
+    pub overlay_address: std::net::Ipv4Addr,
+    pub enrolled_unix_ms: i64,
+    pub revoked_unix_ms: Option<i64>,
+}
+
+type IdentityRow = (String, String, Option<String>, String, String, String, i64, i64, Option<i64>);
+
+const IDENTITY_COLUMNS: &str = "node_id, wg_public_key, wg_next_key, signing_key, broker_hash, labels, \
+                                overlay_address, enrolled_ms, revoked_ms";
+
+fn identity_of(r: IdentityRow) -> NodeIdentity {
+    NodeIdentity {
+        node_id: r.0,
+        wg_public_key: r.1,
+        wg_next_key: r.2,
+        signing_key: r.3,
+        broker_hash: r.4,
+        labels: r.5,
+        overlay_address: addr(r.6),
+        enrolled_unix_ms: r.7,
+        revoked_unix_ms: r.8,
+    }
+}
+
+impl Store {
+    /// Stores a new node identity; `false` when the node id is already
+    /// enrolled (or was, and was revoked: ids are not reused).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn create_identity(&self, n: &NodeIdentity) -> Result<bool, ControllerError> {
+        let sql =
+            format!("INSERT INTO node_identities ({IDENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+        let r = on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&n.node_id)
+            .bind(&n.wg_public_key)
+            .bind(&n.wg_next_key)
+            .bind(&n.signing_key)
+            .bind(&n.broker_hash)
+            .bind(&n.labels)
+            .bind(i64::from(u32::from(n.overlay_address)))
+            .bind(n.enrolled_unix_ms)
+            .bind(n.revoked_unix_ms)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()));
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One node's identity, revoked or not.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn identity(&self, node_id: &str) -> Result<Option<NodeIdentity>, ControllerError> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM node_identities WHERE node_id = $1");
+        let row: Option<IdentityRow> =
+            on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(node_id).fetch_optional(p).await?);
+        Ok(row.map(identity_of))
+    }
+
+    /// Every identity, revoked ones included.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn identities(&self) -> Result<Vec<NodeIdentity>, ControllerError> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM node_identities ORDER BY node_id");
+        let rows: Vec<IdentityRow> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(p).await?);
+        Ok(rows.into_iter().map(identity_of).collect())
+    }
+
+    /// Revokes a node; `false` when it is not enrolled or already revoked.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn revoke_identity(&self, node_id: &str, now_unix_ms: i64) -> Result<bool, ControllerError> {
+        let sql = "UPDATE node_identities SET revoked_ms = $1 WHERE node_id = $2 AND revoked_ms IS NULL";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(now_unix_ms).bind(node_id).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Whether any admin API token is live (the first start makes one when not).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn has_live_admin_token(&self) -> Result<bool, ControllerError> {
+        let sql = "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_ms IS NULL";
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?);
+        Ok(n > 0)
+    }
+}
+
 fn addr(a: i64) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::try_from(a).unwrap_or(0))
 }

@@ -1,0 +1,376 @@
+//! The access-control calls of `FleetService` (bootstrap and API tokens, the
+//! audit log, node revocation) and the open `EnrollmentService`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fleet_proto::v1::enrollment_service_server::EnrollmentService;
+use fleet_proto::v1::{
+    AuditRecord, BootstrapTokenInfo, BrokerCredentials, CreateApiTokenRequest, CreateApiTokenResponse,
+    CreateBootstrapTokenRequest, CreateBootstrapTokenResponse, EnrollRequest, EnrollResponse, ListAuditLogRequest,
+    ListAuditLogResponse, ListBootstrapTokensResponse, RevokeApiTokenRequest, RevokeApiTokenResponse,
+    RevokeBootstrapTokenRequest, RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, WireGuardPeer,
+};
+use tonic::{Request, Response, Status};
+
+use super::audit::Auditor;
+use super::guard::{Caller, Guard};
+use super::{API_PREFIX, BOOTSTRAP_PREFIX, Lifetime, Role, Secret, hash_token, new_token};
+use crate::config::SecurityConfig;
+use crate::store::Store;
+use crate::store::security::{BootstrapToken, NodeIdentity};
+
+/// Prefix of a node's broker password.
+pub const BROKER_PREFIX: &str = "fbp";
+/// Longest bootstrap token lifetime.
+const MAX_TTL_S: u32 = 30 * 86_400;
+/// Bootstrap tokens whose creation instant this process remembers, at most.
+const CREATED_HERE_MAX: usize = 100_000;
+
+/// What the controller tells enrolling nodes about itself.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacing {
+    /// Broker URL for nodes.
+    pub broker_url: String,
+    /// The controller's WireGuard public key (base64) and endpoint (empty: no overlay).
+    pub wg_public_key: String,
+    pub wg_endpoint: String,
+}
+
+/// Shared state of the access-control calls.
+pub struct Security {
+    pub store: Store,
+    pub guard: Arc<Guard>,
+    pub audit: Auditor,
+    pub cfg: SecurityConfig,
+    pub facing: NodeFacing,
+    /// When this process made each bootstrap token (the monotonic half of expiry).
+    created_here: Mutex<HashMap<String, Instant>>,
+    /// Called with each node enrolled or revoked (signature keys, broker, WireGuard).
+    pub on_change: tokio::sync::broadcast::Sender<String>,
+}
+
+fn caller<T>(req: &Request<T>) -> String {
+    req.extensions().get::<Caller>().map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> Result<String, Status> {
+    for (k, v) in labels {
+        let ok =
+            |s: &str| !s.is_empty() && s.len() <= 64 && !s.contains([',', '=']) && !s.chars().any(char::is_control);
+        if !ok(k) || !(v.is_empty() || ok(v)) {
+            return Err(Status::invalid_argument(format!(
+                "labels: {k:?}={v:?} is not a label: 1-64 characters, no ',' or '='"
+            )));
+        }
+    }
+    Ok(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+}
+
+fn labels_map(text: &str) -> HashMap<String, String> {
+    text.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn token_info(t: BootstrapToken) -> BootstrapTokenInfo {
+    BootstrapTokenInfo {
+        labels: labels_map(&t.labels),
+        token_id: t.token_id,
+        created_unix_ms: t.created_unix_ms,
+        expires_unix_ms: t.expires_unix_ms,
+        used_unix_ms: t.used_unix_ms.unwrap_or(0),
+        used_by: t.used_by.unwrap_or_default(),
+        revoked_unix_ms: t.revoked_unix_ms.unwrap_or(0),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "Access-control call failed.");
+    Status::unavailable("the controller's store is unavailable; retry later")
+}
+
+impl Security {
+    /// The shared state.
+    #[must_use]
+    pub fn new(store: Store, guard: Arc<Guard>, audit: Auditor, cfg: SecurityConfig, facing: NodeFacing) -> Self {
+        Self {
+            store,
+            guard,
+            audit,
+            cfg,
+            facing,
+            created_here: Mutex::new(HashMap::new()),
+            on_change: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
+
+    /// Makes the first admin API token when no live admin token exists, and
+    /// writes it to `path` (mode 0600). Returns it when made now; `None`
+    /// when an admin token exists already.
+    ///
+    /// # Errors
+    /// Store or file errors.
+    pub async fn first_admin_token(&self, path: &std::path::Path) -> Result<Option<Secret>, crate::ControllerError> {
+        if self.store.has_live_admin_token().await? {
+            return Ok(None);
+        }
+        let (token, hash) = new_token(API_PREFIX).map_err(crate::ControllerError::Io)?;
+        let name = format!("admin-{}", &hash[..8]);
+        self.store.create_api_token(&name, &hash, Role::Admin, fleet_proto::now_unix_ms()).await?;
+        super::tls::write_private(path, format!("{}\n", token.expose()).as_bytes()).map_err(|e| {
+            crate::ControllerError::Io(format!("cannot write the admin token to {}: {e}", path.display()))
+        })?;
+        self.audit.record("controller", "CreateApiToken", &name, None).await;
+        tracing::info!(path = %path.display(), name, "First admin API token written (mode 0600); fleetctl reads it with --token-file.");
+        Ok(Some(token))
+    }
+
+    fn lifetime(&self, t: &BootstrapToken) -> Lifetime {
+        let here =
+            self.created_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&t.token_id).copied();
+        Lifetime { created_unix_ms: t.created_unix_ms, expires_unix_ms: t.expires_unix_ms, created_here: here }
+    }
+
+    pub async fn create_bootstrap_token(
+        &self,
+        req: Request<CreateBootstrapTokenRequest>,
+    ) -> Result<Response<CreateBootstrapTokenResponse>, Status> {
+        let who = caller(&req);
+        let q = req.into_inner();
+        let r = async {
+            if q.ttl_s > MAX_TTL_S {
+                return Err(Status::invalid_argument(format!("ttl_s: at most {MAX_TTL_S} (30 days)")));
+            }
+            let ttl_ms = if q.ttl_s == 0 {
+                i64::try_from(self.cfg.bootstrap_ttl.as_millis()).unwrap_or(i64::MAX)
+            } else {
+                i64::from(q.ttl_s) * 1000
+            };
+            let labels = labels_text(&q.labels.into_iter().collect())?;
+            let (token, hash) = new_token(BOOTSTRAP_PREFIX).map_err(internal)?;
+            let token_id = hash[..12].to_owned();
+            let now = fleet_proto::now_unix_ms();
+            let expires = now.saturating_add(ttl_ms);
+            self.store.create_bootstrap_token(&token_id, &hash, &labels, now, expires).await.map_err(internal)?;
+            let mut here = self.created_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if here.len() >= CREATED_HERE_MAX {
+                here.clear();
+            }
+            here.insert(token_id.clone(), Instant::now());
+            Ok(CreateBootstrapTokenResponse { token_id, token: token.expose().to_owned(), expires_unix_ms: expires })
+        }
+        .await;
+        let target = r.as_ref().map(|t| t.token_id.clone()).unwrap_or_default();
+        self.audit.record_result(&who, "CreateBootstrapToken", &target, &r).await;
+        r.map(Response::new)
+    }
+
+    pub async fn list_bootstrap_tokens(&self) -> Result<Response<ListBootstrapTokensResponse>, Status> {
+        let tokens = self.store.list_bootstrap_tokens().await.map_err(internal)?;
+        Ok(Response::new(ListBootstrapTokensResponse { tokens: tokens.into_iter().map(token_info).collect() }))
+    }
+
+    pub async fn revoke_bootstrap_token(
+        &self,
+        req: Request<RevokeBootstrapTokenRequest>,
+    ) -> Result<Response<RevokeBootstrapTokenResponse>, Status> {
+        let who = caller(&req);
+        let id = req.into_inner().token_id;
+        let r = match self.store.revoke_bootstrap_token(&id, fleet_proto::now_unix_ms()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::not_found(format!(
+                "no unused bootstrap token {id:?} (fleetctl tokens list shows the ids; used tokens cannot be revoked, revoke the node)"
+            ))),
+            Err(e) => Err(internal(e)),
+        };
+        self.audit.record_result(&who, "RevokeBootstrapToken", &id, &r).await;
+        r.map(|()| Response::new(RevokeBootstrapTokenResponse {}))
+    }
+
+    pub async fn create_api_token(
+        &self,
+        req: Request<CreateApiTokenRequest>,
+    ) -> Result<Response<CreateApiTokenResponse>, Status> {
+        let who = caller(&req);
+        let q = req.into_inner();
+        let r = async {
+            let name_ok = !q.name.is_empty()
+                && q.name.len() <= 64
+                && q.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+            if !name_ok {
+                return Err(Status::invalid_argument("name: 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.', '@'"));
+            }
+            let role = Role::parse(&q.role).map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
+            let (token, hash) = new_token(API_PREFIX).map_err(internal)?;
+            match self.store.create_api_token(&q.name, &hash, role, fleet_proto::now_unix_ms()).await {
+                Ok(()) => {}
+                Err(crate::ControllerError::Db(e))
+                    if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
+                {
+                    return Err(Status::already_exists(format!(
+                        "an API token named {:?} exists (or existed: names are not reused); choose another name",
+                        q.name
+                    )));
+                }
+                Err(e) => return Err(internal(e)),
+            }
+            Ok(CreateApiTokenResponse {
+                name: q.name.clone(),
+                role: role.as_str().into(),
+                token: token.expose().into(),
+            })
+        }
+        .await;
+        self.audit.record_result(&who, "CreateApiToken", &q.name, &r).await;
+        r.map(Response::new)
+    }
+
+    pub async fn revoke_api_token(
+        &self,
+        req: Request<RevokeApiTokenRequest>,
+    ) -> Result<Response<RevokeApiTokenResponse>, Status> {
+        let who = caller(&req);
+        let name = req.into_inner().name;
+        let r = match self.store.revoke_api_token(&name, fleet_proto::now_unix_ms()).await {
+            Ok(true) => {
+                self.guard.forget();
+                Ok(())
+            }
+            Ok(false) => Err(Status::not_found(format!("no live API token named {name:?}"))),
+            Err(e) => Err(internal(e)),
+        };
+        self.audit.record_result(&who, "RevokeApiToken", &name, &r).await;
+        r.map(|()| Response::new(RevokeApiTokenResponse {}))
+    }
+
+    pub async fn list_audit_log(&self, q: ListAuditLogRequest) -> Result<Response<ListAuditLogResponse>, Status> {
+        if q.limit > 10_000 {
+            return Err(Status::invalid_argument("limit: at most 10000"));
+        }
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let rows = self.store.list_audit(q.since_unix_ms, limit).await.map_err(internal)?;
+        let records = rows
+            .into_iter()
+            .map(|e| AuditRecord {
+                at_unix_ms: e.at_unix_ms,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                result: e.result,
+            })
+            .collect();
+        Ok(Response::new(ListAuditLogResponse { records }))
+    }
+
+    /// Marks the node revoked; the caller re-routes its jobs. The broker and
+    /// WireGuard follow through `on_change`.
+    pub async fn revoke_node(&self, req: Request<RevokeNodeRequest>) -> Result<Response<RevokeNodeResponse>, Status> {
+        let who = caller(&req);
+        let id = req.into_inner().node_id;
+        let r = async {
+            fleet_proto::validate_node_id(&id).map_err(|e| Status::invalid_argument(format!("node_id: {e}")))?;
+            if self.store.revoke_identity(&id, fleet_proto::now_unix_ms()).await.map_err(internal)? {
+                let _ = self.on_change.send(id.clone());
+                tracing::info!(node_id = %id, "Node revoked.");
+                Ok(())
+            } else {
+                Err(Status::not_found(format!("node {id} is not enrolled, or was revoked already")))
+            }
+        }
+        .await;
+        self.audit.record_result(&who, "RevokeNode", &id, &r).await;
+        r.map(|()| Response::new(RevokeNodeResponse {}))
+    }
+
+    async fn enroll(&self, q: EnrollRequest) -> Result<EnrollResponse, Status> {
+        let token = q.token.trim();
+        if !token.starts_with("fbt_") {
+            return Err(Status::invalid_argument(
+                "token: give the bootstrap token from `fleetctl tokens create` (fbt_...)",
+            ));
+        }
+        let wg = wireguard_control::Key::from_base64(&q.wg_public_key)
+            .map_err(|_| Status::invalid_argument("wg_public_key: not a base64 WireGuard public key"))?;
+        let signing: [u8; 32] = q
+            .signing_public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("signing_public_key: an Ed25519 public key is 32 bytes"))?;
+        fleet_proto::signing::verifying_key(&signing)
+            .map_err(|_| Status::invalid_argument("signing_public_key: not a valid Ed25519 public key"))?;
+        let node_id = if q.requested_node_id.is_empty() { q.hostname.clone() } else { q.requested_node_id.clone() };
+        fleet_proto::validate_node_id(&node_id).map_err(|e| {
+            Status::invalid_argument(format!("requested_node_id: {e}; set node_id in the agent's config"))
+        })?;
+        if self.store.identity(&node_id).await.map_err(internal)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "node id {node_id} is enrolled already (ids are never reused, even after revoke); give this node another node_id"
+            )));
+        }
+        let hash = hash_token(token);
+        let now = fleet_proto::now_unix_ms();
+        let used = self
+            .store
+            .use_bootstrap_token(&hash, &node_id, now, |t| self.lifetime(t))
+            .await
+            .map_err(internal)?
+            .map_err(|why| Status::permission_denied(why.to_string()))?;
+        let (base, prefix) = self.cfg.overlay().map_err(Status::internal)?;
+        let overlay = self.store.allocate_overlay_address(base, prefix, &node_id, now).await.map_err(|e| match e {
+            crate::ControllerError::Io(m) => Status::resource_exhausted(m),
+            other => internal(other),
+        })?;
+        let (password, password_hash) = new_token(BROKER_PREFIX).map_err(internal)?;
+        let identity = NodeIdentity {
+            node_id: node_id.clone(),
+            wg_public_key: wg.to_base64(),
+            wg_next_key: None,
+            signing_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signing),
+            broker_hash: password_hash,
+            labels: used.labels.clone(),
+            overlay_address: overlay,
+            enrolled_unix_ms: now,
+            revoked_unix_ms: None,
+        };
+        if !self.store.create_identity(&identity).await.map_err(internal)? {
+            return Err(Status::already_exists(format!(
+                "node id {node_id} was enrolled at the same moment by another caller; ask for a new token and another node_id"
+            )));
+        }
+        let _ = self.on_change.send(node_id.clone());
+        let controller_ip = std::net::Ipv4Addr::from(u32::from(base) + 1);
+        tracing::info!(node_id, %overlay, token_id = %used.token_id, "Node enrolled.");
+        Ok(EnrollResponse {
+            node_id: node_id.clone(),
+            overlay_address: overlay.to_string(),
+            overlay_prefix_len: u32::from(prefix),
+            controller: Some(WireGuardPeer {
+                public_key: self.facing.wg_public_key.clone(),
+                endpoint: self.facing.wg_endpoint.clone(),
+                allowed_ips: vec![format!("{controller_ip}/32")],
+                persistent_keepalive_s: 25,
+            }),
+            broker: Some(BrokerCredentials {
+                url: self.facing.broker_url.clone(),
+                username: node_id,
+                password: password.expose().to_owned(),
+            }),
+            labels: labels_map(&used.labels),
+        })
+    }
+}
+
+/// The open enrollment service.
+pub struct Enrollment(pub Arc<Security>);
+
+#[tonic::async_trait]
+impl EnrollmentService for Enrollment {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let q = req.into_inner();
+        let asked = if q.requested_node_id.is_empty() { q.hostname.clone() } else { q.requested_node_id.clone() };
+        let r = self.0.enroll(q).await;
+        let actor = format!("node:{}", asked.chars().take(64).collect::<String>());
+        self.0.audit.record_result(&actor, "Enroll", r.as_ref().map_or(&asked, |e| &e.node_id), &r).await;
+        r.map(Response::new)
+    }
+}
