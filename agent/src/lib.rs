@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod desired;
+pub mod enroll;
 pub mod identity;
 pub mod jobs;
 pub mod power;
@@ -486,7 +487,10 @@ const CURSOR_EVERY: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// Bad configuration, or a data directory that cannot be used.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentReport, AgentError> {
+pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentReport, AgentError> {
+    if let Some(e) = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))? {
+        enroll::apply(&mut cfg, &e).map_err(AgentError::Config)?;
+    }
     let node_id = resolve_node_id(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         AgentError::Config(format!(

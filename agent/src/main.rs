@@ -31,6 +31,26 @@ struct Cli {
 enum Command {
     /// Print the documented default configuration.
     GenerateConfig,
+    /// Enroll this node with a one-time bootstrap token (`fleetctl tokens create`):
+    /// makes its keys here, and writes what the controller answers to identity.toml
+    /// in data_dir. Then start the agent as usual.
+    Enroll {
+        /// The controller's gRPC URL, e.g. https://controller:50051.
+        #[arg(long, env = "FLEET_CONTROLLER_URL")]
+        controller: String,
+        /// The bootstrap token (prefer FLEET_BOOTSTRAP_TOKEN or --token-file: flags show in `ps`).
+        #[arg(long, env = "FLEET_BOOTSTRAP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A file holding the bootstrap token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The controller's CA (its tls/ca.pem), for https://.
+        #[arg(long, env = "FLEET_CA")]
+        ca: Option<PathBuf>,
+        /// Replace this node's keys and enrollment.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +59,12 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
+    let enroll_cmd = match cli.command {
+        Some(Command::Enroll { controller, token, token_file, ca, force }) => {
+            Some((controller, token, token_file, ca, force))
+        }
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -65,6 +91,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some((controller, token, token_file, ca, force)) = enroll_cmd {
+        return match rt.block_on(enroll(cfg, controller, token, token_file, ca, force)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleet-agent enroll: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
         let signals = shutdown.clone();
@@ -98,6 +133,40 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn enroll(
+    cfg: AgentConfig,
+    controller_url: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let token = match (token, token_file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?
+        }
+        (None, None) => anyhow::bail!("give the bootstrap token: FLEET_BOOTSTRAP_TOKEN, --token-file or --token"),
+    };
+    let ca_pem = match ca {
+        Some(p) => Some(std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read the CA {}: {e}", p.display()))?),
+        None => None,
+    };
+    let node_id = fleet_agent::resolve_node_id(&cfg)?;
+    let opts =
+        fleet_agent::enroll::EnrollOptions { controller_url, ca_pem, token, node_id, dir: cfg.data_dir.clone(), force };
+    let e = fleet_agent::enroll::enroll(&opts).await?;
+    println!(
+        "enrolled as {} (overlay address {}/{}); broker {}; written to {}",
+        e.node_id,
+        e.overlay_address,
+        e.overlay_prefix_len,
+        e.broker_url,
+        cfg.data_dir.join(fleet_agent::enroll::ENROLLMENT_FILE).display()
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() {

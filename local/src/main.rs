@@ -101,7 +101,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let access = fleet_controller::ApiAccess {
                 url: cli.controller_url.clone(),
                 ca_pem: match &cli.ca {
-                    Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --ca {}", p.display()))?),
+                    Some(p) => {
+                        Some(std::fs::read_to_string(p).with_context(|| format!("reading --ca {}", p.display()))?)
+                    }
                     None => None,
                 },
                 ca_file: cli.ca.clone(),
@@ -121,7 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
             let grpc = c.api.url.clone();
             println!("Spark Fleet on this machine");
-            println!("  gRPC API     {grpc}   (fleetctl nodes list: run from this directory, it finds the token and CA)");
+            println!(
+                "  gRPC API     {grpc}   (fleetctl nodes list: run from this directory, it finds the token and CA)"
+            );
             if let (Some(ca), Some(token)) = (&c.api.ca_file, &c.api.token_file) {
                 println!("  TLS CA       {}   admin token {}", ca.display(), token.display());
             }

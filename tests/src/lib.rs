@@ -223,7 +223,9 @@ pub async fn grpc(c: &fleet_controller::Controller) -> anyhow::Result<FleetClien
 /// # Errors
 /// When the controller cannot be reached.
 pub async fn channel(c: &fleet_controller::Controller) -> anyhow::Result<tonic::transport::Channel> {
-    fleet_proto::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes)).await.map_err(anyhow::Error::msg)
+    fleet_proto::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes))
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// The nodes the controller lists.

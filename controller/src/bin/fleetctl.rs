@@ -339,6 +339,12 @@ async fn connect(cli: &Cli) -> anyhow::Result<FleetClient> {
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
+    if e.code() == tonic::Code::Unknown && e.message().contains("transport error") {
+        return anyhow::anyhow!(
+            "the connection failed ({}): if the controller uses TLS (its default), use an https:// --server",
+            e.message()
+        );
+    }
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 

@@ -1,0 +1,205 @@
+//! Enrollment (docs/security.md): the node makes its keys on the device,
+//! calls the controller's `Enroll` with a one-time bootstrap token and the
+//! public halves, and keeps what it receives in `identity.toml` (mode 0600:
+//! it holds the broker password) next to its keys. Every later start reads it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentConfig;
+use crate::identity::{Identity, IdentityError};
+
+/// What the controller gave this node, in `data_dir`.
+pub const ENROLLMENT_FILE: &str = "identity.toml";
+
+/// Why enrollment failed; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("this node is enrolled already as {0} ({1}); enroll again with --force (and a new token)")]
+    Already(String, PathBuf),
+    #[error(transparent)]
+    Keys(#[from] IdentityError),
+    #[error("{0}")]
+    Connect(String),
+    #[error("the controller refused the enrollment: {0}")]
+    Refused(String),
+    #[error("the controller's answer is incomplete ({0}); is it a Spark Fleet controller of the same version?")]
+    Answer(&'static str),
+    #[error("{path}: {why}")]
+    File { path: PathBuf, why: String },
+}
+
+/// The node's enrollment: its id, overlay address, the controller's
+/// WireGuard peer and the broker credentials.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrollment {
+    pub node_id: String,
+    pub overlay_address: String,
+    pub overlay_prefix_len: u32,
+    pub controller_wg_public_key: String,
+    /// Empty: the controller has no overlay configured.
+    pub controller_wg_endpoint: String,
+    pub controller_allowed_ips: Vec<String>,
+    pub persistent_keepalive_s: u32,
+    pub broker_url: String,
+    pub broker_username: String,
+    pub broker_password: String,
+    pub labels: BTreeMap<String, String>,
+    pub enrolled_unix_ms: i64,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("node_id", &self.node_id)
+            .field("overlay_address", &self.overlay_address)
+            .field("broker_url", &self.broker_url)
+            .field("broker_password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `fleet-agent enroll` was given.
+pub struct EnrollOptions {
+    /// `https://controller:50051` (or `http://` for a lab without TLS).
+    pub controller_url: String,
+    /// The controller's CA (its `tls/ca.pem`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The bootstrap token.
+    pub token: String,
+    /// The id to ask for (the configured one or the hostname).
+    pub node_id: String,
+    /// Where keys and `identity.toml` go (the agent's `data_dir`).
+    pub dir: PathBuf,
+    /// Replace existing keys and enrollment.
+    pub force: bool,
+}
+
+/// Enrolls this node: keys (made now, or kept from an enrollment that did
+/// not finish), the `Enroll` call, then `identity.toml`.
+///
+/// # Errors
+/// Already enrolled, key files, the controller unreachable or refusing.
+pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
+    let file = o.dir.join(ENROLLMENT_FILE);
+    if !o.force
+        && let Some(e) = load(&o.dir)?
+    {
+        return Err(EnrollError::Already(e.node_id, file));
+    }
+    // Keys from an attempt that never reached the controller are kept: the
+    // controller has not seen them, so they are as good as new.
+    let identity = match Identity::load(&o.dir) {
+        Ok(i) if !o.force => i,
+        _ => Identity::create(&o.dir, true)?,
+    };
+    let mem_total_bytes = sysinfo::System::new().map_or(0, |mut s| {
+        s.refresh_memory();
+        s.total_memory()
+    });
+    let req = fleet_proto::v1::EnrollRequest {
+        token: o.token.trim().to_owned(),
+        wg_public_key: identity.wg_public_base64(),
+        signing_public_key: identity.signing_key().verifying_key().to_bytes().to_vec(),
+        requested_node_id: o.node_id.clone(),
+        hostname: sysinfo::System::host_name().unwrap_or_default(),
+        arch: std::env::consts::ARCH.into(),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        mem_total_bytes,
+    };
+    let channel =
+        fleet_proto::client::channel(&o.controller_url, o.ca_pem.as_deref()).await.map_err(EnrollError::Connect)?;
+    let mut client = fleet_proto::v1::enrollment_service_client::EnrollmentServiceClient::new(channel);
+    let r = client
+        .enroll(req)
+        .await
+        .map_err(|s| EnrollError::Refused(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let peer = r.controller.ok_or(EnrollError::Answer("no controller peer"))?;
+    let broker = r.broker.ok_or(EnrollError::Answer("no broker credentials"))?;
+    let e = Enrollment {
+        node_id: r.node_id,
+        overlay_address: r.overlay_address,
+        overlay_prefix_len: r.overlay_prefix_len,
+        controller_wg_public_key: peer.public_key,
+        controller_wg_endpoint: peer.endpoint,
+        controller_allowed_ips: peer.allowed_ips,
+        persistent_keepalive_s: peer.persistent_keepalive_s,
+        broker_url: broker.url,
+        broker_username: broker.username,
+        broker_password: broker.password,
+        labels: r.labels.into_iter().collect(),
+        enrolled_unix_ms: fleet_proto::now_unix_ms(),
+    };
+    save(&file, &e)?;
+    Ok(e)
+}
+
+fn save(path: &Path, e: &Enrollment) -> Result<(), EnrollError> {
+    let err = |why: String| EnrollError::File { path: path.into(), why };
+    let text = toml::to_string(e).map_err(|x| err(x.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|x| err(x.to_string()))?;
+    f.write_all(format!("# Written by `fleet-agent enroll`; holds the broker password (mode 0600).\n{text}").as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|x| err(x.to_string()))
+}
+
+/// The enrollment in `dir`, if the node is enrolled.
+///
+/// # Errors
+/// A file others can read, or one that is damaged.
+pub fn load(dir: &Path) -> Result<Option<Enrollment>, EnrollError> {
+    let path = dir.join(ENROLLMENT_FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EnrollError::File { path, why: e.to_string() }),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(EnrollError::File {
+            why: format!("readable by others (mode {mode:o}): run `chmod 600 {}`", path.display()),
+            path,
+        });
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| EnrollError::File { path: path.clone(), why: e.to_string() })?;
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| EnrollError::File { path, why: format!("damaged ({}); enroll again with --force", e.message()) })
+}
+
+/// Applies an enrollment to the config: its node id (a different configured
+/// id is an error), broker URL and credentials, and labels (the config's win).
+///
+/// # Errors
+/// A configured node id other than the enrolled one.
+pub fn apply(cfg: &mut AgentConfig, e: &Enrollment) -> Result<(), String> {
+    if !cfg.node_id.is_empty() && cfg.node_id != e.node_id {
+        return Err(format!(
+            "node_id is {:?} in the config but this node is enrolled as {:?}: remove node_id from the config, or enroll again with --force",
+            cfg.node_id, e.node_id
+        ));
+    }
+    cfg.node_id.clone_from(&e.node_id);
+    cfg.mqtt.url.clone_from(&e.broker_url);
+    cfg.mqtt.username.clone_from(&e.broker_username);
+    cfg.mqtt.password.clone_from(&e.broker_password);
+    for (k, v) in &e.labels {
+        cfg.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    Ok(())
+}
