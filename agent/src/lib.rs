@@ -12,6 +12,7 @@ pub mod identity;
 pub mod jobs;
 pub mod power;
 pub mod sampler;
+pub mod signer;
 pub mod spool;
 pub mod uplink;
 
@@ -138,11 +139,21 @@ struct Agent {
     desired_models: Vec<String>,
     /// Inference jobs: models, the bounded pool, results to publish.
     jobs: jobs::Jobs,
+    /// Signs every message (enrolled nodes).
+    signer: Option<signer::Signer>,
 }
 
 impl Agent {
     fn connected(&self) -> bool {
         self.uplink.connected()
+    }
+
+    /// The message as it goes on the wire: signed when the node is enrolled.
+    fn seal(&mut self, kind: fleet_proto::v1::MessageKind, payload: Vec<u8>) -> Vec<u8> {
+        match &mut self.signer {
+            Some(s) => s.seal(kind, payload),
+            None => payload,
+        }
     }
 
     fn status(&self, state: NodeState, sampler: Option<&Sampler>) -> NodeStatus {
@@ -178,7 +189,8 @@ impl Agent {
     }
 
     fn publish_result(&mut self, r: &fleet_proto::v1::JobResult) {
-        if !self.connected() || !self.uplink.send_result(r.encode_to_vec()) {
+        let bytes = self.seal(fleet_proto::v1::MessageKind::Result, r.encode_to_vec());
+        if !self.connected() || !self.uplink.send_result(bytes) {
             // The controller gives the job to another node after its attempt timeout.
             self.counters.publish_failures += 1;
             tracing::warn!(job_id = %r.job_id, "Job result not published (not connected or queue full).");
@@ -203,6 +215,7 @@ impl Agent {
             return;
         }
         let bytes = self.status(state, sampler).encode_to_vec();
+        let bytes = self.seal(fleet_proto::v1::MessageKind::Status, bytes);
         if !self.uplink.send_status(bytes) {
             self.counters.publish_failures += 1;
             tracing::debug!("Status not published (client queue full).");
@@ -217,7 +230,10 @@ impl Agent {
     }
 
     /// Hands one batch to the MQTT client; a refusal leaves it to be resent.
-    fn send(&mut self, out: Outgoing) -> bool {
+    fn send(&mut self, mut out: Outgoing) -> bool {
+        // Signed at each send: a batch sent again gets a new msg_seq (the
+        // controller's (boot_id, seq) rows keep it exactly once).
+        out.wire = self.seal(fleet_proto::v1::MessageKind::Telemetry, std::mem::take(&mut out.wire));
         match self.uplink.send_telemetry(out) {
             Ok(()) => {
                 self.counters.batches_published += 1;
@@ -370,7 +386,8 @@ impl Agent {
             message,
             attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
-        if !self.connected() || !self.uplink.send_event(ev.encode_to_vec()) {
+        let bytes = self.seal(fleet_proto::v1::MessageKind::Event, ev.encode_to_vec());
+        if !self.connected() || !self.uplink.send_event(bytes) {
             self.counters.publish_failures += 1;
         }
     }
@@ -424,7 +441,8 @@ impl Agent {
             time_unix_ms: fleet_proto::now_unix_ms(),
         };
         if self.connected() {
-            self.uplink.send_reported(r.encode_to_vec());
+            let bytes = self.seal(fleet_proto::v1::MessageKind::Reported, r.encode_to_vec());
+            self.uplink.send_reported(bytes);
         }
     }
 
@@ -488,10 +506,21 @@ const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// # Errors
 /// Bad configuration, or a data directory that cannot be used.
 pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentReport, AgentError> {
-    if let Some(e) = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))? {
-        enroll::apply(&mut cfg, &e).map_err(AgentError::Config)?;
+    let enrolled = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+    if let Some(e) = &enrolled {
+        enroll::apply(&mut cfg, e).map_err(AgentError::Config)?;
     }
     let node_id = resolve_node_id(&cfg)?;
+    let signer = match &enrolled {
+        Some(_) => {
+            let keys = identity::Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+            Some(
+                signer::Signer::start(keys.signing_key().clone(), &node_id, &cfg.data_dir)
+                    .map_err(AgentError::Config)?,
+            )
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         AgentError::Config(format!(
             "cannot create data_dir {}: {e}; set `data_dir` to a writable directory",
@@ -521,7 +550,11 @@ pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<Ag
     let power_policy_base = cfg.power.clone();
     let tcfg_interval = cfg.telemetry.interval;
     let uplink = match cfg.uplink {
-        UplinkKind::Mqtt => Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node_id, offline.encode_to_vec())),
+        UplinkKind::Mqtt => {
+            let will = offline.encode_to_vec();
+            let will = signer.as_ref().map_or_else(|| will.clone(), |s| s.will(will.clone()));
+            Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node_id, will))
+        }
         UplinkKind::Kafka => Uplink::Kafka(uplink::kafka::KafkaLink::connect(&cfg.kafka, &node_id)?),
     };
     let mut spool = spool;
@@ -551,6 +584,7 @@ pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<Ag
         base_interval: tcfg_interval,
         desired_version: 0,
         rejected: None,
+        signer,
     };
     // Offline autonomy: run from the desired state kept on disk until the controller says more.
     if let Some(d) = desired::load(&agent.cfg.data_dir) {

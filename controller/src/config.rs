@@ -47,6 +47,8 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
+    /// Only enrolled nodes are heard, and only through signed messages. Default true.
+    pub require_enrollment: bool,
     /// Bearer API tokens required on FleetService. Default true.
     pub api_auth: bool,
     /// Calls per second per API token (bursts of twice that). Default 200.
@@ -68,6 +70,7 @@ pub struct SecurityConfig {
 impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
+            require_enrollment: true,
             api_auth: true,
             api_rate_per_s: 200,
             tls: TlsMode::Auto,

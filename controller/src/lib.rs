@@ -133,6 +133,17 @@ impl Controller {
         } else {
             Store::open_postgres(&cfg.database_url, &cfg.storage).await?
         };
+        // The admin token and the TLS files exist before the API port opens.
+        let admin_token_file = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+        if cfg.security.api_auth {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+            security::service::first_admin_token(&store, &admin_token_file).await?;
+        }
+        let tls = security::tls::server_tls(&cfg.security, &cfg.data_dir)?;
+        if let Some(t) = &tls {
+            tracing::info!(fingerprint = %t.fingerprint, "gRPC TLS on; clients check the CA's SHA-256 fingerprint.");
+        }
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
         let mqtt_url = if cfg.mqtt.url.is_empty() {
@@ -169,6 +180,8 @@ impl Controller {
             tasks.spawn(writer.run(writer_rx.clone(), shutdown.clone()));
         }
         let api_mqtt = client.clone();
+        let verifier = Arc::new(ingest::verify::Verifier::new(cfg.security.require_enrollment));
+        verifier.set(&store.identities().await?);
         let kafka_on = !cfg.kafka.brokers.is_empty();
         let bridge = if kafka_on && cfg.kafka.bridge {
             Some(Arc::new(ingest::kafka::Bridge::new(&cfg.kafka, metrics.clone())?))
@@ -181,13 +194,14 @@ impl Controller {
                 writer_tx.clone(),
                 metrics.clone(),
                 cfg.mqtt.max_payload_bytes,
+                verifier.clone(),
             )?;
             tasks.spawn(consumer.run(shutdown.clone()));
             tasks.spawn(ingest::kafka::status_reader(
                 &cfg.kafka,
                 registry.clone(),
                 metrics.clone(),
-                cfg.mqtt.max_payload_bytes,
+                (cfg.mqtt.max_payload_bytes, verifier.clone()),
                 shutdown.clone(),
             )?);
         }
@@ -223,6 +237,7 @@ impl Controller {
             max_payload_bytes: cfg.mqtt.max_payload_bytes,
             ready: ready_tx,
             shared_group: cfg.mqtt.shared_group.clone(),
+            verifier: verifier.clone(),
         };
         tasks.spawn(reader.run(shutdown.clone()));
         // Start serving once ingest is subscribed, so nothing published right
@@ -297,16 +312,7 @@ impl Controller {
             cfg.security.clone(),
             facing,
         ));
-        let admin_token_file = cfg.data_dir.join(ADMIN_TOKEN_FILE);
-        if cfg.security.api_auth {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-            sec.first_admin_token(&admin_token_file).await?;
-        }
-        let tls = security::tls::server_tls(&cfg.security, &cfg.data_dir)?;
-        if let Some(t) = &tls {
-            tracing::info!(fingerprint = %t.fingerprint, "gRPC TLS on; clients check the CA's SHA-256 fingerprint.");
-        }
+        tasks.spawn(ingest::verify::keep_loaded(verifier, store.clone(), sec.on_change.subscribe(), shutdown.clone()));
         let api_access = ApiAccess {
             url: format!("{}://{grpc_addr}", if tls.is_some() { "https" } else { "http" }),
             ca_pem: tls.as_ref().and_then(|t| t.ca_pem.clone()),

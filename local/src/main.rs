@@ -152,6 +152,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.labels.insert("site".into(), format!("site-{}", i % 3));
         cfg.inference.model_dir = cli.model_dir.clone().unwrap_or_default();
         cfg.inference.sim_slowdown = cli.sim_slowdown;
+        if let Some(access) = &grpc_url
+            && access.token_file.is_some()
+        {
+            enroll_if_needed(access, &cfg).await?;
+        }
         let stop = agents_stop.clone();
         agents.spawn(async move {
             if let Err(e) = fleet_agent::run(cfg, stop).await {
@@ -196,6 +201,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         controller_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
     }
+    Ok(())
+}
+
+/// Enrolls a simulated agent as a Pi would (`fleet-agent enroll`), unless
+/// the controller knows it already: a bootstrap token from the admin API,
+/// keys in the agent's data_dir, identity.toml; its messages are signed.
+async fn enroll_if_needed(access: &fleet_controller::ApiAccess, cfg: &AgentConfig) -> anyhow::Result<()> {
+    use fleet_proto::v1::{CreateBootstrapTokenRequest, ListBootstrapTokensRequest};
+    let mut admin = access.admin_client().await.map_err(anyhow::Error::msg)?;
+    let enrolled_here = fleet_agent::enroll::load(&cfg.data_dir)?.is_some();
+    if enrolled_here {
+        // Known to this controller (its store may have been deleted since)?
+        let tokens = admin.list_bootstrap_tokens(ListBootstrapTokensRequest {}).await?.into_inner().tokens;
+        if tokens.iter().any(|t| t.used_by == cfg.node_id) {
+            return Ok(());
+        }
+    }
+    let token = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner().token;
+    let opts = fleet_agent::enroll::EnrollOptions {
+        controller_url: access.url.clone(),
+        ca_pem: access.ca_pem.clone().map(String::into_bytes),
+        token,
+        node_id: cfg.node_id.clone(),
+        dir: cfg.data_dir.clone(),
+        force: true,
+    };
+    fleet_agent::enroll::enroll(&opts).await.with_context(|| format!("enrolling {}", cfg.node_id))?;
     Ok(())
 }
 

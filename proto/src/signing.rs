@@ -78,35 +78,86 @@ pub fn verify(key: &VerifyingKey, m: &SignedMessage) -> Result<MessageKind, Refu
     Ok(kind)
 }
 
-/// The highest `(boot_no, msg_seq)` believed from one node: a message is
-/// accepted only above it, so an old one can never be played again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Messages of one boot accepted out of order, at most this far behind the
+/// highest (an MQTT client re-sending after a reconnect, telemetry and status
+/// on different topics).
+pub const REPLAY_WINDOW: u64 = 1024;
+
+/// `msg_seq` of the node's MQTT last will: set once per boot, before the
+/// messages it follows, so it stands outside the sequence.
+pub const WILL_SEQ: u64 = u64::MAX;
+
+/// The replay rule for one node: messages of an older boot are refused; in
+/// the newest boot each `msg_seq` is accepted once, up to
+/// [`REPLAY_WINDOW`] behind the highest seen (like WireGuard's and IPsec's
+/// anti-replay windows). The last will ([`WILL_SEQ`]) of the newest boot
+/// is accepted whenever it comes: the broker sends it after each lost
+/// connection, and its only effect is "offline" until the next status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayGuard {
-    last: Option<(u64, u64)>,
+    boot: Option<u64>,
+    high: Option<u64>,
+    seen: [u64; (REPLAY_WINDOW / 64) as usize],
 }
 
 impl ReplayGuard {
-    /// Starts from a stored high-water mark.
+    /// A guard that refuses boots before `boot_no` (the highest boot stored).
     #[must_use]
-    pub fn from_last(last: Option<(u64, u64)>) -> Self {
-        Self { last }
+    pub fn from_boot(boot_no: Option<u64>) -> Self {
+        Self { boot: boot_no, ..Self::default() }
     }
 
-    /// The high-water mark, to store.
+    /// The newest boot seen.
     #[must_use]
-    pub fn last(&self) -> Option<(u64, u64)> {
-        self.last
+    pub fn boot(&self) -> Option<u64> {
+        self.boot
     }
 
-    /// Accepts `(boot_no, msg_seq)` and raises the mark, or refuses it.
+    fn bit(seq: u64) -> (usize, u64) {
+        let i = seq % REPLAY_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// Accepts `(boot_no, msg_seq)` once.
     ///
     /// # Errors
-    /// [`Refused::Replay`] when it is not above the mark.
+    /// `Refused::Replay` for an older boot, a seq seen already, or one too far behind.
     pub fn accept(&mut self, boot_no: u64, msg_seq: u64) -> Result<(), Refused> {
-        if self.last.is_some_and(|last| (boot_no, msg_seq) <= last) {
-            return Err(Refused::Replay);
+        match self.boot {
+            Some(b) if boot_no < b => return Err(Refused::Replay),
+            Some(b) if boot_no == b => {}
+            _ => {
+                self.boot = Some(boot_no);
+                self.high = None;
+                self.seen = Default::default();
+            }
         }
-        self.last = Some((boot_no, msg_seq));
+        if msg_seq == WILL_SEQ {
+            return Ok(());
+        }
+        let (word, bit) = Self::bit(msg_seq);
+        match self.high {
+            Some(h) if msg_seq <= h => {
+                if h - msg_seq >= REPLAY_WINDOW || self.seen[word] & bit != 0 {
+                    return Err(Refused::Replay);
+                }
+            }
+            Some(h) => {
+                // Forget the seqs the window slides past.
+                if msg_seq - h >= REPLAY_WINDOW {
+                    self.seen = Default::default();
+                } else {
+                    for s in h + 1..msg_seq {
+                        let (w, b) = Self::bit(s);
+                        self.seen[w] &= !b;
+                    }
+                }
+                self.seen[word] &= !bit;
+                self.high = Some(msg_seq);
+            }
+            None => self.high = Some(msg_seq),
+        }
+        self.seen[word] |= bit;
         Ok(())
     }
 }
@@ -175,8 +226,39 @@ mod tests {
         assert_eq!(g.accept(1, 1), Err(Refused::Replay));
         assert_eq!(g.accept(2, 0), Ok(()), "a new boot starts over");
         assert_eq!(g.accept(1, 99), Err(Refused::Replay), "an old boot's message");
-        let restored = ReplayGuard::from_last(g.last());
-        assert_eq!(restored.last(), Some((2, 0)));
+        assert_eq!(ReplayGuard::from_boot(g.boot()).accept(1, 5), Err(Refused::Replay), "after a restart");
+        assert_eq!(ReplayGuard::from_boot(g.boot()).accept(2, 5), Ok(()));
+    }
+
+    #[test]
+    fn out_of_order_within_the_window_once_each() {
+        let mut g = ReplayGuard::default();
+        for s in [10, 12, 11, 15, 13] {
+            assert_eq!(g.accept(1, s), Ok(()), "{s}");
+        }
+        for s in [10, 11, 12, 13, 15] {
+            assert_eq!(g.accept(1, s), Err(Refused::Replay), "{s}");
+        }
+        assert_eq!(g.accept(1, 14), Ok(()));
+        // Far ahead: the old window is gone; too far behind is refused.
+        assert_eq!(g.accept(1, 15 + REPLAY_WINDOW), Ok(()));
+        assert_eq!(g.accept(1, 15), Err(Refused::Replay));
+        assert_eq!(g.accept(1, 16), Ok(()), "just inside the window, not seen");
+        assert_eq!(g.accept(1, 16), Err(Refused::Replay));
+        // A slide by less than the window clears exactly the slots it passes.
+        assert_eq!(g.accept(1, 20 + REPLAY_WINDOW), Ok(()));
+        assert_eq!(g.accept(1, 19 + REPLAY_WINDOW), Ok(()));
+        assert_eq!(g.accept(1, 15 + REPLAY_WINDOW), Err(Refused::Replay));
+    }
+
+    #[test]
+    fn the_last_will_of_the_newest_boot_is_always_accepted() {
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.accept(3, 1), Ok(()));
+        assert_eq!(g.accept(3, WILL_SEQ), Ok(()));
+        assert_eq!(g.accept(3, WILL_SEQ), Ok(()));
+        assert_eq!(g.accept(3, 2), Ok(()), "the will does not move the window");
+        assert_eq!(g.accept(2, WILL_SEQ), Err(Refused::Replay), "an old boot's will");
     }
 
     #[test]

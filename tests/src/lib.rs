@@ -159,7 +159,34 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
     cfg.mqtt.embedded_listen = any_port();
     cfg.ingest.max_write_delay = Duration::from_millis(20);
     cfg.storage.job_interval = Duration::from_millis(200);
+    // Most tests publish as nodes that never enrolled (the lab mode); the
+    // security tests and `enroll_agent` use enrollment as production does.
+    cfg.security.require_enrollment = false;
     cfg
+}
+
+/// Enrolls the agent of `cfg` with a fresh bootstrap token, as
+/// `fleet-agent enroll` does: keys in its data_dir, identity.toml, and from
+/// then on signed messages with the broker credentials it was given.
+///
+/// # Errors
+/// When the controller refuses.
+pub async fn enroll_agent(
+    c: &fleet_controller::Controller,
+    cfg: &AgentConfig,
+) -> anyhow::Result<fleet_agent::enroll::Enrollment> {
+    use fleet_proto::v1::CreateBootstrapTokenRequest;
+    let mut admin = grpc(c).await?;
+    let token = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner().token;
+    let opts = fleet_agent::enroll::EnrollOptions {
+        controller_url: c.api.url.clone(),
+        ca_pem: c.api.ca_pem.clone().map(String::into_bytes),
+        token,
+        node_id: cfg.node_id.clone(),
+        dir: cfg.data_dir.clone(),
+        force: false,
+    };
+    Ok(fleet_agent::enroll::enroll(&opts).await?)
 }
 
 /// A fast agent config (200 ms samples, 2 s keep-alive) on simulated hardware.

@@ -27,14 +27,20 @@ enum Broker {
 struct Controller {
     args: Vec<String>,
     grpc: u16,
+    data: PathBuf,
     log: PathBuf,
     proc: Option<Proc>,
 }
 
 impl Controller {
-    async fn start(dir: &Path, db: &str, broker: &Broker) -> anyhow::Result<Self> {
+    /// `lab`: nodes that never enrolled are heard (scenario 5 starts its agent before any controller).
+    async fn start(dir: &Path, db: &str, broker: &Broker, lab: bool) -> anyhow::Result<Self> {
         let grpc = free_port();
+        let conf = dir.join("controller.toml");
+        std::fs::write(&conf, format!("[security]\nrequire_enrollment = {}\n", !lab))?;
         let mut args = vec![
+            "--config".into(),
+            conf.display().to_string(),
             "--database-url".into(),
             db.into(),
             "--data-dir".into(),
@@ -48,7 +54,7 @@ impl Controller {
             Broker::Embedded(port) => args.extend(["--mqtt-listen".into(), format!("127.0.0.1:{port}")]),
             Broker::External(url) => args.extend(["--mqtt-url".into(), url.clone()]),
         }
-        let mut c = Self { args, grpc, log: dir.join("controller.log"), proc: None };
+        let mut c = Self { args, grpc, data: dir.join("controller"), log: dir.join("controller.log"), proc: None };
         c.up().await?;
         Ok(c)
     }
@@ -86,6 +92,36 @@ fn agent_config(node: &str, dir: &Path, mqtt_url: &str, fsync_interval: &str, se
     );
     std::fs::write(&path, text).expect("write agent config");
     path
+}
+
+/// Enrolls a node with the real command lines: `fleetctl tokens create` with
+/// the controller's admin token, then `fleet-agent enroll` with it.
+fn enroll(ctl: &Controller, config: &Path) -> anyhow::Result<()> {
+    let server = format!("https://127.0.0.1:{}", ctl.grpc);
+    let ca = ctl.data.join("tls/ca.pem");
+    let out = Command::new(bin("fleetctl")?)
+        .args(["--server", &server, "--ca"])
+        .arg(&ca)
+        .arg("--token-file")
+        .arg(ctl.data.join("admin.token"))
+        .args(["tokens", "create", "--ttl", "10m"])
+        .output()?;
+    ensure!(out.status.success(), "fleetctl tokens create: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let out = Command::new(bin("fleet-agent")?)
+        .arg("--config")
+        .arg(config)
+        .args(["enroll", "--controller", &server, "--ca"])
+        .arg(&ca)
+        .env("FLEET_BOOTSTRAP_TOKEN", &token)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "fleet-agent enroll: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 fn start_agent(node: &str, dir: &Path, config: &Path, ns: Option<&NetNs>) -> anyhow::Result<Proc> {
@@ -185,12 +221,14 @@ async fn chaos_1_kill_the_controller_5_times() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let port = free_port();
-    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::Embedded(port)).await?;
+    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::Embedded(port), false).await?;
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let node = format!("c1-{i}");
-        agents.push(start_agent(&node, dir.path(), &agent_config(&node, dir.path(), &url, "100ms", 16384), None)?);
+        let cfg = agent_config(&node, dir.path(), &url, "100ms", 16384);
+        enroll(&ctl, &cfg)?;
+        agents.push(start_agent(&node, dir.path(), &cfg, None)?);
     }
     for round in 0..5 {
         sleep(1500).await;
@@ -211,16 +249,13 @@ async fn chaos_2_restart_the_broker_3_times() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let mut broker = RestartableMosquitto::start(dir.path(), "127.0.0.1", free_port()).await?;
-    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone())).await?;
+    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone()), false).await?;
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let node = format!("c2-{i}");
-        agents.push(start_agent(
-            &node,
-            dir.path(),
-            &agent_config(&node, dir.path(), &broker.url, "100ms", 16384),
-            None,
-        )?);
+        let cfg = agent_config(&node, dir.path(), &broker.url, "100ms", 16384);
+        enroll(&ctl, &cfg)?;
+        agents.push(start_agent(&node, dir.path(), &cfg, None)?);
     }
     for round in 0..3 {
         sleep(2000).await;
@@ -246,9 +281,11 @@ async fn chaos_3_cut_the_network_for_60_s() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
     let ns = NetNs::create(3)?;
     let broker = RestartableMosquitto::start(dir.path(), &ns.host_ip, free_port()).await?;
-    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone())).await?;
+    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone()), false).await?;
     let node = "c3-0";
     let cfg = agent_config(node, dir.path(), &broker.url, "100ms", 16384);
+    // Enrolled from the host (the files land in its data_dir); it runs in the namespace.
+    enroll(&ctl, &cfg)?;
     let mut agents = vec![start_agent(node, dir.path(), &cfg, Some(&ns))?];
     sleep(3000).await;
     ns.set_link(false)?;
@@ -269,10 +306,11 @@ async fn chaos_4_kill_the_agent_5_times() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let broker = RestartableMosquitto::start(dir.path(), "127.0.0.1", free_port()).await?;
-    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone())).await?;
+    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::External(broker.url.clone()), false).await?;
     let node = "c4-0";
     // fsync every batch: everything the agent appended is durable when it dies.
     let cfg = agent_config(node, dir.path(), &broker.url, "0s", 16384);
+    enroll(&ctl, &cfg)?;
     let mut fsynced: BTreeMap<String, u64> = BTreeMap::new();
     for round in 0..5 {
         let mut a = start_agent(node, dir.path(), &cfg, None)?;
@@ -343,7 +381,7 @@ async fn chaos_5_power_cut_torn_tail_and_flipped_byte() -> anyhow::Result<()> {
         count(&after)
     );
 
-    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::Embedded(port)).await?;
+    let mut ctl = Controller::start(dir.path(), &db.url, &Broker::Embedded(port), true).await?;
     let mut agents = vec![start_agent(node, dir.path(), &cfg, None)?];
     sleep(4000).await;
     let finals = stop_agents(&mut agents)?;

@@ -2,7 +2,9 @@
 //! 50,000 samples while one replica is killed (SIGKILL) mid-run; every sample
 //! is in the database exactly once. Run over MQTT (Mosquitto, shared
 //! subscription) and over Kafka (Tansu, a Kafka-protocol broker run as its
-//! own process, consumer group).
+//! own process, consumer group). The agents are not enrolled (the replicas
+//! run with `require_enrollment = false`): this suite is about shared
+//! ingest; signed messages under restarts are chaos 1-4's and `signed.rs`'s.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,8 @@ fn controller_toml(dir: &Path, name: &str, db: &str, mqtt_url: &str, kafka: Opti
         "database_url = \"{db}\"\ndata_dir = \"{data}\"\n\
          [mqtt]\nurl = \"{mqtt_url}\"\nshared_group = \"fleet-ingest\"\n\
          [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[http]\nlisten = \"{http}\"\n\
-         [storage]\njob_interval = \"500ms\"\n{kafka}",
+         [storage]\njob_interval = \"500ms\"\n\
+         [security]\nrequire_enrollment = false\n{kafka}",
         data = dir.join(name).display(),
         grpc = free_port(),
     );

@@ -141,11 +141,18 @@ fn is_bridged(m: &BorrowedMessage<'_>) -> bool {
 }
 
 /// What a message off Kafka turned out to be.
-fn accept(m: &BorrowedMessage<'_>, channel: Channel, max_payload: usize) -> Result<Accepted, (&'static str, String)> {
+fn accept(
+    m: &BorrowedMessage<'_>,
+    channel: Channel,
+    max_payload: usize,
+    verifier: &super::verify::Verifier,
+) -> Result<Accepted, (&'static str, String)> {
     let key = m.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
     let payload = m.payload().unwrap_or_default();
     // The key names the node as the MQTT topic does; the same rules apply.
-    classify(&node_topic(&key, channel), payload, max_payload).map(|(_, a)| a).map_err(|(r, who)| (r.label(), who))
+    classify(&node_topic(&key, channel), payload, max_payload, verifier)
+        .map(|(_, a)| a)
+        .map_err(|(r, who)| (r.label(), who))
 }
 
 /// Logs the partitions the group gives this replica (operators ask which
@@ -180,6 +187,7 @@ pub struct TelemetryConsumer {
     pub metrics: Arc<Metrics>,
     pub max_payload: usize,
     pub commit_every: usize,
+    pub verifier: Arc<super::verify::Verifier>,
 }
 
 impl TelemetryConsumer {
@@ -192,6 +200,7 @@ impl TelemetryConsumer {
         writer_tx: super::writer::WriteQueue,
         metrics: Arc<Metrics>,
         max_payload: usize,
+        verifier: Arc<super::verify::Verifier>,
     ) -> Result<Self, ControllerError> {
         let consumer: StreamConsumer<GroupContext> = client_config(cfg, true)
             .set("group.id", &cfg.group_id)
@@ -203,7 +212,7 @@ impl TelemetryConsumer {
         consumer
             .subscribe(&[fleet_proto::topics::KAFKA_TELEMETRY])
             .map_err(|e| ControllerError::Config(format!("[kafka]: subscribe: {e}")))?;
-        Ok(Self { consumer, writer_tx, metrics, max_payload, commit_every: cfg.commit_every.max(1) })
+        Ok(Self { consumer, writer_tx, metrics, max_payload, commit_every: cfg.commit_every.max(1), verifier })
     }
 
     /// Consumes until `shutdown`: gathers up to `commit_every` messages, waits
@@ -224,7 +233,7 @@ impl TelemetryConsumer {
                     Ok(m) => {
                         consumed += 1;
                         if !is_bridged(&m) {
-                            match accept(&m, Channel::Telemetry, self.max_payload) {
+                            match accept(&m, Channel::Telemetry, self.max_payload, &self.verifier) {
                                 Ok(Accepted::Telemetry(b)) => {
                                     self.metrics
                                         .received
@@ -290,7 +299,7 @@ pub fn status_reader(
     cfg: &KafkaConfig,
     registry: Registry,
     metrics: Arc<Metrics>,
-    max_payload: usize,
+    (max_payload, verifier): (usize, Arc<super::verify::Verifier>),
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ControllerError> {
     let group = format!("{}-status-{:x}{:x}", cfg.group_id, std::process::id(), fleet_proto::now_unix_ms());
@@ -311,12 +320,14 @@ pub fn status_reader(
             };
             match m {
                 // Bridged statuses came by MQTT too and are already in the view.
-                Ok(m) if !is_bridged(&m) => {
-                    if let Ok(Accepted::Status(s)) = accept(&m, Channel::Status, max_payload) {
+                Ok(m) if !is_bridged(&m) => match accept(&m, Channel::Status, max_payload, &verifier) {
+                    Ok(Accepted::Status(s)) => {
                         metrics.received.get_or_create(&ChannelLabel { channel: "kafka_status" }).inc();
                         registry.update_status(*s);
                     }
-                }
+                    Ok(_) => {}
+                    Err((reason, _)) => metrics.drop_msg(reason),
+                },
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "Kafka status consumer error.");

@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod mqtt;
+pub mod verify;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -65,6 +65,8 @@ pub struct Reader {
     pub shared_group: String,
     /// Takes the nodes' job results.
     pub jobs: Option<crate::jobs::JobManager>,
+    /// Checks signatures before anything is believed.
+    pub verifier: Arc<super::verify::Verifier>,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -75,6 +77,15 @@ pub enum Refusal {
     Decode,
     NodeMismatch,
     Invalid,
+    /// An enrolled node's message without a signature.
+    Unsigned,
+    /// A node that is not enrolled (enrollment required).
+    UnknownNode,
+    Revoked,
+    BadSignature,
+    Replay,
+    /// Signed as one kind of message, sent on another channel.
+    KindMismatch,
 }
 
 impl Refusal {
@@ -87,6 +98,12 @@ impl Refusal {
             Refusal::Decode => "decode",
             Refusal::NodeMismatch => "node_mismatch",
             Refusal::Invalid => "invalid",
+            Refusal::Unsigned => "unsigned",
+            Refusal::UnknownNode => "unknown_node",
+            Refusal::Revoked => "revoked",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Replay => "replay",
+            Refusal::KindMismatch => "kind_mismatch",
         }
     }
 }
@@ -107,7 +124,12 @@ pub enum Accepted {
 ///
 /// # Errors
 /// The refusal and the node id it concerns (or the topic if none).
-pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Channel, Accepted), (Refusal, String)> {
+pub fn classify(
+    topic: &str,
+    payload: &[u8],
+    max_payload: usize,
+    verifier: &super::verify::Verifier,
+) -> Result<(Channel, Accepted), (Refusal, String)> {
     let Some((node_id, channel)) = parse_node_topic(topic) else {
         return Err((Refusal::BadTopic, topic.to_owned()));
     };
@@ -118,6 +140,13 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
         return Err((Refusal::Oversized, node_id.to_owned()));
     }
     let who = || node_id.to_owned();
+    // A retained message cleared (empty), or a channel the controller does not read.
+    let read = matches!(channel, Channel::Telemetry | Channel::Status | Channel::Reported | Channel::Results);
+    if !read || (payload.is_empty() && matches!(channel, Channel::Status | Channel::Reported)) {
+        return Ok((channel, Accepted::Ignored));
+    }
+    let opened = verifier.open(node_id, channel, payload).map_err(|r| (r, who()))?;
+    let payload: &[u8] = &opened;
     match channel {
         Channel::Telemetry => {
             let b = TelemetryBatch::decode(payload).map_err(|_| (Refusal::Decode, who()))?;
@@ -136,9 +165,6 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
             Ok((channel, Accepted::Telemetry(b)))
         }
         Channel::Status => {
-            if payload.is_empty() {
-                return Ok((channel, Accepted::Ignored));
-            }
             let s = NodeStatus::decode(payload).map_err(|_| (Refusal::Decode, who()))?;
             if s.node_id != node_id {
                 return Err((Refusal::NodeMismatch, who()));
@@ -146,9 +172,6 @@ pub fn classify(topic: &str, payload: &[u8], max_payload: usize) -> Result<(Chan
             Ok((channel, Accepted::Status(Box::new(s))))
         }
         Channel::Reported => {
-            if payload.is_empty() {
-                return Ok((channel, Accepted::Ignored));
-            }
             let r = fleet_proto::v1::ReportedState::decode(payload).map_err(|_| (Refusal::Decode, who()))?;
             if r.node_id != node_id {
                 return Err((Refusal::NodeMismatch, who()));
@@ -180,11 +203,12 @@ impl Reader {
             bridge,
             shared_group,
             jobs,
+            verifier,
         } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
-        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs };
+        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs, verifier };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
         let mut connected = false;
@@ -250,12 +274,13 @@ struct Handler {
     max_payload_bytes: usize,
     bridge: Option<Arc<super::kafka::Bridge>>,
     jobs: Option<crate::jobs::JobManager>,
+    verifier: Arc<super::verify::Verifier>,
 }
 
 impl Handler {
     /// Handles one publish. `Err` only when the writer is gone (shutdown).
     async fn handle(&self, p: Publish, limiter: &mut LogLimiter, shutdown: &CancellationToken) -> Result<(), ()> {
-        match classify(&p.topic, &p.payload, self.max_payload_bytes) {
+        match classify(&p.topic, &p.payload, self.max_payload_bytes, &self.verifier) {
             Err((reason, who)) => {
                 self.metrics.drop_msg(reason.label());
                 if limiter.allow(&who) {
@@ -306,6 +331,10 @@ mod tests {
     use super::*;
     use fleet_proto::v1::Sample;
 
+    fn open() -> super::super::verify::Verifier {
+        super::super::verify::Verifier::new(false)
+    }
+
     fn batch(node: &str) -> TelemetryBatch {
         TelemetryBatch {
             node_id: node.into(),
@@ -319,28 +348,28 @@ mod tests {
     #[test]
     fn refusals() {
         let t = "fleet/v1/nodes/a/telemetry";
-        assert_eq!(classify(t, &[0xff; 16], 1024).unwrap_err().0, Refusal::Decode);
-        assert_eq!(classify(t, &[0u8; 2048], 1024).unwrap_err().0, Refusal::Oversized);
-        assert_eq!(classify(t, &batch("b").encode_to_vec(), 1024).unwrap_err().0, Refusal::NodeMismatch);
-        assert_eq!(classify("fleet/v1/nodes/a+/telemetry", b"", 1024).unwrap_err().0, Refusal::BadTopic);
-        assert_eq!(classify("other/topic", b"", 1024).unwrap_err().0, Refusal::BadTopic);
+        assert_eq!(classify(t, &[0xff; 16], 1024, &open()).unwrap_err().0, Refusal::Decode);
+        assert_eq!(classify(t, &[0u8; 2048], 1024, &open()).unwrap_err().0, Refusal::Oversized);
+        assert_eq!(classify(t, &batch("b").encode_to_vec(), 1024, &open()).unwrap_err().0, Refusal::NodeMismatch);
+        assert_eq!(classify("fleet/v1/nodes/a+/telemetry", b"", 1024, &open()).unwrap_err().0, Refusal::BadTopic);
+        assert_eq!(classify("other/topic", b"", 1024, &open()).unwrap_err().0, Refusal::BadTopic);
         // A status published on a telemetry topic is the wrong type.
         let status = NodeStatus { node_id: "a".into(), boot_id: "b".into(), state: 1, ..Default::default() };
-        assert!(classify(t, &status.encode_to_vec(), 1024).is_err());
+        assert!(classify(t, &status.encode_to_vec(), 1024, &open()).is_err());
         let mut empty = batch("a");
         empty.samples.clear();
-        assert_eq!(classify(t, &empty.encode_to_vec(), 1024).unwrap_err().0, Refusal::Invalid);
+        assert_eq!(classify(t, &empty.encode_to_vec(), 1024, &open()).unwrap_err().0, Refusal::Invalid);
         let mut huge = batch("a");
         huge.first_seq = u64::MAX;
-        assert_eq!(classify(t, &huge.encode_to_vec(), 1024).unwrap_err().0, Refusal::Invalid);
+        assert_eq!(classify(t, &huge.encode_to_vec(), 1024, &open()).unwrap_err().0, Refusal::Invalid);
     }
 
     #[test]
     fn accepted() {
-        let (c, a) = classify("fleet/v1/nodes/a/telemetry", &batch("a").encode_to_vec(), 1024).unwrap();
+        let (c, a) = classify("fleet/v1/nodes/a/telemetry", &batch("a").encode_to_vec(), 1024, &open()).unwrap();
         assert_eq!(c, Channel::Telemetry);
         assert!(matches!(a, Accepted::Telemetry(_)));
-        let (_, a) = classify("fleet/v1/nodes/a/status", b"", 1024).unwrap();
+        let (_, a) = classify("fleet/v1/nodes/a/status", b"", 1024, &open()).unwrap();
         assert!(matches!(a, Accepted::Ignored));
     }
 }

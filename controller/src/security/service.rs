@@ -104,27 +104,6 @@ impl Security {
         }
     }
 
-    /// Makes the first admin API token when no live admin token exists, and
-    /// writes it to `path` (mode 0600). Returns it when made now; `None`
-    /// when an admin token exists already.
-    ///
-    /// # Errors
-    /// Store or file errors.
-    pub async fn first_admin_token(&self, path: &std::path::Path) -> Result<Option<Secret>, crate::ControllerError> {
-        if self.store.has_live_admin_token().await? {
-            return Ok(None);
-        }
-        let (token, hash) = new_token(API_PREFIX).map_err(crate::ControllerError::Io)?;
-        let name = format!("admin-{}", &hash[..8]);
-        self.store.create_api_token(&name, &hash, Role::Admin, fleet_proto::now_unix_ms()).await?;
-        super::tls::write_private(path, format!("{}\n", token.expose()).as_bytes()).map_err(|e| {
-            crate::ControllerError::Io(format!("cannot write the admin token to {}: {e}", path.display()))
-        })?;
-        self.audit.record("controller", "CreateApiToken", &name, None).await;
-        tracing::info!(path = %path.display(), name, "First admin API token written (mode 0600); fleetctl reads it with --token-file.");
-        Ok(Some(token))
-    }
-
     fn lifetime(&self, t: &BootstrapToken) -> Lifetime {
         let here =
             self.created_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&t.token_id).copied();
@@ -358,6 +337,36 @@ impl Security {
             labels: labels_map(&used.labels),
         })
     }
+}
+
+/// Makes the first admin API token when no live admin token exists, and
+/// writes it to `path` (mode 0600). Returns it when made now; `None`
+/// when an admin token exists already.
+///
+/// # Errors
+/// Store or file errors.
+pub async fn first_admin_token(
+    store: &Store,
+    path: &std::path::Path,
+) -> Result<Option<Secret>, crate::ControllerError> {
+    if store.has_live_admin_token().await? {
+        return Ok(None);
+    }
+    let (token, hash) = new_token(API_PREFIX).map_err(crate::ControllerError::Io)?;
+    let name = format!("admin-{}", &hash[..8]);
+    store.create_api_token(&name, &hash, Role::Admin, fleet_proto::now_unix_ms()).await?;
+    super::tls::write_private(path, format!("{}\n", token.expose()).as_bytes())
+        .map_err(|e| crate::ControllerError::Io(format!("cannot write the admin token to {}: {e}", path.display())))?;
+    let e = crate::store::security::AuditEntry {
+        at_unix_ms: fleet_proto::now_unix_ms(),
+        actor: "controller".into(),
+        action: "CreateApiToken".into(),
+        target: name.clone(),
+        result: "ok".into(),
+    };
+    store.append_audit(&e).await?;
+    tracing::info!(path = %path.display(), name, "First admin API token written (mode 0600); fleetctl reads it with --token-file.");
+    Ok(Some(token))
 }
 
 /// The open enrollment service.
