@@ -1,7 +1,11 @@
 //! The embedded MQTT broker (rumqttd) of the one-machine default.
 //!
-//! It authenticates nothing and cannot restrict topics; real fleets use
-//! Mosquitto or EMQX (see docs/deploy.md).
+//! With enrollment required it lets in only the controller and enrolled,
+//! unrevoked nodes with their broker passwords (`external_auth`). It cannot
+//! restrict topics: any enrolled node could publish on another's topic, so
+//! the controller's signature check is the wall there. Real fleets use
+//! Mosquitto (whose dynamic-security ACLs the controller drives) or EMQX
+//! (docs/security.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +20,11 @@ use crate::ControllerError;
 ///
 /// # Errors
 /// When the address is taken or the broker does not come up.
-pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, ControllerError> {
+pub async fn start_embedded(
+    listen: SocketAddr,
+    max_payload: usize,
+    auth: Option<rumqttd::AuthHandler>,
+) -> Result<SocketAddr, ControllerError> {
     // rumqttd only logs a failed bind from its own thread; find out first
     // (with SO_REUSEADDR, as rumqttd binds, so a restart after a crash works).
     let in_use = |e: std::io::Error| ControllerError::PortInUse {
@@ -52,7 +60,7 @@ pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<So
             max_payload_size: max_payload,
             max_inflight_count: 500,
             auth: None,
-            external_auth: None,
+            external_auth: auth,
             dynamic_filters: true,
         },
     };
@@ -68,6 +76,7 @@ pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<So
         .map_err(|e| ControllerError::Io(format!("cannot start the broker thread: {e}")))?;
 
     for _ in 0..100 {
+        // A bare TCP connect: rumqttd drops it at the CONNECT timeout.
         if tokio::net::TcpStream::connect(listen).await.is_ok() {
             tracing::info!(%listen, "Embedded MQTT broker listening.");
             return Ok(listen);
@@ -75,4 +84,25 @@ pub async fn start_embedded(listen: SocketAddr, max_payload: usize) -> Result<So
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(ControllerError::Io(format!("embedded MQTT broker did not start listening on {listen}")))
+}
+
+/// The embedded broker's login check: the controller's own user, or an
+/// enrolled node's id and broker password.
+#[must_use]
+pub fn auth_handler(
+    controller_user: String,
+    controller_password: crate::security::Secret,
+    verifier: std::sync::Arc<crate::ingest::verify::Verifier>,
+) -> rumqttd::AuthHandler {
+    std::sync::Arc::new(move |_client_id: String, user: String, pass: String| {
+        let ok = if user == controller_user {
+            crate::security::same_secret(&pass, controller_password.expose())
+        } else {
+            verifier.broker_login(&user, &pass)
+        };
+        if !ok {
+            tracing::debug!(user, "Embedded broker refused a login.");
+        }
+        Box::pin(async move { ok })
+    })
 }

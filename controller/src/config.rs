@@ -60,6 +60,9 @@ pub struct SecurityConfig {
     pub tls_key: PathBuf,
     /// Names of the "auto" certificate. Default localhost, 127.0.0.1, ::1.
     pub tls_names: Vec<String>,
+    /// The broker URL given to enrolling nodes; empty: the controller's own
+    /// (`mqtt.url`, or the embedded broker's address). Default "".
+    pub node_broker_url: String,
     /// Overlay network of the nodes. Default 10.77.0.0/16.
     pub overlay_cidr: String,
     /// Default lifetime of bootstrap tokens. Default 1 h.
@@ -77,6 +80,7 @@ impl Default for SecurityConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            node_broker_url: String::new(),
             overlay_cidr: "10.77.0.0/16".into(),
             bootstrap_ttl: Duration::from_secs(3600),
         }
@@ -214,6 +218,10 @@ pub struct MqttConfig {
     /// and reported state stay unshared (every replica sees every node).
     /// Empty: not shared. Default "".
     pub shared_group: String,
+    /// The external broker is Mosquitto with the dynamic-security plugin and
+    /// `username` is its admin: the controller creates a client per enrolled
+    /// node, allowed only its own topics, and deletes it on revoke. Default false.
+    pub dynsec: bool,
 }
 
 /// `[grpc]` / `[http]`.
@@ -273,6 +281,7 @@ impl Default for MqttConfig {
             password: String::new(),
             max_payload_bytes: 1 << 20,
             shared_group: String::new(),
+            dynsec: false,
         }
     }
 }
@@ -354,6 +363,15 @@ impl ControllerConfig {
             return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
         }
         self.security.overlay()?;
+        if self.mqtt.dynsec && (self.mqtt.url.is_empty() || self.mqtt.username.is_empty()) {
+            return Err("key `mqtt.dynsec`: needs an external Mosquitto (`mqtt.url`) and its dynamic-security admin \
+                        (`mqtt.username`, `mqtt.password`)"
+                .into());
+        }
+        if !self.security.node_broker_url.is_empty() {
+            fleet_proto::parse_mqtt_url(&self.security.node_broker_url)
+                .map_err(|e| format!("key `security.node_broker_url`: {e}"))?;
+        }
         if self.security.tls == TlsMode::Files
             && (self.security.tls_cert.as_os_str().is_empty() || self.security.tls_key.as_os_str().is_empty())
         {

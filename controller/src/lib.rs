@@ -146,9 +146,21 @@ impl Controller {
         }
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
+        let verifier = Arc::new(ingest::verify::Verifier::new(cfg.security.require_enrollment));
+        verifier.set(&store.identities().await?);
+        // The controller's own login to the embedded broker, new at every start.
+        let (mut mqtt_user, mut mqtt_pass) = (cfg.mqtt.username.clone(), cfg.mqtt.password.clone());
         let mqtt_url = if cfg.mqtt.url.is_empty() {
             let max = (cfg.mqtt.max_payload_bytes * 4).max(16 << 20);
-            let addr = broker::start_embedded(cfg.mqtt.embedded_listen, max).await?;
+            let auth = if cfg.security.require_enrollment {
+                let (pass, _) = security::new_token("fcp").map_err(ControllerError::Io)?;
+                mqtt_user = "fleet-controller".into();
+                mqtt_pass = pass.expose().to_owned();
+                Some(broker::auth_handler(mqtt_user.clone(), pass, verifier.clone()))
+            } else {
+                None
+            };
+            let addr = broker::start_embedded(cfg.mqtt.embedded_listen, max, auth).await?;
             format!("mqtt://{addr}")
         } else {
             cfg.mqtt.url.clone()
@@ -161,7 +173,7 @@ impl Controller {
         let tasks = TaskTracker::new();
 
         let (client, eventloop) =
-            ingest::mqtt::client(&mqtt_url, &cfg.mqtt.username, &cfg.mqtt.password).map_err(ControllerError::Config)?;
+            ingest::mqtt::client(&mqtt_url, &mqtt_user, &mqtt_pass).map_err(ControllerError::Config)?;
         let (writer_tx, writer_rx) = ingest::writer::WriteQueue::new(cfg.ingest.queue_batches, cfg.ingest.queue_rows);
         let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
         // Several writers overlap one write's database time with gathering the
@@ -180,8 +192,6 @@ impl Controller {
             tasks.spawn(writer.run(writer_rx.clone(), shutdown.clone()));
         }
         let api_mqtt = client.clone();
-        let verifier = Arc::new(ingest::verify::Verifier::new(cfg.security.require_enrollment));
-        verifier.set(&store.identities().await?);
         let kafka_on = !cfg.kafka.brokers.is_empty();
         let bridge = if kafka_on && cfg.kafka.bridge {
             Some(Arc::new(ingest::kafka::Bridge::new(&cfg.kafka, metrics.clone())?))
@@ -226,6 +236,7 @@ impl Controller {
             &tasks,
             &shutdown,
         );
+        let dynsec = cfg.mqtt.dynsec.then(|| security::dynsec::Dynsec::new(client.clone(), mqtt_user.clone()));
         let reader = ingest::mqtt::Reader {
             jobs: Some(jobs.clone()),
             bridge,
@@ -238,6 +249,7 @@ impl Controller {
             ready: ready_tx,
             shared_group: cfg.mqtt.shared_group.clone(),
             verifier: verifier.clone(),
+            dynsec: dynsec.clone(),
         };
         tasks.spawn(reader.run(shutdown.clone()));
         // Start serving once ingest is subscribed, so nothing published right
@@ -301,7 +313,11 @@ impl Controller {
             metrics.clone(),
         ));
         let facing = security::service::NodeFacing {
-            broker_url: mqtt_url.clone(),
+            broker_url: if cfg.security.node_broker_url.is_empty() {
+                mqtt_url.clone()
+            } else {
+                cfg.security.node_broker_url.clone()
+            },
             wg_public_key: String::new(),
             wg_endpoint: String::new(),
         };
@@ -311,6 +327,7 @@ impl Controller {
             audit,
             cfg.security.clone(),
             facing,
+            dynsec,
         ));
         tasks.spawn(ingest::verify::keep_loaded(verifier, store.clone(), sec.on_change.subscribe(), shutdown.clone()));
         let api_access = ApiAccess {

@@ -100,6 +100,61 @@ impl Mosquitto {
     }
 }
 
+/// A Mosquitto with the dynamic-security plugin: no anonymous access; the
+/// controller logs in as the plugin's admin (`admin_user`/`admin_password`)
+/// and manages the nodes' clients.
+pub struct DynsecMosquitto {
+    pub broker: Mosquitto,
+    pub admin_user: String,
+    pub admin_password: String,
+}
+
+impl DynsecMosquitto {
+    /// Starts it on a free loopback port.
+    ///
+    /// # Errors
+    /// When mosquitto, mosquitto_ctrl or the plugin are missing.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let plugin = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"]
+            .iter()
+            .map(|d| Path::new(d).join("mosquitto_dynamic_security.so"))
+            .find(|p| p.exists())
+            .context("mosquitto_dynamic_security.so not found: install Debian's mosquitto 2 (scripts/test does)")?;
+        let admin_password = uuid::Uuid::new_v4().simple().to_string();
+        let json = dir.path().join("dynsec.json");
+        let out = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&json)
+            .args(["fleet-admin", &admin_password])
+            .output()
+            .context("mosquitto_ctrl (package mosquitto-clients? it ships with mosquitto) not found")?;
+        anyhow::ensure!(out.status.success(), "mosquitto_ctrl dynsec init: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\nset_tcp_nodelay true\n\
+                 max_queued_messages 100000\nplugin {}\nplugin_opt_config_file {}\n",
+                plugin.display(),
+                json.display()
+            ),
+        )?;
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("mosquitto is not installed: run scripts/test (it installs it) or `apt-get install mosquitto`")?;
+        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let broker = Mosquitto { url: format!("mqtt://127.0.0.1:{port}"), port, child, _dir: dir };
+        wait_for(Duration::from_secs(10), "mosquitto (dynsec) to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await?;
+        Ok(Self { broker, admin_user: "fleet-admin".into(), admin_password })
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -60,6 +60,15 @@ async fn forged_points(c: &Controller, node: &str) -> anyhow::Result<usize> {
     Ok(r.points.len())
 }
 
+/// Whether the broker accepts this login.
+async fn mqtt_connects(opts: MqttOptions) -> bool {
+    let (_client, mut ev) = AsyncClient::new(opts, 8);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), ev.poll()).await,
+        Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) if a.code == rumqttc::ConnectReturnCode::Success
+    )
+}
+
 fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     Ok(fleet_agent::identity::Identity::load(dir)?.signing_key().clone())
 }
@@ -76,6 +85,7 @@ async fn forged_unsigned_replayed_and_revoked_are_dropped_on_the_embedded_broker
     enroll_agent(&c, &a_cfg).await?;
     enroll_agent(&c, &b_cfg).await?;
     let a_key = signing_key(&a_cfg.data_dir)?;
+    let a_cfg_dir = a_cfg.data_dir.clone();
     let a = AgentHandle::spawn(a_cfg);
     let b = AgentHandle::spawn(b_cfg);
     for node in ["sig-a", "sig-b"] {
@@ -87,9 +97,21 @@ async fn forged_unsigned_replayed_and_revoked_are_dropped_on_the_embedded_broker
         .await?;
     }
 
-    // Anyone on the embedded broker can publish anywhere and read everything.
+    // The embedded broker lets in only enrolled nodes and the controller.
     let (host, port) = fleet_proto::parse_mqtt_url(&c.mqtt_url).map_err(anyhow::Error::msg)?;
+    for (user, pass) in [(None, ""), (Some("sig-b"), "fbp_wrong"), (Some("ghost"), "x")] {
+        let mut o = MqttOptions::new("stranger", host.clone(), port);
+        if let Some(u) = user {
+            o.set_credentials(u, pass);
+        }
+        assert!(!mqtt_connects(o).await, "{user:?} got in");
+    }
+    // But once in, an enrolled node (here a compromised A, with its own
+    // credentials) can publish anywhere and read everything: rumqttd cannot
+    // restrict topics. The signatures are the wall.
+    let a_login = fleet_agent::enroll::load(&a_cfg_dir)?.expect("A is enrolled");
     let mut opts = MqttOptions::new("intruder", host, port);
+    opts.set_credentials(a_login.broker_username, a_login.broker_password);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (intruder, mut ev) = AsyncClient::new(opts, 64);
     intruder.subscribe(node_topic("sig-a", Channel::Telemetry), QoS::AtLeastOnce).await?;

@@ -67,6 +67,8 @@ pub struct Reader {
     pub jobs: Option<crate::jobs::JobManager>,
     /// Checks signatures before anything is believed.
     pub verifier: Arc<super::verify::Verifier>,
+    /// Mosquitto's dynamic security, when the controller manages it.
+    pub dynsec: Option<crate::security::dynsec::Dynsec>,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -204,10 +206,12 @@ impl Reader {
             shared_group,
             jobs,
             verifier,
+            dynsec,
         } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
+        let expected_subacks = channels.len() + usize::from(dynsec.is_some());
         let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs, verifier };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
@@ -222,6 +226,17 @@ impl Reader {
                     connected = true;
                     backoff = Duration::from_millis(200);
                     subacks = 0;
+                    if let Some(d) = &dynsec {
+                        // Its own rights first, then the revocations it may have missed.
+                        d.setup();
+                        for node in handler.verifier.revoked() {
+                            d.remove_node(&node);
+                        }
+                        if let Err(e) = client.try_subscribe(crate::security::dynsec::RESPONSE_TOPIC, QoS::AtLeastOnce)
+                        {
+                            tracing::error!(error = %e, "Cannot subscribe to the dynamic-security answers.");
+                        }
+                    }
                     for c in channels {
                         let filter = match c {
                             Channel::Telemetry if !shared_group.is_empty() => {
@@ -237,7 +252,7 @@ impl Reader {
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     subacks += 1;
-                    if subacks == channels.len() {
+                    if subacks == expected_subacks {
                         ready.send_replace(true);
                     }
                 }
@@ -280,6 +295,10 @@ struct Handler {
 impl Handler {
     /// Handles one publish. `Err` only when the writer is gone (shutdown).
     async fn handle(&self, p: Publish, limiter: &mut LogLimiter, shutdown: &CancellationToken) -> Result<(), ()> {
+        if p.topic == crate::security::dynsec::RESPONSE_TOPIC {
+            crate::security::dynsec::log_response(&p.payload);
+            return Ok(());
+        }
         match classify(&p.topic, &p.payload, self.max_payload_bytes, &self.verifier) {
             Err((reason, who)) => {
                 self.metrics.drop_msg(reason.label());

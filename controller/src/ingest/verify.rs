@@ -29,6 +29,8 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 struct NodeKey {
     key: VerifyingKey,
     revoked: bool,
+    /// SHA-256 (hex) of the broker password.
+    broker_hash: String,
 }
 
 /// The keys of the enrolled nodes and their replay windows.
@@ -65,7 +67,10 @@ impl Verifier {
                 .and_then(|b| fleet_proto::signing::verifying_key(&b).ok());
             match key {
                 Some(key) => {
-                    keys.insert(i.node_id.clone(), NodeKey { key, revoked: i.revoked_unix_ms.is_some() });
+                    keys.insert(
+                        i.node_id.clone(),
+                        NodeKey { key, revoked: i.revoked_unix_ms.is_some(), broker_hash: i.broker_hash.clone() },
+                    );
                 }
                 None => {
                     tracing::error!(node_id = %i.node_id, "Stored signing key is not an Ed25519 key; the node is not heard.")
@@ -75,6 +80,23 @@ impl Verifier {
         let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guards.retain(|id, _| keys.get(id).is_some_and(|k| !k.revoked));
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+    }
+
+    /// Node ids that were revoked.
+    #[must_use]
+    pub fn revoked(&self) -> Vec<String> {
+        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.iter().filter(|(_, k)| k.revoked).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Whether `username`/`password` are an enrolled, unrevoked node's broker
+    /// credentials (the embedded broker's login check).
+    #[must_use]
+    pub fn broker_login(&self, username: &str, password: &str) -> bool {
+        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.get(username).is_some_and(|k| {
+            !k.revoked && crate::security::same_secret(&crate::security::hash_token(password), &k.broker_hash)
+        })
     }
 
     /// The message inside `payload` from `node_id` on `channel`, once it is

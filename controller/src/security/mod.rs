@@ -6,6 +6,7 @@
 //! have full entropy, so a slow password hash would buy nothing.
 
 pub mod audit;
+pub mod dynsec;
 pub mod guard;
 pub mod service;
 pub mod tls;
@@ -67,6 +68,13 @@ pub fn new_token(prefix: &str) -> Result<(Secret, String), String> {
 #[must_use]
 pub fn hash_token(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two hashes in time that does not depend on where they differ.
+#[must_use]
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// What an API token may do; each role includes the ones below it.

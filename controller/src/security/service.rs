@@ -49,6 +49,8 @@ pub struct Security {
     created_here: Mutex<HashMap<String, Instant>>,
     /// Called with each node enrolled or revoked (signature keys, broker, WireGuard).
     pub on_change: tokio::sync::broadcast::Sender<String>,
+    /// Mosquitto's dynamic security, when the controller manages it.
+    pub dynsec: Option<super::dynsec::Dynsec>,
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -92,7 +94,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl Security {
     /// The shared state.
     #[must_use]
-    pub fn new(store: Store, guard: Arc<Guard>, audit: Auditor, cfg: SecurityConfig, facing: NodeFacing) -> Self {
+    pub fn new(
+        store: Store,
+        guard: Arc<Guard>,
+        audit: Auditor,
+        cfg: SecurityConfig,
+        facing: NodeFacing,
+        dynsec: Option<super::dynsec::Dynsec>,
+    ) -> Self {
         Self {
             store,
             guard,
@@ -101,6 +110,7 @@ impl Security {
             facing,
             created_here: Mutex::new(HashMap::new()),
             on_change: tokio::sync::broadcast::channel(1024).0,
+            dynsec,
         }
     }
 
@@ -249,6 +259,11 @@ impl Security {
         let r = async {
             fleet_proto::validate_node_id(&id).map_err(|e| Status::invalid_argument(format!("node_id: {e}")))?;
             if self.store.revoke_identity(&id, fleet_proto::now_unix_ms()).await.map_err(internal)? {
+                if let Some(d) = &self.dynsec
+                    && !d.remove_node(&id)
+                {
+                    tracing::error!(node_id = %id, "Cannot queue the broker client's removal; it is retried at the next connect.");
+                }
                 let _ = self.on_change.send(id.clone());
                 tracing::info!(node_id = %id, "Node revoked.");
                 Ok(())
@@ -314,6 +329,14 @@ impl Security {
         if !self.store.create_identity(&identity).await.map_err(internal)? {
             return Err(Status::already_exists(format!(
                 "node id {node_id} was enrolled at the same moment by another caller; ask for a new token and another node_id"
+            )));
+        }
+        if let Some(d) = &self.dynsec
+            && !d.add_node(&node_id, password.expose())
+        {
+            return Err(Status::unavailable(format!(
+                "node {node_id} is enrolled but its broker client could not be queued (MQTT client busy); \
+                 revoke it and enroll again"
             )));
         }
         let _ = self.on_change.send(node_id.clone());
