@@ -37,6 +37,24 @@ pub struct AgentConfig {
     pub power: crate::power::PowerPolicy,
     /// Inference jobs.
     pub inference: InferenceConfig,
+    /// The WireGuard overlay.
+    pub overlay: OverlayConfig,
+}
+
+/// `[overlay]`: the node's end of the WireGuard tunnel (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// Bring the tunnel up when the enrollment names a controller endpoint. Default true.
+    pub enabled: bool,
+    /// Interface name, unique on the machine. Default "fleet0".
+    pub interface: String,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        Self { enabled: true, interface: "fleet0".into() }
+    }
 }
 
 /// `[inference]`: the jobs the controller sends this node.
@@ -164,6 +182,7 @@ impl Default for AgentConfig {
             spool: crate::spool::SpoolConfig::default(),
             power: crate::power::PowerPolicy::default(),
             inference: InferenceConfig::default(),
+            overlay: OverlayConfig::default(),
         }
     }
 }

@@ -203,3 +203,38 @@ pub fn apply(cfg: &mut AgentConfig, e: &Enrollment) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Brings up the node's end of the overlay, when the controller runs one:
+/// this node's key, its overlay address, the controller as the only peer.
+///
+/// # Errors
+/// A bad endpoint, or the interface cannot be configured (privileges, no WireGuard).
+pub fn overlay_up(iface: &str, e: &Enrollment, key: &wireguard_control::Key) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let endpoint = e
+        .controller_wg_endpoint
+        .to_socket_addrs()
+        .map_err(|x| format!("controller WireGuard endpoint {:?}: {x}", e.controller_wg_endpoint))?
+        .next()
+        .ok_or_else(|| format!("controller WireGuard endpoint {:?} has no address", e.controller_wg_endpoint))?;
+    let allowed = e
+        .controller_allowed_ips
+        .iter()
+        .map(|c| {
+            let (a, p) = c.split_once('/').unwrap_or((c, "32"));
+            Ok((
+                a.parse().map_err(|_| format!("allowed IP {c:?}"))?,
+                p.parse().map_err(|_| format!("allowed IP {c:?}"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let address = e.overlay_address.parse().map_err(|_| format!("overlay address {:?}", e.overlay_address))?;
+    let prefix = u8::try_from(e.overlay_prefix_len).map_err(|_| "overlay prefix".to_owned())?;
+    let peer = fleet_proto::overlay::Peer {
+        public_key: e.controller_wg_public_key.clone(),
+        endpoint: Some(endpoint),
+        allowed,
+        keepalive_s: Some(u16::try_from(e.persistent_keepalive_s).unwrap_or(fleet_proto::overlay::KEEPALIVE_S)),
+    };
+    fleet_proto::overlay::up(iface, key, None, (address, prefix), &[peer])
+}

@@ -512,8 +512,13 @@ pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<Ag
     }
     let node_id = resolve_node_id(&cfg)?;
     let signer = match &enrolled {
-        Some(_) => {
+        Some(e) => {
             let keys = identity::Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+            if cfg.overlay.enabled && !e.controller_wg_endpoint.is_empty() {
+                enroll::overlay_up(&cfg.overlay.interface, e, keys.wg_private())
+                    .map_err(|x| AgentError::Config(format!("WireGuard overlay: {x}")))?;
+                tracing::info!(interface = %cfg.overlay.interface, address = %e.overlay_address, "WireGuard overlay up.");
+            }
             Some(
                 signer::Signer::start(keys.signing_key().clone(), &node_id, &cfg.data_dir)
                     .map_err(AgentError::Config)?,

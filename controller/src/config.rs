@@ -29,6 +29,7 @@ pub struct ControllerConfig {
     pub router: RouterSection,
     pub cloud: CloudConfig,
     pub security: SecurityConfig,
+    pub wireguard: crate::overlay::WireGuardConfig,
 }
 
 /// gRPC TLS (`[security] tls`).
@@ -268,6 +269,7 @@ impl Default for ControllerConfig {
             router: RouterSection::default(),
             cloud: CloudConfig::default(),
             security: SecurityConfig::default(),
+            wireguard: Default::default(),
         }
     }
 }
@@ -363,6 +365,18 @@ impl ControllerConfig {
             return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
         }
         self.security.overlay()?;
+        if self.wireguard.enabled {
+            let ok = self
+                .wireguard
+                .endpoint
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err("key `wireguard.endpoint`: give the host:port nodes reach this controller at, e.g. \
+                            \"controller.example.net:51820\""
+                    .into());
+            }
+        }
         if self.mqtt.dynsec && (self.mqtt.url.is_empty() || self.mqtt.username.is_empty()) {
             return Err("key `mqtt.dynsec`: needs an external Mosquitto (`mqtt.url`) and its dynamic-security admin \
                         (`mqtt.username`, `mqtt.password`)"

@@ -13,6 +13,7 @@ pub mod http;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod overlay;
 pub mod registry;
 pub mod router;
 pub mod security;
@@ -312,14 +313,22 @@ impl Controller {
             cfg.security.api_rate_per_s,
             metrics.clone(),
         ));
+        let wg_public_key = if cfg.wireguard.enabled {
+            let key = overlay::load_or_make_key(&cfg.data_dir)?;
+            let net = cfg.security.overlay().map_err(ControllerError::Config)?;
+            overlay::start(&cfg.wireguard, &key, net, &store).await?;
+            key.get_public().to_base64()
+        } else {
+            String::new()
+        };
         let facing = security::service::NodeFacing {
             broker_url: if cfg.security.node_broker_url.is_empty() {
                 mqtt_url.clone()
             } else {
                 cfg.security.node_broker_url.clone()
             },
-            wg_public_key: String::new(),
-            wg_endpoint: String::new(),
+            wg_public_key,
+            wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
         };
         let sec = Arc::new(security::service::Security::new(
             store.clone(),
@@ -330,6 +339,14 @@ impl Controller {
             dynsec,
         ));
         tasks.spawn(ingest::verify::keep_loaded(verifier, store.clone(), sec.on_change.subscribe(), shutdown.clone()));
+        if cfg.wireguard.enabled {
+            tasks.spawn(overlay::keep_in_step(
+                cfg.wireguard.interface.clone(),
+                store.clone(),
+                sec.on_change.subscribe(),
+                shutdown.clone(),
+            ));
+        }
         let api_access = ApiAccess {
             url: format!("{}://{grpc_addr}", if tls.is_some() { "https" } else { "http" }),
             ca_pem: tls.as_ref().and_then(|t| t.ca_pem.clone()),

@@ -1,11 +1,13 @@
 //! The Spark Fleet wire contract: the protobuf messages agents and the
 //! controller exchange, the gRPC `FleetService`, and the one place where MQTT
 //! topic and Kafka topic names are spelled. No I/O lives here, apart from
-//! `client`: the one way to open a channel to the controller.
+//! `client` (the one way to open a channel to the controller) and `overlay`
+//! (the WireGuard interface both ends configure).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod metrics;
+pub mod overlay;
 pub mod signing;
 pub mod topics;
 

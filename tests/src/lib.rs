@@ -135,7 +135,7 @@ impl DynsecMosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\nset_tcp_nodelay true\n\
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous false\npersistence false\nset_tcp_nodelay true\n\
                  max_queued_messages 100000\nplugin {}\nplugin_opt_config_file {}\n",
                 plugin.display(),
                 json.display()

@@ -1,0 +1,141 @@
+//! The controller's end of the WireGuard overlay (docs/security.md,
+//! "WireGuard"): one interface holding a peer per enrolled, unrevoked node
+//! (its /32), added at enrollment and removed at revocation, and kept in
+//! step with the store (other replicas' changes) every couple of seconds.
+//! Peers are changed one by one: the others' sessions are never reset.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_proto::overlay::{self, Peer};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use wireguard_control::Key;
+
+use crate::ControllerError;
+use crate::store::Store;
+
+/// How often the peers are compared with the store.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// `[wireguard]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WireGuardConfig {
+    /// Run the overlay. Default false.
+    pub enabled: bool,
+    /// Interface name. Default "fleet-wg0".
+    pub interface: String,
+    /// UDP port. Default 51820.
+    pub listen_port: u16,
+    /// host:port the nodes send to (this machine's public address). Default "".
+    pub endpoint: String,
+}
+
+impl Default for WireGuardConfig {
+    fn default() -> Self {
+        Self { enabled: false, interface: "fleet-wg0".into(), listen_port: 51820, endpoint: String::new() }
+    }
+}
+
+/// The controller's key: `<data_dir>/wg.key` (made at first start, mode 0600).
+///
+/// # Errors
+/// An unreadable or damaged key file.
+pub fn load_or_make_key(data_dir: &Path) -> Result<Key, ControllerError> {
+    let path = data_dir.join("wg.key");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Key::from_base64(t.trim()).map_err(|_| {
+            ControllerError::Config(format!(
+                "{} is not a WireGuard key; move it away to make a new one",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = Key::generate_private();
+            crate::security::tls::write_private(&path, format!("{}\n", k.to_base64()).as_bytes())
+                .map_err(|e| ControllerError::Io(format!("cannot write {}: {e}", path.display())))?;
+            Ok(k)
+        }
+        Err(e) => Err(ControllerError::Io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn wanted(identities: &[crate::store::security::NodeIdentity]) -> HashMap<String, Peer> {
+    identities
+        .iter()
+        .filter(|i| i.revoked_unix_ms.is_none())
+        .map(|i| {
+            let p = Peer {
+                public_key: i.wg_public_key.clone(),
+                endpoint: None,
+                allowed: vec![(i.overlay_address, 32)],
+                keepalive_s: None,
+            };
+            (i.wg_public_key.clone(), p)
+        })
+        .collect()
+}
+
+/// Brings the interface up with every live node as a peer.
+///
+/// # Errors
+/// The interface cannot be configured (privileges, no WireGuard).
+pub async fn start(
+    cfg: &WireGuardConfig,
+    key: &Key,
+    (base, prefix): (Ipv4Addr, u8),
+    store: &Store,
+) -> Result<(), ControllerError> {
+    let peers: Vec<Peer> = wanted(&store.identities().await?).into_values().collect();
+    let address = Ipv4Addr::from(u32::from(base) + 1);
+    let (iface, key, port) = (cfg.interface.clone(), key.clone(), cfg.listen_port);
+    tokio::task::spawn_blocking(move || overlay::up(&iface, &key, Some(port), (address, prefix), &peers))
+        .await
+        .map_err(|e| ControllerError::Io(e.to_string()))?
+        .map_err(|e| ControllerError::Config(format!("[wireguard]: {e}")))?;
+    tracing::info!(interface = %cfg.interface, %address, port, "WireGuard overlay up.");
+    Ok(())
+}
+
+/// Keeps the peers equal to the live identities: at once on `changes`
+/// (enrollments and revocations here), and every [`SYNC_EVERY`].
+pub async fn keep_in_step(
+    iface: String,
+    store: Store,
+    mut changes: tokio::sync::broadcast::Receiver<String>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = changes.recv() => {}
+        }
+        let want = match store.identities().await {
+            Ok(all) => wanted(&all),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read node identities; WireGuard peers unchanged.");
+                continue;
+            }
+        };
+        let iface2 = iface.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let have: HashSet<String> = overlay::peer_keys(&iface2)?.into_iter().collect();
+            let add: Vec<Peer> = want.iter().filter(|(k, _)| !have.contains(*k)).map(|(_, p)| p.clone()).collect();
+            let remove: Vec<String> = have.iter().filter(|k| !want.contains_key(*k)).cloned().collect();
+            overlay::change_peers(&iface2, &add, &remove).map(|()| (add.len(), remove.len()))
+        })
+        .await;
+        match r {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((added, removed))) => tracing::info!(added, removed, "WireGuard peers updated."),
+            Ok(Err(e)) => tracing::error!(error = %e, "Cannot update the WireGuard peers."),
+            Err(e) => tracing::error!(error = %e, "WireGuard peer update failed."),
+        }
+    }
+}
