@@ -119,6 +119,36 @@ impl Identity {
     }
 }
 
+/// The next WireGuard key during a rotation: `<generation> <base64 key>`.
+pub const WG_NEXT_FILE: &str = "wg.next";
+
+/// Keeps the next WireGuard key of rotation `generation` (mode 0600).
+///
+/// # Errors
+/// The file system.
+pub fn save_next_wg(dir: &Path, generation: u64, key: &Key) -> Result<(), IdentityError> {
+    write_secret(&dir.join(WG_NEXT_FILE), &format!("{generation} {}", key.to_base64()))
+}
+
+/// The next WireGuard key, if a rotation is under way.
+#[must_use]
+pub fn load_next_wg(dir: &Path) -> Option<(u64, Key)> {
+    let text = read_secret(&dir.join(WG_NEXT_FILE)).ok()?;
+    let (g, k) = text.trim().split_once(' ')?;
+    Some((g.parse().ok()?, Key::from_base64(k).ok()?))
+}
+
+/// Makes the next key the key (the rotation is done on this side).
+///
+/// # Errors
+/// The file system.
+pub fn promote_next_wg(dir: &Path) -> Result<(), IdentityError> {
+    let Some((_, key)) = load_next_wg(dir) else { return Ok(()) };
+    write_secret(&dir.join(WG_KEY_FILE), &key.to_base64())?;
+    std::fs::remove_file(dir.join(WG_NEXT_FILE))
+        .map_err(|source| IdentityError::Io { path: dir.join(WG_NEXT_FILE), source })
+}
+
 /// Writes a secret file mode 0600 from the start (never briefly readable),
 /// flushed to disk, then renamed over the old one.
 fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {

@@ -141,6 +141,8 @@ struct Agent {
     jobs: jobs::Jobs,
     /// Signs every message (enrolled nodes).
     signer: Option<signer::Signer>,
+    /// What the controller gave at enrollment (overlay, broker).
+    enrollment: Option<enroll::Enrollment>,
 }
 
 impl Agent {
@@ -433,17 +435,60 @@ impl Agent {
     /// Publishes what runs (retained on `reported`).
     fn report_desired(&mut self) {
         let (rejected_version, rejected_reason) = self.rejected.clone().unwrap_or_default();
+        let (wg_public_key, (wg_generation, wg_next_public_key)) = if self.enrollment.is_some() {
+            let current =
+                identity::Identity::load(&self.cfg.data_dir).map(|i| i.wg_public_base64()).unwrap_or_default();
+            let next = identity::load_next_wg(&self.cfg.data_dir).map(|(g, k)| (g, k.get_public().to_base64()));
+            (current, next.unwrap_or_default())
+        } else {
+            Default::default()
+        };
         let r = fleet_proto::v1::ReportedState {
             node_id: self.node_id.clone(),
             applied_version: self.desired_version,
             rejected_version,
             rejected_reason,
             time_unix_ms: fleet_proto::now_unix_ms(),
+            wg_public_key,
+            wg_next_public_key,
+            wg_generation,
         };
         if self.connected() {
             let bytes = self.seal(fleet_proto::v1::MessageKind::Reported, r.encode_to_vec());
             self.uplink.send_reported(bytes);
         }
+    }
+
+    /// One step of a WireGuard key rotation (docs/security.md): make the next
+    /// key and report it; once the controller routes to it, switch to it and
+    /// report it in use. Every step is idempotent (the message is retained).
+    fn on_key_rotation(&mut self, k: &fleet_proto::v1::KeyRotation) {
+        let Some(e) = self.enrollment.clone() else { return };
+        let dir = self.cfg.data_dir.clone();
+        let next = identity::load_next_wg(&dir);
+        if k.accepted_public_key.is_empty() {
+            if k.generation != 0 && next.as_ref().is_none_or(|(g, _)| *g != k.generation) {
+                let key = wireguard_control::Key::generate_private();
+                if let Err(err) = identity::save_next_wg(&dir, k.generation, &key) {
+                    tracing::error!(error = %err, "Cannot keep the next WireGuard key; rotation not started.");
+                    return;
+                }
+                tracing::info!(generation = k.generation, "WireGuard key rotation: new key made, reporting it.");
+            }
+        } else if let Some((_, key)) = next.filter(|(_, key)| key.get_public().to_base64() == k.accepted_public_key) {
+            if let Err(err) = identity::promote_next_wg(&dir) {
+                tracing::error!(error = %err, "Cannot switch to the next WireGuard key.");
+                return;
+            }
+            if self.cfg.overlay.enabled
+                && !e.controller_wg_endpoint.is_empty()
+                && let Err(err) = enroll::overlay_up(&self.cfg.overlay.interface, &e, &key)
+            {
+                tracing::error!(error = %err, "Cannot put the new WireGuard key on the interface.");
+            }
+            tracing::info!(generation = k.generation, "WireGuard key rotated; confirming through the new tunnel.");
+        }
+        self.report_desired();
     }
 
     /// Applies what the uplink reports; returns a new telemetry interval if one applies now.
@@ -464,6 +509,10 @@ impl Agent {
             }
             UplinkEvent::Job(job) => {
                 self.take_job(*job);
+                return None;
+            }
+            UplinkEvent::KeyRotation(k) => {
+                self.on_key_rotation(&k);
                 return None;
             }
             UplinkEvent::Desired(d) => {
@@ -590,6 +639,7 @@ pub async fn run(mut cfg: AgentConfig, shutdown: CancellationToken) -> Result<Ag
         desired_version: 0,
         rejected: None,
         signer,
+        enrollment: enrolled,
     };
     // Offline autonomy: run from the desired state kept on disk until the controller says more.
     if let Some(d) = desired::load(&agent.cfg.data_dir) {

@@ -10,8 +10,8 @@ use fleet_proto::v1::{
     ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensRequest, ListBootstrapTokensResponse,
     ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest,
     QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse, RevokeBootstrapTokenRequest,
-    RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, SetDesiredStateRequest, SubmitJobRequest,
-    WatchNodesRequest,
+    RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, RotateNodeKeyRequest, RotateNodeKeyResponse,
+    SetDesiredStateRequest, SubmitJobRequest, WatchNodesRequest,
 };
 use futures::Stream;
 use prost::Message;
@@ -43,6 +43,8 @@ pub struct Api {
     pub jobs: crate::jobs::JobManager,
     /// Tokens, audit, enrollment.
     pub security: std::sync::Arc<crate::security::service::Security>,
+    /// WireGuard key rotations.
+    pub rotation: std::sync::Arc<crate::security::rotate::Rotation>,
 }
 
 /// The API token name the guard put on the call.
@@ -278,6 +280,17 @@ impl FleetService for Api {
             self.registry.update_status(s);
         }
         Ok(r)
+    }
+
+    async fn rotate_node_key(
+        &self,
+        req: Request<RotateNodeKeyRequest>,
+    ) -> Result<Response<RotateNodeKeyResponse>, Status> {
+        let actor = who(&req);
+        let id = req.into_inner().node_id;
+        let r = self.rotation.start(&id).await;
+        self.security.audit.record_result(&actor, "RotateNodeKey", &id, &r).await;
+        r.map(|generation| Response::new(RotateNodeKeyResponse { generation }))
     }
 }
 

@@ -238,6 +238,12 @@ impl Controller {
             &shutdown,
         );
         let dynsec = cfg.mqtt.dynsec.then(|| security::dynsec::Dynsec::new(client.clone(), mqtt_user.clone()));
+        let on_change = tokio::sync::broadcast::channel::<String>(1024).0;
+        let rotation = Arc::new(security::rotate::Rotation {
+            store: store.clone(),
+            mqtt: client.clone(),
+            changes: on_change.clone(),
+        });
         let reader = ingest::mqtt::Reader {
             jobs: Some(jobs.clone()),
             bridge,
@@ -251,6 +257,7 @@ impl Controller {
             shared_group: cfg.mqtt.shared_group.clone(),
             verifier: verifier.clone(),
             dynsec: dynsec.clone(),
+            rotation: Some(rotation.clone()),
         };
         tasks.spawn(reader.run(shutdown.clone()));
         // Start serving once ingest is subscribed, so nothing published right
@@ -337,6 +344,7 @@ impl Controller {
             cfg.security.clone(),
             facing,
             dynsec,
+            on_change,
         ));
         tasks.spawn(ingest::verify::keep_loaded(verifier, store.clone(), sec.on_change.subscribe(), shutdown.clone()));
         if cfg.wireguard.enabled {
@@ -360,6 +368,7 @@ impl Controller {
             mqtt: api_mqtt,
             jobs: jobs.clone(),
             security: sec.clone(),
+            rotation,
         };
         let grpc_shutdown = shutdown.clone();
         let mut server = tonic::transport::Server::builder();

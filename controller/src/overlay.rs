@@ -4,7 +4,7 @@
 //! step with the store (other replicas' changes) every couple of seconds.
 //! Peers are changed one by one: the others' sessions are never reset.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +19,8 @@ use crate::store::Store;
 
 /// How often the peers are compared with the store.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// ...and how often while a key rotation waits for the node's first handshake.
+const ROTATION_POLL: Duration = Duration::from_millis(200);
 
 /// `[wireguard]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,20 +65,29 @@ pub fn load_or_make_key(data_dir: &Path) -> Result<Key, ControllerError> {
     }
 }
 
-fn wanted(identities: &[crate::store::security::NodeIdentity]) -> HashMap<String, Peer> {
-    identities
-        .iter()
-        .filter(|i| i.revoked_unix_ms.is_none())
-        .map(|i| {
-            let p = Peer {
-                public_key: i.wg_public_key.clone(),
-                endpoint: None,
-                allowed: vec![(i.overlay_address, 32)],
-                keepalive_s: None,
-            };
-            (i.wg_public_key.clone(), p)
-        })
-        .collect()
+/// The peers wanted now. A node in the middle of a key rotation has two:
+/// the new key's, without addresses until it has made a handshake (the node
+/// switched), then with the node's address; the old key's the other way round.
+fn wanted(
+    identities: &[crate::store::security::NodeIdentity],
+    switched: &dyn Fn(&str) -> bool,
+) -> HashMap<String, Peer> {
+    let mut out = HashMap::new();
+    for i in identities.iter().filter(|i| i.revoked_unix_ms.is_none()) {
+        let mut put = |key: &str, routed: bool| {
+            let allowed = if routed { vec![(i.overlay_address, 32)] } else { Vec::new() };
+            out.insert(key.to_owned(), Peer { public_key: key.to_owned(), endpoint: None, allowed, keepalive_s: None });
+        };
+        match &i.wg_next_key {
+            Some(next) => {
+                let moved = switched(next);
+                put(next, moved);
+                put(&i.wg_public_key, !moved);
+            }
+            None => put(&i.wg_public_key, true),
+        }
+    }
+    out
 }
 
 /// Brings the interface up with every live node as a peer.
@@ -89,7 +100,7 @@ pub async fn start(
     (base, prefix): (Ipv4Addr, u8),
     store: &Store,
 ) -> Result<(), ControllerError> {
-    let peers: Vec<Peer> = wanted(&store.identities().await?).into_values().collect();
+    let peers: Vec<Peer> = wanted(&store.identities().await?, &|_| false).into_values().collect();
     let address = Ipv4Addr::from(u32::from(base) + 1);
     let (iface, key, port) = (cfg.interface.clone(), key.clone(), cfg.listen_port);
     tokio::task::spawn_blocking(move || overlay::up(&iface, &key, Some(port), (address, prefix), &peers))
@@ -101,41 +112,53 @@ pub async fn start(
 }
 
 /// Keeps the peers equal to the live identities: at once on `changes`
-/// (enrollments and revocations here), and every [`SYNC_EVERY`].
+/// (enrollments, revocations, rotations here), every [`SYNC_EVERY`], and
+/// every [`ROTATION_POLL`] while a rotation waits for the node's handshake.
 pub async fn keep_in_step(
     iface: String,
     store: Store,
     mut changes: tokio::sync::broadcast::Receiver<String>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(SYNC_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = SYNC_EVERY;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(every) => {}
             _ = changes.recv() => {}
         }
-        let want = match store.identities().await {
-            Ok(all) => wanted(&all),
+        let all = match store.identities().await {
+            Ok(all) => all,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read node identities; WireGuard peers unchanged.");
                 continue;
             }
         };
+        let rotating = all.iter().any(|i| i.revoked_unix_ms.is_none() && i.wg_next_key.is_some());
+        every = if rotating { ROTATION_POLL } else { SYNC_EVERY };
         let iface2 = iface.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let have: HashSet<String> = overlay::peer_keys(&iface2)?.into_iter().collect();
-            let add: Vec<Peer> = want.iter().filter(|(k, _)| !have.contains(*k)).map(|(_, p)| p.clone()).collect();
-            let remove: Vec<String> = have.iter().filter(|k| !want.contains_key(*k)).cloned().collect();
-            overlay::change_peers(&iface2, &add, &remove).map(|()| (add.len(), remove.len()))
-        })
-        .await;
+        let r = tokio::task::spawn_blocking(move || sync(&iface2, &all)).await;
         match r {
             Ok(Ok((0, 0))) => {}
-            Ok(Ok((added, removed))) => tracing::info!(added, removed, "WireGuard peers updated."),
+            Ok(Ok((changed, removed))) => tracing::info!(changed, removed, "WireGuard peers updated."),
             Ok(Err(e)) => tracing::error!(error = %e, "Cannot update the WireGuard peers."),
             Err(e) => tracing::error!(error = %e, "WireGuard peer update failed."),
         }
     }
+}
+
+/// One comparison of the interface with the identities; (changed, removed).
+fn sync(iface: &str, all: &[crate::store::security::NodeIdentity]) -> Result<(usize, usize), String> {
+    let have: HashMap<String, Vec<Ipv4Addr>> = overlay::peer_routes(iface)?.into_iter().collect();
+    let want = wanted(all, &|k| overlay::handshaken(iface, k).unwrap_or(false));
+    let mut change: Vec<Peer> = want
+        .values()
+        .filter(|p| have.get(&p.public_key).is_none_or(|ips| *ips != p.allowed.iter().map(|a| a.0).collect::<Vec<_>>()))
+        .cloned()
+        .collect();
+    // Addresses leave a peer before they go to another.
+    change.sort_by_key(|p| !p.allowed.is_empty());
+    let remove: Vec<String> = have.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+    overlay::change_peers(iface, &change, &remove)?;
+    Ok((change.len(), remove.len()))
 }

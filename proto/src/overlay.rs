@@ -106,6 +106,38 @@ pub fn peer_keys(iface: &str) -> Result<Vec<String>, String> {
     Ok(d.peers.iter().map(|p| p.config.public_key.to_base64()).collect())
 }
 
+/// Whether the peer with `public_key` has completed a handshake.
+///
+/// # Errors
+/// When the interface cannot be read.
+pub fn handshaken(iface: &str, public_key: &str) -> Result<bool, String> {
+    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(&e, iface))?;
+    Ok(d.peers.iter().any(|p| p.config.public_key.to_base64() == public_key && p.stats.last_handshake_time.is_some()))
+}
+
+/// The addresses routed to each peer now, by public key.
+///
+/// # Errors
+/// When the interface cannot be read.
+pub fn peer_routes(iface: &str) -> Result<Vec<(String, Vec<Ipv4Addr>)>, String> {
+    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(&e, iface))?;
+    Ok(d.peers
+        .iter()
+        .map(|p| {
+            let ips = p
+                .config
+                .allowed_ips
+                .iter()
+                .filter_map(|a| match a.address {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            (p.config.public_key.to_base64(), ips)
+        })
+        .collect())
+}
+
 /// Adds or updates `add` and removes the peers whose keys are in `remove`,
 /// leaving the others (and their sessions) alone.
 ///

@@ -35,11 +35,13 @@ pub enum Channel {
     Jobs,
     /// agent -> controller, QoS 1, `JobResult`.
     Results,
+    /// controller -> agent, QoS 1 retained, `KeyRotation`.
+    Key,
 }
 
 impl Channel {
     /// Every channel, in wire-contract order.
-    pub const ALL: [Channel; 8] = [
+    pub const ALL: [Channel; 9] = [
         Channel::Telemetry,
         Channel::Status,
         Channel::Reported,
@@ -48,6 +50,7 @@ impl Channel {
         Channel::Desired,
         Channel::Jobs,
         Channel::Results,
+        Channel::Key,
     ];
 
     /// The last topic level of this channel.
@@ -62,6 +65,7 @@ impl Channel {
             Channel::Desired => "desired",
             Channel::Jobs => "jobs",
             Channel::Results => "results",
+            Channel::Key => "key",
         }
     }
 

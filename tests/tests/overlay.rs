@@ -467,6 +467,57 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     let a_key = fleet_agent::identity::Identity::load(&dir.join("ns-a"))?.wg_public_base64();
     ensure!(!peers.contains(&a_key) && peers.lines().count() == 1, "controller's peers after the revoke: {peers}");
     println!("overlay: A revoked: its rows stopped within 5 s, its WireGuard peer is gone; B goes on ({b0} -> {b1})");
+
+    // Rotate B's key while it sends: the old key works until B confirms the
+    // new one; afterwards the controller has only the new peer, and every
+    // sample of B's run is stored exactly once.
+    let b_old = fleet_agent::identity::Identity::load(&dir.join("ns-b"))?.wg_public_base64();
+    let out = run(Command::new(bin("fleetctl")?)
+        .args(["--server", &format!("https://{CONTROLLER_HOST_SIDE}:{GRPC_PORT}"), "--ca"])
+        .arg(dir.join("controller/tls/ca.pem"))
+        .arg("--token-file")
+        .arg(dir.join("controller/admin.token"))
+        .args(["nodes", "rotate-key", "ns-b"]))?;
+    ensure!(out.status.success(), "fleetctl nodes rotate-key: {}", String::from_utf8_lossy(&out.stderr));
+    let rotated_at = Instant::now();
+    let c_ns = topo.c.clone();
+    let c_wg = topo.wg_if("c");
+    let b_dir = dir.join("ns-b");
+    wait_for(T, "B's new key as the controller's only peer for B", || {
+        let (c_ns, c_wg, b_dir, b_old) = (c_ns.clone(), c_wg.clone(), b_dir.clone(), b_old.clone());
+        async move {
+            let new = fleet_agent::identity::Identity::load(&b_dir).ok()?.wg_public_base64();
+            let out = Command::new("ip").args(["netns", "exec", &c_ns, "wg", "show", &c_wg, "peers"]).output().ok()?;
+            let peers = String::from_utf8_lossy(&out.stdout).to_string();
+            (new != b_old && peers.contains(&new) && !peers.contains(&b_old)).then_some(())
+        }
+    })
+    .await
+    .with_context(|| format!("{}\n{}", topo.procs[_b].log_text(), topo.procs[ctl].log_text()))?;
+    println!("overlay: B's WireGuard key rotated in {:.1} s", rotated_at.elapsed().as_secs_f64());
+    let after = stored(&mut api, "ns-b").await?;
+    wait_for(T, "B's rows after the rotation", || {
+        let mut api = api.clone();
+        async move { (stored(&mut api, "ns-b").await.ok()? > after + 20).then_some(()) }
+    })
+    .await?;
+    let status = topo.procs[_b].term(Duration::from_secs(30))?;
+    ensure!(status.success(), "B stopped badly:\n{}", topo.procs[_b].log_text());
+    let report = fleet_tests::procs::agent_reports(&topo.procs[_b].log_text()).pop().context("B's report")?;
+    ensure!(report.get("batches_kept") == 0, "B left batches unacknowledged: {report:?}");
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", dir.join("controller/fleet.db").display())).await?;
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT seq) FROM telemetry WHERE node_id = 'ns-b' AND boot_id = $1")
+            .bind(&report.boot_id)
+            .fetch_one(&db)
+            .await?;
+    let taken = i64::try_from(report.get("samples_taken"))?;
+    ensure!(
+        rows == taken && distinct == taken,
+        "B's run across the rotation: {taken} samples taken, {rows} rows ({distinct} distinct)"
+    );
+    println!("overlay: B's run across the key rotation: {taken} samples, each stored exactly once");
     let _ = (broker, free_port);
     if topo.procs[ctl].log_text().contains(&admin_password) {
         bail!("the broker admin password is in the controller's log");

@@ -27,6 +27,8 @@ pub enum UplinkEvent {
     Desired(fleet_proto::v1::DesiredState),
     /// The controller sent an inference job (MQTT).
     Job(Box<fleet_proto::v1::Job>),
+    /// A WireGuard key rotation step (MQTT).
+    KeyRotation(fleet_proto::v1::KeyRotation),
 }
 
 /// The uplink in use.

@@ -110,7 +110,12 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     let driver = tokio::spawn(drive(
         eventloop,
         client.clone(),
-        [node_topic(node_id, Channel::Ack), node_topic(node_id, Channel::Desired), node_topic(node_id, Channel::Jobs)],
+        [
+            node_topic(node_id, Channel::Ack),
+            node_topic(node_id, Channel::Desired),
+            node_topic(node_id, Channel::Jobs),
+            node_topic(node_id, Channel::Key),
+        ],
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
         ack_tx,
@@ -133,7 +138,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    [ack_topic, desired_topic, jobs_topic]: [String; 3],
+    [ack_topic, desired_topic, jobs_topic, key_topic]: [String; 4],
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
     ack_tx: mpsc::Sender<UplinkEvent>,
@@ -148,7 +153,7 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
-                for t in [&ack_topic, &desired_topic, &jobs_topic] {
+                for t in [&ack_topic, &desired_topic, &jobs_topic, &key_topic] {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
                     }
@@ -177,6 +182,18 @@ async fn drive(
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "Undecodable desired state ignored."),
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == key_topic && !p.payload.is_empty() => {
+                match fleet_proto::v1::KeyRotation::decode(p.payload) {
+                    Ok(k) => {
+                        if ack_tx.try_send(UplinkEvent::KeyRotation(k)).is_err() {
+                            tracing::warn!(
+                                "Queue full; a key rotation step is dropped (it is retained and comes again)."
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Undecodable key rotation ignored."),
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == jobs_topic => {

@@ -11,7 +11,8 @@ use fleet_proto::v1::{
     CreateApiTokenRequest, CreateBootstrapTokenRequest, DesiredState, GetDesiredStateRequest, GetJobRequest,
     GetNodeRequest, JobConstraints, JobStatus, JobTimings, JobView, ListAuditLogRequest, ListBootstrapTokensRequest,
     ListJobsRequest, ListNodesRequest, Node, NodeState, Placement, QueryTelemetryRequest, RevokeApiTokenRequest,
-    RevokeBootstrapTokenRequest, RevokeNodeRequest, SetDesiredStateRequest, Site, SubmitJobRequest, WatchNodesRequest,
+    RevokeBootstrapTokenRequest, RevokeNodeRequest, RotateNodeKeyRequest, SetDesiredStateRequest, Site,
+    SubmitJobRequest, WatchNodesRequest,
 };
 
 #[derive(Parser)]
@@ -221,6 +222,8 @@ enum NodesCommand {
     Watch,
     /// Revoke a node: its broker access and tunnel end, its jobs go elsewhere (admin).
     Revoke { node: String },
+    /// Rotate a node's WireGuard key; the old key works until the node confirms the new one (admin).
+    RotateKey { node: String },
 }
 
 fn main() -> ExitCode {
@@ -428,6 +431,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes { command: NodesCommand::Revoke { node } } => {
             client.revoke_node(RevokeNodeRequest { node_id: node.clone() }).await.map_err(status_error)?;
             println!("node {node} revoked: it must enroll again with a new token to come back");
+        }
+        Command::Nodes { command: NodesCommand::RotateKey { node } } => {
+            let r = client
+                .rotate_node_key(RotateNodeKeyRequest { node_id: node.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "key rotation {} of {node} started: the node makes a new key; its old one works until it confirms",
+                r.generation
+            );
         }
         Command::Tokens { command: TokensCommand::Create { ttl, labels } } => {
             let ttl_s = ttl.map_or(0, |d| u32::try_from(Duration::from(d).as_secs().max(1)).unwrap_or(u32::MAX));

@@ -69,6 +69,8 @@ pub struct Reader {
     pub verifier: Arc<super::verify::Verifier>,
     /// Mosquitto's dynamic security, when the controller manages it.
     pub dynsec: Option<crate::security::dynsec::Dynsec>,
+    /// WireGuard key rotations follow the nodes' reports.
+    pub rotation: Option<Arc<crate::security::rotate::Rotation>>,
 }
 
 /// Why a message was refused; each is a metric label.
@@ -207,12 +209,13 @@ impl Reader {
             jobs,
             verifier,
             dynsec,
+            rotation,
         } = self;
         let channels = [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
         let mut subacks = 0;
         // The event loop is not Sync, so handling borrows only this part.
         let expected_subacks = channels.len() + usize::from(dynsec.is_some());
-        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs, verifier };
+        let handler = Handler { registry, metrics, writer_tx, max_payload_bytes, bridge, jobs, verifier, rotation };
         let mut limiter = LogLimiter::default();
         let mut backoff = Duration::from_millis(200);
         let mut connected = false;
@@ -290,6 +293,7 @@ struct Handler {
     bridge: Option<Arc<super::kafka::Bridge>>,
     jobs: Option<crate::jobs::JobManager>,
     verifier: Arc<super::verify::Verifier>,
+    rotation: Option<Arc<crate::security::rotate::Rotation>>,
 }
 
 impl Handler {
@@ -328,6 +332,9 @@ impl Handler {
                         Ok(())
                     }
                     Accepted::Reported(r) => {
+                        if let Some(rot) = &self.rotation {
+                            rot.on_reported(&r).await;
+                        }
                         self.registry.update_reported(r);
                         Ok(())
                     }

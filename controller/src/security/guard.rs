@@ -226,6 +226,7 @@ mod tests {
         assert_eq!(required_role("SubmitJob"), Role::Operator);
         assert_eq!(required_role("CreateBootstrapToken"), Role::Operator);
         assert_eq!(required_role("RevokeNode"), Role::Admin);
+        assert_eq!(required_role("RotateNodeKey"), Role::Admin);
         assert_eq!(required_role("CreateApiToken"), Role::Admin);
         // A method added later without a rule needs the highest role.
         assert_eq!(required_role("SomethingNew"), Role::Admin);

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod dynsec;
 pub mod guard;
+pub mod rotate;
 pub mod service;
 pub mod tls;
 

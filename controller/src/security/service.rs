@@ -101,17 +101,9 @@ impl Security {
         cfg: SecurityConfig,
         facing: NodeFacing,
         dynsec: Option<super::dynsec::Dynsec>,
+        on_change: tokio::sync::broadcast::Sender<String>,
     ) -> Self {
-        Self {
-            store,
-            guard,
-            audit,
-            cfg,
-            facing,
-            created_here: Mutex::new(HashMap::new()),
-            on_change: tokio::sync::broadcast::channel(1024).0,
-            dynsec,
-        }
+        Self { store, guard, audit, cfg, facing, created_here: Mutex::new(HashMap::new()), on_change, dynsec }
     }
 
     fn lifetime(&self, t: &BootstrapToken) -> Lifetime {

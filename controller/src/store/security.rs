@@ -386,6 +386,27 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Records the next WireGuard key a node reported during a rotation.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_wg_next_key(&self, node_id: &str, key: &str) -> Result<bool, ControllerError> {
+        let sql = "UPDATE node_identities SET wg_next_key = $1 WHERE node_id = $2 AND revoked_ms IS NULL";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(key).bind(node_id).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Ends a rotation: the next key (`key`) becomes the key.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn finish_wg_rotation(&self, node_id: &str, key: &str) -> Result<bool, ControllerError> {
+        let sql = "UPDATE node_identities SET wg_public_key = wg_next_key, wg_next_key = NULL \
+                   WHERE node_id = $1 AND wg_next_key = $2";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(node_id).bind(key).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
     /// Whether any admin API token is live (the first start makes one when not).
     ///
     /// # Errors
