@@ -54,6 +54,9 @@ pub struct SecurityConfig {
     pub api_auth: bool,
     /// Calls per second per API token (bursts of twice that). Default 200.
     pub api_rate_per_s: u32,
+    /// Messages per second per node, after its signature is checked (bursts
+    /// of twice that). Default 1000 (an agent replays its spool at 500 batches/s by default).
+    pub node_rate_per_s: u32,
     /// Default "auto".
     pub tls: TlsMode,
     /// PEM files for `tls = "files"`. Default "".
@@ -77,6 +80,7 @@ impl Default for SecurityConfig {
             require_enrollment: true,
             api_auth: true,
             api_rate_per_s: 200,
+            node_rate_per_s: 1000,
             tls: TlsMode::Auto,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -396,8 +400,15 @@ impl ControllerConfig {
         if self.security.tls == TlsMode::Auto && self.security.tls_names.is_empty() {
             return Err("key `security.tls_names`: give at least one name, e.g. [\"localhost\"]".into());
         }
-        if self.security.api_rate_per_s == 0 || self.security.bootstrap_ttl.is_zero() {
-            return Err("keys `security.api_rate_per_s` and `security.bootstrap_ttl` must be more than 0".into());
+        if self.security.api_rate_per_s == 0
+            || self.security.node_rate_per_s == 0
+            || self.security.bootstrap_ttl.is_zero()
+        {
+            return Err(
+                "keys `security.api_rate_per_s`, `security.node_rate_per_s` and `security.bootstrap_ttl` must \
+                        be more than 0"
+                    .into(),
+            );
         }
         if !(0..=1000).contains(&self.router.cloud_score) {
             return Err("key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into());

@@ -147,7 +147,8 @@ impl Controller {
         }
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
-        let verifier = Arc::new(ingest::verify::Verifier::new(cfg.security.require_enrollment));
+        let verifier =
+            Arc::new(ingest::verify::Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
         verifier.set(&store.identities().await?);
         // The controller's own login to the embedded broker, new at every start.
         let (mut mqtt_user, mut mqtt_pass) = (cfg.mqtt.username.clone(), cfg.mqtt.password.clone());

@@ -225,3 +225,35 @@ async fn forged_kafka_records_are_dropped_and_signed_ones_ingested() -> anyhow::
     c.wait().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_message_rate_is_slowed_not_lost() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let mut ccfg = controller_config(dir.path(), "", "");
+    ccfg.security.require_enrollment = true;
+    ccfg.security.node_rate_per_s = 3;
+    let c = Controller::start(ccfg, stop.clone()).await?;
+    // About 11 messages a second (10 batches and a status): over 3/s.
+    let mut cfg = agent_config("sig-fast", &c.mqtt_url, dir.path());
+    cfg.telemetry.interval = Duration::from_millis(100);
+    cfg.telemetry.flush_interval = Duration::from_millis(100);
+    cfg.telemetry.shutdown_grace = Duration::from_secs(30);
+    enroll_agent(&c, &cfg).await?;
+    let agent = AgentHandle::spawn(cfg);
+    wait_dropped(&c, "rate_limited", 5.0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Everything still arrives: refused batches are not acked, so they are sent again.
+    let report = agent.stop().await?;
+    assert_eq!(report.batches_kept, 0, "{report:?}");
+    let store = c.store.clone();
+    let taken = report.counters.samples_taken;
+    wait_for(T, "every sample of the rate-limited node", || {
+        let store = store.clone();
+        async move { (store.count_samples(Some("sig-fast")).await.ok()? == taken).then_some(()) }
+    })
+    .await?;
+    stop.cancel();
+    c.wait().await;
+    Ok(())
+}

@@ -90,6 +90,8 @@ pub enum Refusal {
     Replay,
     /// Signed as one kind of message, sent on another channel.
     KindMismatch,
+    /// Over the node's message rate (security.node_rate_per_s).
+    RateLimited,
 }
 
 impl Refusal {
@@ -108,6 +110,7 @@ impl Refusal {
             Refusal::BadSignature => "bad_signature",
             Refusal::Replay => "replay",
             Refusal::KindMismatch => "kind_mismatch",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -358,7 +361,7 @@ mod tests {
     use fleet_proto::v1::Sample;
 
     fn open() -> super::super::verify::Verifier {
-        super::super::verify::Verifier::new(false)
+        super::super::verify::Verifier::new(false, 1000)
     }
 
     fn batch(node: &str) -> TelemetryBatch {

@@ -33,11 +33,14 @@ struct NodeKey {
     broker_hash: String,
 }
 
-/// The keys of the enrolled nodes and their replay windows.
+/// The keys of the enrolled nodes, their replay windows and message rates.
 pub struct Verifier {
     required: bool,
     keys: RwLock<HashMap<String, NodeKey>>,
     guards: Mutex<HashMap<String, ReplayGuard>>,
+    /// Messages per second per node (after the signature: only a node's own
+    /// messages count against it).
+    rate: governor::DefaultKeyedRateLimiter<String>,
 }
 
 fn kind_of(channel: Channel) -> Option<MessageKind> {
@@ -52,10 +55,23 @@ fn kind_of(channel: Channel) -> Option<MessageKind> {
 }
 
 impl Verifier {
-    /// A verifier with no keys yet.
+    /// A verifier with no keys yet; each node may send `rate_per_s` messages
+    /// a second (bursts of twice that).
     #[must_use]
-    pub fn new(require_enrollment: bool) -> Self {
-        Self { required: require_enrollment, keys: RwLock::default(), guards: Mutex::default() }
+    pub fn new(require_enrollment: bool, rate_per_s: u32) -> Self {
+        let rate = std::num::NonZeroU32::new(rate_per_s).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(rate)
+            .allow_burst(rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1)));
+        Self {
+            required: require_enrollment,
+            keys: RwLock::default(),
+            guards: Mutex::default(),
+            rate: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    fn within_rate(&self, node_id: &str) -> Result<(), Refusal> {
+        self.rate.check_key(&node_id.to_owned()).map_err(|_| Refusal::RateLimited)
     }
 
     /// Takes the identities as stored (revoked ones included).
@@ -107,7 +123,11 @@ impl Verifier {
     pub fn open<'a>(&self, node_id: &str, channel: Channel, payload: &'a [u8]) -> Result<Cow<'a, [u8]>, Refusal> {
         let known = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(node_id).cloned();
         let Some(k) = known else {
-            return if self.required { Err(Refusal::UnknownNode) } else { Ok(Cow::Borrowed(payload)) };
+            if self.required {
+                return Err(Refusal::UnknownNode);
+            }
+            self.within_rate(node_id)?;
+            return Ok(Cow::Borrowed(payload));
         };
         if k.revoked {
             return Err(Refusal::Revoked);
@@ -125,6 +145,8 @@ impl Verifier {
         }
         let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guards.entry(node_id.to_owned()).or_default().accept(m.boot_no, m.msg_seq).map_err(|_| Refusal::Replay)?;
+        drop(guards);
+        self.within_rate(node_id)?;
         Ok(Cow::Owned(m.payload))
     }
 }
@@ -145,6 +167,7 @@ pub async fn keep_loaded(
             _ = tick.tick() => {}
             _ = changes.recv() => {}
         }
+        verifier.rate.retain_recent();
         match store.identities().await {
             Ok(all) => verifier.set(&all),
             Err(e) => tracing::warn!(error = %e, "Cannot read node identities; keeping the keys known."),
@@ -178,7 +201,7 @@ mod tests {
     fn only_the_nodes_own_fresh_signed_messages_get_through() {
         let a = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
         let b = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
-        let v = Verifier::new(true);
+        let v = Verifier::new(true, 1000);
         v.set(&[identity("a", &a, false), identity("b", &b, false)]);
         let m = sign(&a, "a", MessageKind::Telemetry, 1, 1, b"batch".to_vec()).encode_to_vec();
         assert_eq!(v.open("a", Channel::Telemetry, &m).unwrap().as_ref(), b"batch");
@@ -195,11 +218,33 @@ mod tests {
         assert_eq!(v.open("b", Channel::Status, &wrong).unwrap_err(), Refusal::KindMismatch);
         // Not enrolled: not heard when enrollment is required, taken as is otherwise.
         assert_eq!(v.open("c", Channel::Telemetry, b"plain").unwrap_err(), Refusal::UnknownNode);
-        let open = Verifier::new(false);
+        let open = Verifier::new(false, 1000);
         assert_eq!(open.open("c", Channel::Telemetry, b"plain").unwrap().as_ref(), b"plain");
         // Revoked: refused whatever it sends.
         v.set(&[identity("a", &a, true), identity("b", &b, false)]);
         let m2 = sign(&a, "a", MessageKind::Telemetry, 1, 2, b"batch".to_vec()).encode_to_vec();
         assert_eq!(v.open("a", Channel::Telemetry, &m2).unwrap_err(), Refusal::Revoked);
+    }
+
+    #[test]
+    fn each_node_has_its_own_message_rate() {
+        let a = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let b = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let v = Verifier::new(true, 5);
+        v.set(&[identity("a", &a, false), identity("b", &b, false)]);
+        let send = |key: &ed25519_dalek::SigningKey, id: &str, seq: u64| {
+            let m = sign(key, id, MessageKind::Telemetry, 1, seq, b"x".to_vec()).encode_to_vec();
+            v.open(id, Channel::Telemetry, &m).map(|_| ())
+        };
+        // A burst of twice the rate, then refusals; B is not affected.
+        let refused = (1..=20).filter(|s| send(&a, "a", *s) == Err(Refusal::RateLimited)).count();
+        assert!((9..=11).contains(&refused), "{refused} of 20 refused at 5/s with bursts of 10");
+        assert_eq!(send(&b, "b", 1), Ok(()));
+        // A forged message does not use up the victim's rate (it fails before).
+        for s in 100..200 {
+            let forged = sign(&a, "b", MessageKind::Telemetry, 1, s, b"x".to_vec()).encode_to_vec();
+            assert_eq!(v.open("b", Channel::Telemetry, &forged).unwrap_err(), Refusal::BadSignature);
+        }
+        assert_eq!(send(&b, "b", 2), Ok(()));
     }
 }
