@@ -145,6 +145,17 @@ impl Controller {
         if let Some(t) = &tls {
             tracing::info!(fingerprint = %t.fingerprint, "gRPC TLS on; clients check the CA's SHA-256 fingerprint.");
         }
+        // The overlay first: the broker and gRPC may be bound to its address.
+        let wg_public_key = if cfg.wireguard.enabled {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+            let key = overlay::load_or_make_key(&cfg.data_dir)?;
+            let net = cfg.security.overlay().map_err(ControllerError::Config)?;
+            overlay::start(&cfg.wireguard, &key, net, &store).await?;
+            key.get_public().to_base64()
+        } else {
+            String::new()
+        };
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
         let verifier =
@@ -321,14 +332,6 @@ impl Controller {
             cfg.security.api_rate_per_s,
             metrics.clone(),
         ));
-        let wg_public_key = if cfg.wireguard.enabled {
-            let key = overlay::load_or_make_key(&cfg.data_dir)?;
-            let net = cfg.security.overlay().map_err(ControllerError::Config)?;
-            overlay::start(&cfg.wireguard, &key, net, &store).await?;
-            key.get_public().to_base64()
-        } else {
-            String::new()
-        };
         let facing = security::service::NodeFacing {
             broker_url: if cfg.security.node_broker_url.is_empty() {
                 mqtt_url.clone()

@@ -108,8 +108,8 @@ enum TokensCommand {
         /// Lifetime, e.g. 1h, 2d [default: the controller's security.bootstrap_ttl].
         #[arg(long)]
         ttl: Option<humantime::Duration>,
-        /// Label k=v the enrolled node gets (repeatable).
-        #[arg(long = "label", value_parser = parse_label)]
+        /// Labels the enrolled node gets: k=v, repeatable or comma-separated (--labels site=barn,rack=3).
+        #[arg(long = "label", alias = "labels", value_parser = parse_label, value_delimiter = ',')]
         labels: Vec<(String, String)>,
     },
     /// Every token with its state.
