@@ -211,17 +211,33 @@ fn agent_toml(dir: &Path, node: &str, wg_if: &str, fast: bool) -> anyhow::Result
     Ok(path)
 }
 
-/// Bootstrap token from the real CLI, as an operator makes one.
-fn token(dir: &Path, ttl: &str) -> anyhow::Result<String> {
+/// The real `fleetctl` as the admin, from the test's namespace; its stdout.
+fn fleetctl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let data = dir.join("controller");
     let out = run(Command::new(bin("fleetctl")?)
         .args(["--server", &format!("https://{CONTROLLER_HOST_SIDE}:{GRPC_PORT}"), "--ca"])
         .arg(data.join("tls/ca.pem"))
         .arg("--token-file")
         .arg(data.join("admin.token"))
-        .args(["tokens", "create", "--ttl", ttl]))?;
-    ensure!(out.status.success(), "fleetctl tokens create: {}", String::from_utf8_lossy(&out.stderr));
+        .args(args))?;
+    ensure!(out.status.success(), "fleetctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Bootstrap token from the real CLI, as an operator makes one.
+fn token(dir: &Path, ttl: &str) -> anyhow::Result<String> {
+    fleetctl(dir, &["tokens", "create", "--ttl", ttl])
+}
+
+/// Points the enrolled agents at another broker URL (the ingest-rate phases).
+fn set_broker_url(dir: &Path, url: &str) -> anyhow::Result<()> {
+    for node in ["ns-a", "ns-b"] {
+        let f = dir.join(node).join(fleet_agent::enroll::ENROLLMENT_FILE);
+        let text = std::fs::read_to_string(&f)?;
+        let line = text.lines().find(|l| l.starts_with("broker_url")).context("broker_url")?.to_owned();
+        std::fs::write(&f, text.replace(&line, &format!("broker_url = \"{url}\"")))?;
+    }
+    Ok(())
 }
 
 /// `fleet-agent enroll` inside the agent's namespace, over the underlay.
@@ -409,12 +425,7 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
         ("wireguard", format!("mqtt://{CONTROLLER_OVERLAY}:{MQTT_PORT}")),
         ("veth", format!("mqtt://{CONTROLLER_UNDERLAY}:{MQTT_UNDERLAY_PORT}")),
     ] {
-        for node in ["ns-a", "ns-b"] {
-            let f = dir.join(node).join(fleet_agent::enroll::ENROLLMENT_FILE);
-            let text = std::fs::read_to_string(&f)?;
-            let line = text.lines().find(|l| l.starts_with("broker_url")).context("broker_url")?.to_owned();
-            std::fs::write(&f, text.replace(&line, &format!("broker_url = \"{url}\"")))?;
-        }
+        set_broker_url(dir, &url)?;
         let (fa, fb) =
             (agent_toml(dir, "ns-a", &topo.wg_if("a"), true)?, agent_toml(dir, "ns-b", &topo.wg_if("b"), true)?);
         a = start_agent(&mut topo, &ns_a, &format!("ns-a-{path}"), &fa)?;
@@ -438,12 +449,7 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     println!("wg_vs_veth_ratio={:.3}", rates[0] / rates[1]);
 
     // Back on the overlay; revoke A: within 5 s its rows stop, B's go on.
-    for node in ["ns-a", "ns-b"] {
-        let f = dir.join(node).join(fleet_agent::enroll::ENROLLMENT_FILE);
-        let text = std::fs::read_to_string(&f)?;
-        let line = text.lines().find(|l| l.starts_with("broker_url")).context("broker_url")?.to_owned();
-        std::fs::write(&f, text.replace(&line, &format!("broker_url = \"mqtt://{CONTROLLER_OVERLAY}:{MQTT_PORT}\"")))?;
-    }
+    set_broker_url(dir, &format!("mqtt://{CONTROLLER_OVERLAY}:{MQTT_PORT}"))?;
     let _a = start_agent(&mut topo, &ns_a, "ns-a-again", &a_conf)?;
     let _b = start_agent(&mut topo, &ns_b, "ns-b-again", &b_conf)?;
     let base = stored(&mut api, "ns-a").await?;
@@ -452,13 +458,7 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
         async move { (stored(&mut api, "ns-a").await.ok()? > base + 10).then_some(()) }
     })
     .await?;
-    let out = run(Command::new(bin("fleetctl")?)
-        .args(["--server", &format!("https://{CONTROLLER_HOST_SIDE}:{GRPC_PORT}"), "--ca"])
-        .arg(dir.join("controller/tls/ca.pem"))
-        .arg("--token-file")
-        .arg(dir.join("controller/admin.token"))
-        .args(["nodes", "revoke", "ns-a"]))?;
-    ensure!(out.status.success(), "fleetctl nodes revoke: {}", String::from_utf8_lossy(&out.stderr));
+    fleetctl(dir, &["nodes", "revoke", "ns-a"])?;
     let revoked_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (a0, b0) = (stored(&mut api, "ns-a").await?, stored(&mut api, "ns-b").await?);
@@ -477,13 +477,7 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     // sample of B's run is stored exactly once.
     let b_old = fleet_agent::identity::Identity::load(&dir.join("ns-b"))?.wg_public_base64();
     let b_old_private = std::fs::read_to_string(dir.join("ns-b/wg.key"))?.trim().to_owned();
-    let out = run(Command::new(bin("fleetctl")?)
-        .args(["--server", &format!("https://{CONTROLLER_HOST_SIDE}:{GRPC_PORT}"), "--ca"])
-        .arg(dir.join("controller/tls/ca.pem"))
-        .arg("--token-file")
-        .arg(dir.join("controller/admin.token"))
-        .args(["nodes", "rotate-key", "ns-b"]))?;
-    ensure!(out.status.success(), "fleetctl nodes rotate-key: {}", String::from_utf8_lossy(&out.stderr));
+    fleetctl(dir, &["nodes", "rotate-key", "ns-b"])?;
     let rotated_at = Instant::now();
     let c_ns = topo.c.clone();
     let c_wg = topo.wg_if("c");
