@@ -52,7 +52,7 @@ pub struct SecurityConfig {
     pub require_enrollment: bool,
     /// Bearer API tokens required on FleetService. Default true.
     pub api_auth: bool,
-    /// Calls per second per API token (bursts of twice that). Default 200.
+    /// Calls per second per API token (bursts of twice that). Default 1000.
     pub api_rate_per_s: u32,
     /// Messages per second per node, after its signature is checked (bursts
     /// of twice that). Default 1000 (an agent replays its spool at 500 batches/s by default).
@@ -79,7 +79,7 @@ impl Default for SecurityConfig {
         Self {
             require_enrollment: true,
             api_auth: true,
-            api_rate_per_s: 200,
+            api_rate_per_s: 1000,
             node_rate_per_s: 1000,
             tls: TlsMode::Auto,
             tls_cert: PathBuf::new(),
