@@ -138,6 +138,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    if grpc_url.as_ref().is_some_and(|a| a.token_file.is_none()) {
+        println!(
+            "  note         agents are not enrolled (no --token-file): the controller hears them only with \
+             security.require_enrollment = false"
+        );
+    }
     let agents = TaskTracker::new();
     for i in 0..cli.agents {
         let node_id = format!("{}-{i:03}", cli.node_prefix);

@@ -316,6 +316,21 @@ impl Handler {
                 Ok(())
             }
             Ok((channel, accepted)) => {
+                // The node's own message (signature checked): now its rate.
+                if !matches!(accepted, Accepted::Ignored)
+                    && let Some((node, _)) = parse_node_topic(&p.topic)
+                    && let Err(reason) = self.verifier.within_rate(node)
+                {
+                    self.metrics.drop_msg(reason.label());
+                    if limiter.allow(node) {
+                        tracing::warn!(
+                            node,
+                            reason = reason.label(),
+                            "Dropped messages over the node's rate (logged once per node per minute)."
+                        );
+                    }
+                    return Ok(());
+                }
                 self.metrics.received.get_or_create(&ChannelLabel { channel: channel.as_str() }).inc();
                 if let Some(bridge) = &self.bridge
                     && let Some((node, _)) = fleet_proto::topics::parse_node_topic(&p.topic)

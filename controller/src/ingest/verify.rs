@@ -70,7 +70,13 @@ impl Verifier {
         }
     }
 
-    fn within_rate(&self, node_id: &str) -> Result<(), Refusal> {
+    /// Whether `node_id` is within its message rate (MQTT ingest asks after
+    /// [`Verifier::open`]; Kafka does not: the log is durable, the consumer
+    /// reads at its own pace, and a refused record would be lost).
+    ///
+    /// # Errors
+    /// `Refusal::RateLimited`.
+    pub fn within_rate(&self, node_id: &str) -> Result<(), Refusal> {
         self.rate.check_key(&node_id.to_owned()).map_err(|_| Refusal::RateLimited)
     }
 
@@ -123,11 +129,7 @@ impl Verifier {
     pub fn open<'a>(&self, node_id: &str, channel: Channel, payload: &'a [u8]) -> Result<Cow<'a, [u8]>, Refusal> {
         let known = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(node_id).cloned();
         let Some(k) = known else {
-            if self.required {
-                return Err(Refusal::UnknownNode);
-            }
-            self.within_rate(node_id)?;
-            return Ok(Cow::Borrowed(payload));
+            return if self.required { Err(Refusal::UnknownNode) } else { Ok(Cow::Borrowed(payload)) };
         };
         if k.revoked {
             return Err(Refusal::Revoked);
@@ -145,8 +147,6 @@ impl Verifier {
         }
         let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guards.entry(node_id.to_owned()).or_default().accept(m.boot_no, m.msg_seq).map_err(|_| Refusal::Replay)?;
-        drop(guards);
-        self.within_rate(node_id)?;
         Ok(Cow::Owned(m.payload))
     }
 }
@@ -234,7 +234,8 @@ mod tests {
         v.set(&[identity("a", &a, false), identity("b", &b, false)]);
         let send = |key: &ed25519_dalek::SigningKey, id: &str, seq: u64| {
             let m = sign(key, id, MessageKind::Telemetry, 1, seq, b"x".to_vec()).encode_to_vec();
-            v.open(id, Channel::Telemetry, &m).map(|_| ())
+            v.open(id, Channel::Telemetry, &m).map(|_| ())?;
+            v.within_rate(id)
         };
         // A burst of twice the rate, then refusals; B is not affected.
         let refused = (1..=20).filter(|s| send(&a, "a", *s) == Err(Refusal::RateLimited)).count();
