@@ -381,6 +381,39 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     ]))?;
     let said = format!("{}{}", String::from_utf8_lossy(&sub.stdout), String::from_utf8_lossy(&sub.stderr));
     ensure!(said.contains("denied"), "A subscribed to B's telemetry: {said}");
+    // ...nor publish there: a message from A on B's topic never reaches the controller, while the
+    // same from A on its own topic does (it is counted there as unsigned).
+    let unsigned = || async {
+        let addr = format!("{CONTROLLER_HOST_SIDE}:{HTTP_PORT}").parse().ok()?;
+        Some(metric_value(&http_get(addr, "/metrics").await.ok()?, "fleet_messages_dropped_total{reason=\"unsigned\"}"))
+    };
+    let before = unsigned().await.context("metrics")?;
+    for node in ["ns-b", "ns-a"] {
+        let publish = run(topo.cmd(&ns_a, "mosquitto_pub").args([
+            "-h",
+            CONTROLLER_OVERLAY,
+            "-p",
+            &MQTT_PORT.to_string(),
+            "-u",
+            "ns-a",
+            "-P",
+            &a_id.broker_password,
+            "-i",
+            "acl-probe-pub",
+            "-q",
+            "1",
+            "-t",
+            &format!("fleet/v1/nodes/{node}/telemetry"),
+            "-m",
+            "not signed",
+        ]))?;
+        ensure!(publish.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&publish.stderr));
+    }
+    wait_for(T, "A's own unsigned message counted", || async { (unsigned().await? >= before + 1.0).then_some(()) })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = unsigned().await.context("metrics")?;
+    ensure!(after == before + 1.0, "A's message on B's topic reached the controller ({before} -> {after} unsigned)");
 
     // Tokens: a used one and an expired one are refused.
     let c_conf = agent_toml(dir, "ns-c", "fwx0", false)?;
