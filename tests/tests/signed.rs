@@ -10,7 +10,10 @@ use fleet_agent::config::UplinkKind;
 use fleet_controller::Controller;
 use fleet_proto::signing::sign;
 use fleet_proto::topics::{Channel, node_topic};
-use fleet_proto::v1::{MessageKind, QueryTelemetryRequest, RevokeNodeRequest, Sample, TelemetryBatch};
+use fleet_proto::v1::{
+    JobConstraints, JobStatus, MessageKind, Placement, QueryTelemetryRequest, RevokeNodeRequest, Sample,
+    SubmitJobRequest, TelemetryBatch,
+};
 use fleet_tests::*;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -148,9 +151,29 @@ async fn forged_unsigned_replayed_and_revoked_are_dropped_on_the_embedded_broker
     assert_eq!(forged_points(&c, "sig-b").await?, 0, "a forged row was stored");
     assert_eq!(forged_points(&c, "ghost").await?, 0);
 
-    // Revoke A: within 5 s its rows stop; B's go on.
+    // Revoke A: within 5 s its rows stop; B's go on; no job goes to A any more.
     let mut admin = grpc(&c).await?;
+    let pinned = || SubmitJobRequest {
+        model: "severity".into(),
+        text: "disk full".into(),
+        constraints: Some(JobConstraints {
+            node_id: "sig-a".into(),
+            placement: Placement::EdgeOnly as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    wait_for(T, "a job pinned to A runs on A", || {
+        let mut admin = admin.clone();
+        async move {
+            let v = admin.submit_job(pinned()).await.ok()?.into_inner();
+            (v.status == JobStatus::Succeeded as i32 && v.node_id == "sig-a").then_some(())
+        }
+    })
+    .await?;
     admin.revoke_node(RevokeNodeRequest { node_id: "sig-a".into() }).await?;
+    let e = admin.submit_job(pinned()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (a0, b0) = (c.store.count_samples(Some("sig-a")).await?, c.store.count_samples(Some("sig-b")).await?);
     tokio::time::sleep(Duration::from_secs(3)).await;
