@@ -361,24 +361,13 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
 
     // Mosquitto keeps A to its own topics.
     let a_id = fleet_agent::enroll::load(&dir.join("ns-a"))?.context("A enrolled")?;
-    let sub = run(topo.cmd(&ns_a, "mosquitto_sub").args([
-        "-h",
-        CONTROLLER_OVERLAY,
-        "-p",
-        &MQTT_PORT.to_string(),
-        "-u",
-        "ns-a",
-        "-P",
-        &a_id.broker_password,
-        "-i",
-        "acl-probe",
-        "-t",
-        "fleet/v1/nodes/ns-b/telemetry",
-        "-C",
-        "1",
-        "-W",
-        "3",
-    ]))?;
+    // mosquitto_sub / mosquitto_pub in A's namespace with A's broker login.
+    let as_a = |tool: &str, id: &str, rest: &[&str]| -> anyhow::Result<Output> {
+        let port = MQTT_PORT.to_string();
+        let login = ["-h", CONTROLLER_OVERLAY, "-p", &port, "-u", "ns-a", "-P", &a_id.broker_password, "-i", id];
+        run(topo.cmd(&ns_a, tool).args(login).args(rest))
+    };
+    let sub = as_a("mosquitto_sub", "acl-probe", &["-t", "fleet/v1/nodes/ns-b/telemetry", "-C", "1", "-W", "3"])?;
     let said = format!("{}{}", String::from_utf8_lossy(&sub.stdout), String::from_utf8_lossy(&sub.stderr));
     ensure!(said.contains("denied"), "A subscribed to B's telemetry: {said}");
     // ...nor publish there: a message from A on B's topic never reaches the controller, while the
@@ -389,24 +378,8 @@ async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     };
     let before = unsigned().await.context("metrics")?;
     for node in ["ns-b", "ns-a"] {
-        let publish = run(topo.cmd(&ns_a, "mosquitto_pub").args([
-            "-h",
-            CONTROLLER_OVERLAY,
-            "-p",
-            &MQTT_PORT.to_string(),
-            "-u",
-            "ns-a",
-            "-P",
-            &a_id.broker_password,
-            "-i",
-            "acl-probe-pub",
-            "-q",
-            "1",
-            "-t",
-            &format!("fleet/v1/nodes/{node}/telemetry"),
-            "-m",
-            "not signed",
-        ]))?;
+        let topic = format!("fleet/v1/nodes/{node}/telemetry");
+        let publish = as_a("mosquitto_pub", "acl-probe-pub", &["-q", "1", "-t", &topic, "-m", "not signed"])?;
         ensure!(publish.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&publish.stderr));
     }
     wait_for(T, "A's own unsigned message counted", || async { (unsigned().await? >= before + 1.0).then_some(()) })
