@@ -4,8 +4,6 @@
 //! it holds the broker password) next to its keys. Every later start reads it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -141,20 +139,9 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
 }
 
 fn save(path: &Path, e: &Enrollment) -> Result<(), EnrollError> {
-    let err = |why: String| EnrollError::File { path: path.into(), why };
-    let text = toml::to_string(e).map_err(|x| err(x.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|x| err(x.to_string()))?;
-    f.write_all(format!("# Written by `fleet-agent enroll`; holds the broker password (mode 0600).\n{text}").as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|x| err(x.to_string()))
+    let text = toml::to_string(e).map_err(|x| EnrollError::File { path: path.into(), why: x.to_string() })?;
+    let text = format!("# Written by `fleet-agent enroll`; holds the broker password (mode 0600).\n{text}");
+    Ok(crate::identity::write_secret(path, &text)?)
 }
 
 /// The enrollment in `dir`, if the node is enrolled.
@@ -163,20 +150,11 @@ fn save(path: &Path, e: &Enrollment) -> Result<(), EnrollError> {
 /// A file others can read, or one that is damaged.
 pub fn load(dir: &Path) -> Result<Option<Enrollment>, EnrollError> {
     let path = dir.join(ENROLLMENT_FILE);
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(EnrollError::File { path, why: e.to_string() }),
+    let text = match crate::identity::read_secret(&path) {
+        Ok(t) => t,
+        Err(IdentityError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(EnrollError::File {
-            why: format!("readable by others (mode {mode:o}): run `chmod 600 {}`", path.display()),
-            path,
-        });
-    }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| EnrollError::File { path: path.clone(), why: e.to_string() })?;
     toml::from_str(&text)
         .map(Some)
         .map_err(|e| EnrollError::File { path, why: format!("damaged ({}); enroll again with --force", e.message()) })

@@ -151,7 +151,7 @@ pub fn promote_next_wg(dir: &Path) -> Result<(), IdentityError> {
 
 /// Writes a secret file mode 0600 from the start (never briefly readable),
 /// flushed to disk, then renamed over the old one.
-fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {
     let io = |source| IdentityError::Io { path: path.into(), source };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -165,7 +165,7 @@ fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
-fn read_secret(path: &Path) -> Result<String, IdentityError> {
+pub(crate) fn read_secret(path: &Path) -> Result<String, IdentityError> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => IdentityError::Missing(path.into()),
         _ => IdentityError::Io { path: path.into(), source: e },

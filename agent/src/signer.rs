@@ -4,7 +4,6 @@
 //! synced) at every start before anything is sent, so the controller can
 //! refuse an older boot's messages without trusting a clock.
 
-use std::io::Write;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
@@ -37,15 +36,9 @@ pub fn next_boot_no(dir: &Path) -> Result<u64, String> {
     let path = dir.join(BOOT_NO_FILE);
     let last = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
     let next = last + 1;
-    let tmp = path.with_extension("tmp");
-    std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(format!("{next}\n").as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all())
-        .map_err(|e| format!("cannot store the boot counter {}: {e}; data_dir must be writable", path.display()))?;
+    // Written like the keys: complete and synced before anything is signed with it.
+    crate::identity::write_secret(&path, &next.to_string())
+        .map_err(|e| format!("cannot store the boot counter: {e}; data_dir must be writable"))?;
     Ok(next)
 }
 
