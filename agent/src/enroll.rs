@@ -111,7 +111,7 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
         mem_total_bytes,
     };
     let channel =
-        fleet_proto::client::channel(&o.controller_url, o.ca_pem.as_deref()).await.map_err(EnrollError::Connect)?;
+        fleet_net::client::channel(&o.controller_url, o.ca_pem.as_deref()).await.map_err(EnrollError::Connect)?;
     let mut client = fleet_proto::v1::enrollment_service_client::EnrollmentServiceClient::new(channel);
     let r = client
         .enroll(req)
@@ -208,11 +208,11 @@ pub fn overlay_up(iface: &str, e: &Enrollment, key: &wireguard_control::Key) -> 
         .collect::<Result<Vec<_>, String>>()?;
     let address = e.overlay_address.parse().map_err(|_| format!("overlay address {:?}", e.overlay_address))?;
     let prefix = u8::try_from(e.overlay_prefix_len).map_err(|_| "overlay prefix".to_owned())?;
-    let peer = fleet_proto::overlay::Peer {
+    let peer = fleet_net::overlay::Peer {
         public_key: e.controller_wg_public_key.clone(),
         endpoint: Some(endpoint),
         allowed,
-        keepalive_s: Some(u16::try_from(e.persistent_keepalive_s).unwrap_or(fleet_proto::overlay::KEEPALIVE_S)),
+        keepalive_s: Some(u16::try_from(e.persistent_keepalive_s).unwrap_or(fleet_net::overlay::KEEPALIVE_S)),
     };
-    fleet_proto::overlay::up(iface, key, None, (address, prefix), &[peer])
+    fleet_net::overlay::up(iface, key, None, (address, prefix), &[peer])
 }

@@ -53,14 +53,14 @@ impl ApiAccess {
     ///
     /// # Errors
     /// The token file unreadable, or the controller unreachable.
-    pub async fn admin_client(&self) -> Result<fleet_proto::client::FleetClient, String> {
+    pub async fn admin_client(&self) -> Result<fleet_net::client::FleetClient, String> {
         let token = match &self.token_file {
             Some(f) => Some(
                 std::fs::read_to_string(f).map_err(|e| format!("cannot read the admin token {}: {e}", f.display()))?,
             ),
             None => None,
         };
-        fleet_proto::client::fleet_client(&self.url, self.ca_pem.as_deref().map(str::as_bytes), token.as_deref()).await
+        fleet_net::client::fleet_client(&self.url, self.ca_pem.as_deref().map(str::as_bytes), token.as_deref()).await
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use fleet_proto::overlay::{self, Peer};
+use fleet_net::overlay::{self, Peer};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use wireguard_control::Key;

@@ -1,13 +1,10 @@
 //! The Spark Fleet wire contract: the protobuf messages agents and the
 //! controller exchange, the gRPC `FleetService`, and the one place where MQTT
-//! topic and Kafka topic names are spelled. No I/O lives here, apart from
-//! `client` (the one way to open a channel to the controller) and `overlay`
-//! (the WireGuard interface both ends configure).
+//! topic and Kafka topic names are spelled, and the signed envelope. No I/O
+//! lives here: the gRPC channel and the WireGuard interface are `fleet-net`'s.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod metrics;
-pub mod overlay;
 pub mod signing;
 pub mod topics;
 

@@ -14,7 +14,7 @@ pub mod procs;
 use anyhow::{Context, bail};
 use fleet_agent::config::{AgentConfig, HardwareBackend};
 use fleet_controller::config::{ControllerConfig, ListenConfig};
-use fleet_proto::client::FleetClient;
+use fleet_net::client::FleetClient;
 use fleet_proto::v1::{ListNodesRequest, Node, NodeState};
 use tokio_util::sync::CancellationToken;
 
@@ -305,7 +305,7 @@ pub async fn grpc(c: &fleet_controller::Controller) -> anyhow::Result<FleetClien
 /// # Errors
 /// When the controller cannot be reached.
 pub async fn channel(c: &fleet_controller::Controller) -> anyhow::Result<tonic::transport::Channel> {
-    fleet_proto::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes))
+    fleet_net::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes))
         .await
         .map_err(anyhow::Error::msg)
 }

@@ -18,7 +18,7 @@ use fleet_proto::v1::{
 use fleet_tests::*;
 use tokio_util::sync::CancellationToken;
 
-type Client = fleet_proto::client::FleetClient;
+type Client = fleet_net::client::FleetClient;
 
 fn job(model: &str, text: &str) -> SubmitJobRequest {
     SubmitJobRequest { model: model.into(), text: text.into(), timeout_ms: 15_000, ..Default::default() }

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use fleet_proto::client::{FleetClient, fleet_client};
+use fleet_net::client::{FleetClient, fleet_client};
 use fleet_proto::v1::{CreateApiTokenRequest, DesiredState, ListNodesRequest, SetDesiredStateRequest};
 use fleet_tests::procs::{NetNs, Proc, bin};
 use fleet_tests::{free_port, http_get, metric_value, wait_for};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_agent::enroll::{EnrollOptions, enroll};
 use fleet_controller::Controller;
-use fleet_proto::client::{FleetClient, fleet_client};
+use fleet_net::client::{FleetClient, fleet_client};
 use fleet_proto::v1::{
     CreateApiTokenRequest, CreateBootstrapTokenRequest, DesiredState, ListAuditLogRequest, ListBootstrapTokensRequest,
     ListNodesRequest, NodeState, RevokeApiTokenRequest, RevokeBootstrapTokenRequest, RevokeNodeRequest,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_controller::store::jobs::status_word as job_status;
-use fleet_proto::client::FleetClient;
+use fleet_net::client::FleetClient;
 use fleet_proto::v1::{
     CreateApiTokenRequest, CreateBootstrapTokenRequest, DesiredState, GetDesiredStateRequest, GetJobRequest,
     GetNodeRequest, JobConstraints, JobStatus, JobTimings, JobView, ListAuditLogRequest, ListBootstrapTokensRequest,
@@ -336,7 +336,7 @@ fn check_private(p: &Path) -> anyhow::Result<()> {
 
 async fn connect(cli: &Cli) -> anyhow::Result<FleetClient> {
     let (server, ca, token) = settings(cli)?;
-    fleet_proto::client::fleet_client(&server, ca.as_deref(), token.as_deref())
+    fleet_net::client::fleet_client(&server, ca.as_deref(), token.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("{e} (is fleet-controller running? set --server)"))
 }

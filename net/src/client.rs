@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// A `FleetService` client that sends the bearer token.
-pub type FleetClient = crate::v1::fleet_service_client::FleetServiceClient<InterceptedService<Channel, Bearer>>;
+pub type FleetClient = fleet_proto::v1::fleet_service_client::FleetServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` to every call (nothing when no token).
 #[derive(Clone, Default)]
@@ -95,5 +95,5 @@ pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, String
 pub async fn fleet_client(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> Result<FleetClient, String> {
     let bearer = Bearer::new(token)?;
     let ch = channel(url, ca_pem).await?;
-    Ok(crate::v1::fleet_service_client::FleetServiceClient::with_interceptor(ch, bearer))
+    Ok(fleet_proto::v1::fleet_service_client::FleetServiceClient::with_interceptor(ch, bearer))
 }
