@@ -114,9 +114,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let mut cfg = ControllerConfig {
                 data_dir: cli.data_dir.join("controller"),
-                grpc: fleet_controller::config::ListenConfig { listen: cli.grpc_listen },
-                http: fleet_controller::config::ListenConfig { listen: cli.http_listen },
-                mqtt: fleet_controller::config::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
+                grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen },
+                http: fleet_controller::http::HttpConfig { listen: cli.http_listen },
+                mqtt: fleet_controller::link::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
                 ..Default::default()
             };
             cfg.cloud.model_dir = cli.model_dir.clone().unwrap_or_default();

@@ -13,7 +13,9 @@ pub mod procs;
 
 use anyhow::{Context, bail};
 use fleet_agent::config::{AgentConfig, HardwareBackend};
-use fleet_controller::config::{ControllerConfig, ListenConfig};
+use fleet_controller::api::server::GrpcConfig;
+use fleet_controller::config::ControllerConfig;
+use fleet_controller::http::HttpConfig;
 use fleet_net::client::FleetClient;
 use fleet_proto::v1::{ListNodesRequest, Node, NodeState};
 use tokio_util::sync::CancellationToken;
@@ -206,8 +208,8 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
     let mut cfg = ControllerConfig {
         data_dir: data_dir.to_owned(),
         database_url: database_url.to_owned(),
-        grpc: ListenConfig { listen: any_port() },
-        http: ListenConfig { listen: any_port() },
+        grpc: GrpcConfig { listen: any_port() },
+        http: HttpConfig { listen: any_port() },
         ..Default::default()
     };
     cfg.mqtt.url = mqtt_url.to_owned();
@@ -305,9 +307,7 @@ pub async fn grpc(c: &fleet_controller::Controller) -> anyhow::Result<FleetClien
 /// # Errors
 /// When the controller cannot be reached.
 pub async fn channel(c: &fleet_controller::Controller) -> anyhow::Result<tonic::transport::Channel> {
-    fleet_net::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes))
-        .await
-        .map_err(anyhow::Error::msg)
+    fleet_net::client::channel(&c.api.url, c.api.ca_pem.as_deref().map(str::as_bytes)).await.map_err(anyhow::Error::msg)
 }
 
 /// The nodes the controller lists.

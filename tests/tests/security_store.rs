@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use fleet_controller::security::{self, Lifetime, Role};
+use fleet_controller::auth::{self as security, Lifetime, Role};
 use fleet_controller::store::security::{AuditEntry, TokenRefused};
 use fleet_controller::store::{StorageConfig, Store};
 use fleet_tests::TestDb;

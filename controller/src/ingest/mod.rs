@@ -1,37 +1,61 @@
-//! Ingest: the MQTT reader (`mqtt`) and the Kafka consumer (`kafka`) validate
-//! what nodes publish and feed the bounded writer queue; the writer
-//! (`writer`) commits telemetry in bulk and publishes the end-to-end acks.
+//! Ingest: the bulk telemetry writer. The link hands it verified batches
+//! through a bounded queue (`queue`); the writer (`writer`) commits rows and
+//! ack marks in one transaction, then has the link publish each run's `Ack`.
 
-pub mod kafka;
-pub mod mqtt;
-pub mod verify;
+pub mod queue;
 pub mod writer;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Logs a bad message at most once per node per minute.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    last: HashMap<String, Instant>,
+use serde::Deserialize;
+
+/// `[ingest]`: the writer queue and the bulk writes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Writer queue capacity in batches. Default 4096.
+    pub queue_batches: usize,
+    /// Writer queue capacity in rows (samples), whatever the batch sizes. Default 200000.
+    pub queue_rows: usize,
+    /// Rows per database write at most. Default 20000.
+    pub max_rows_per_write: usize,
+    /// Database writes in flight at once (PostgreSQL; SQLite has one). Default 2.
+    pub writers: usize,
+    /// Longest wait to fill a write. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub max_write_delay: Duration,
+    /// Samples with a time further than this ahead of the controller's clock
+    /// are refused (and counted). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
 }
 
-impl LogLimiter {
-    /// Entries kept at most; beyond, the map is cleared (a burst of logs at worst).
-    const MAX: usize = 10_000;
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_batches: 4096,
+            max_rows_per_write: 20_000,
+            queue_rows: 200_000,
+            writers: 2,
+            max_write_delay: Duration::from_millis(100),
+            max_future_skew: Duration::from_secs(300),
+        }
+    }
+}
 
-    /// True when a message about `node` may be logged now.
-    pub fn allow(&mut self, node: &str) -> bool {
-        let now = Instant::now();
-        if self.last.len() > Self::MAX {
-            self.last.clear();
+impl IngestConfig {
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_batches == 0 || self.queue_rows == 0 || self.max_rows_per_write == 0 || self.writers == 0 {
+            return Err(
+                "keys `ingest.queue_batches`, `ingest.queue_rows`, `ingest.max_rows_per_write` and `ingest.writers` \
+                 must be at least 1"
+                    .into(),
+            );
         }
-        match self.last.get(node) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
-            _ => {
-                self.last.insert(node.to_owned(), now);
-                true
-            }
-        }
+        Ok(())
     }
 }

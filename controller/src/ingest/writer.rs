@@ -10,72 +10,17 @@ use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{Ack, SeqRange, TelemetryBatch};
 use prost::Message;
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IngestConfig;
+use super::IngestConfig;
+use super::queue::WriteItem;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::Registry;
 use crate::store::{RunRange, Store};
 
 /// Committed ranges above the watermark sent in each ack, at most.
 const ACK_RANGES: usize = 64;
-
-/// A batch for the writer; `done` (Kafka) hears whether its rows are committed.
-#[derive(Debug)]
-pub struct WriteItem {
-    pub batch: TelemetryBatch,
-    pub done: Option<tokio::sync::oneshot::Sender<bool>>,
-    /// When it entered the queue: the write lag metric is measured from here.
-    pub queued_at: Instant,
-    /// Its rows' share of the queue, given back once written.
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-/// The queue to the writers, bounded twice: at most `batches` batches and
-/// `rows` rows (so memory stays bounded whatever the batch size). Sending
-/// waits for room: that wait is the backpressure on the MQTT reader and the
-/// Kafka consumer.
-#[derive(Debug, Clone)]
-pub struct WriteQueue {
-    tx: mpsc::Sender<WriteItem>,
-    rows: Arc<Semaphore>,
-    max_rows: u32,
-}
-
-impl WriteQueue {
-    /// A queue and the receiving end the writers share.
-    #[must_use]
-    pub fn new(batches: usize, rows: usize) -> (Self, mpsc::Receiver<WriteItem>) {
-        let (tx, rx) = mpsc::channel(batches.max(1));
-        let max_rows = u32::try_from(rows.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
-        (Self { tx, rows: Arc::new(Semaphore::new(max_rows as usize)), max_rows }, rx)
-    }
-
-    /// Queues `item` once there is room. `Err` when the writers are gone.
-    ///
-    /// # Errors
-    /// The writers stopped (shutdown).
-    pub async fn send(&self, mut item: WriteItem) -> Result<(), ()> {
-        let n = u32::try_from(item.batch.samples.len()).unwrap_or(u32::MAX).clamp(1, self.max_rows);
-        item.permit = Some(self.rows.clone().acquire_many_owned(n).await.map_err(|_| ())?);
-        self.tx.send(item).await.map_err(|_| ())
-    }
-}
-
-impl WriteItem {
-    /// A batch whose outcome `done` hears (Kafka).
-    #[must_use]
-    pub fn with_done(batch: TelemetryBatch, done: tokio::sync::oneshot::Sender<bool>) -> Self {
-        Self { batch, done: Some(done), queued_at: Instant::now(), permit: None }
-    }
-}
-
-impl From<TelemetryBatch> for WriteItem {
-    fn from(batch: TelemetryBatch) -> Self {
-        Self { batch, done: None, queued_at: Instant::now(), permit: None }
-    }
-}
 
 /// Everything the writer needs.
 pub struct Writer {

@@ -9,26 +9,27 @@
 //! are kept. Finished jobs stay in memory (bounded) and are recorded in the
 //! store in batches.
 
+pub mod cloud;
+mod dispatch;
+mod settle;
+mod tasks;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_inference::{Output, Pool, Ran, RunError};
-use fleet_proto::topics::{Channel, node_topic};
-use fleet_proto::v1::{
-    Job, JobAttempt, JobResult, JobStatus, JobTimings, JobView, Node, NodeState, Placement, Site, SubmitJobRequest, job,
-};
-use prost::Message;
+use fleet_inference::{Pool, Ran, RunError};
+use fleet_proto::v1::{JobResult, JobStatus, JobTimings, JobView, Placement, Site, SubmitJobRequest};
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::config::JobsConfig;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::router::{CloudView, Decision, JobSpec, Router, RouterConfig, Target};
+use crate::router::{CloudView, Router, RouterConfig, Target};
 use crate::store::Store;
 
 /// Longest model name accepted.
@@ -39,6 +40,58 @@ const MAX_TEXT_BYTES: usize = 64 * 1024;
 const MAX_TIMEOUT_MS: u32 = 600_000;
 /// How often deadlines and silent nodes are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// `[jobs]`: inference jobs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Time a job gets when the caller sets none. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// An edge node that has not answered within this long loses the job to
+    /// the next best site (as when it goes offline). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Jobs in flight at most; more are refused with RESOURCE_EXHAUSTED. Default 10000.
+    pub max_in_flight: usize,
+    /// Finished jobs kept in memory (with embeddings) for GetJob. Default 10000.
+    pub recent: usize,
+    /// Finished jobs waiting to be recorded in the store; more are not
+    /// recorded and are counted. Default 4096.
+    pub record_queue: usize,
+    /// How long job records are kept. Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(5),
+            max_in_flight: 10_000,
+            recent: 10_000,
+            record_queue: 4096,
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_in_flight == 0 {
+            return Err("key `jobs.max_in_flight` must be at least 1".into());
+        }
+        if self.attempt_timeout.is_zero() || self.default_timeout.is_zero() {
+            return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
+        }
+        Ok(())
+    }
+}
 
 /// The job manager. Cheap to clone.
 #[derive(Clone)]
@@ -236,110 +289,6 @@ impl JobManager {
         }
     }
 
-    /// Routes the job to its next site and sends it there. When no site is
-    /// left the job ends FAILED; `Err` carries the reason when it never ran.
-    fn advance(&self, st: &mut State, job_id: &str, joint_reason: Option<String>) -> Result<(), String> {
-        loop {
-            let Some(l) = st.live.get(job_id) else { return Ok(()) };
-            let model = l.view.model.clone();
-            let cloud = self.cloud_view(&model);
-            let t = std::time::Instant::now();
-            let decision = if let Some(reason) = &joint_reason {
-                Ok(Decision { target: Target::Cloud, score: 0, reason: reason.clone() })
-            } else {
-                let spec =
-                    JobSpec { model: &model, labels: &l.labels, placement: l.placement, node: &l.pin, tried: &l.tried };
-                st.router.route(&spec, cloud)
-            };
-            let route_us = us(t.elapsed());
-            let d = match decision {
-                Ok(d) => d,
-                Err(reason) => {
-                    let never_ran = l.view.attempts.is_empty();
-                    self.finish(st, job_id, JobStatus::Failed, &reason);
-                    return if never_ran { Err(reason) } else { Ok(()) };
-                }
-            };
-            let Some(l) = st.live.get_mut(job_id) else { return Ok(()) };
-            let attempt = u32::try_from(l.view.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
-            let now = Instant::now();
-            let mut a = JobAttempt {
-                attempt,
-                site: if d.target == Target::Cloud { Site::Cloud } else { Site::Edge } as i32,
-                node_id: match &d.target {
-                    Target::Edge(id) => id.to_string(),
-                    Target::Cloud => String::new(),
-                },
-                reason: d.reason.clone(),
-                status: JobStatus::Running as i32,
-                dispatched_unix_ms: fleet_proto::now_unix_ms(),
-                ..Default::default()
-            };
-            let left = l.deadline.saturating_duration_since(now);
-            let sent = match &d.target {
-                Target::Edge(id) => {
-                    let job = Job {
-                        job_id: job_id.to_owned(),
-                        model: model.clone(),
-                        input: Some(job::Input::Text(l.text.clone())),
-                        deadline_unix_ms: l.view.deadline_unix_ms,
-                        min_confidence: l.view.min_confidence,
-                        attempt,
-                        budget_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
-                    };
-                    let topic = node_topic(id, Channel::Jobs);
-                    // QoS 0, as the node's answer: a job's delivery guarantee is end to end
-                    // (an answer, or a re-route after jobs.attempt_timeout). QoS 1 acks make a
-                    // broker without TCP_NODELAY (rumqttd; Mosquitto unless set_tcp_nodelay)
-                    // hold its next small write for the peer's delayed ACK: 40 ms a job
-                    // (docs/routing.md, "Latency").
-                    let ok = self
-                        .inner
-                        .mqtt
-                        .try_publish(topic, rumqttc::QoS::AtMostOnce, false, job.encode_to_vec())
-                        .is_ok();
-                    if ok {
-                        st.router.dispatched(id);
-                    }
-                    ok
-                }
-                Target::Cloud => self.run_in_cloud(job_id, attempt, &model, &l.text, l.deadline),
-            };
-            if !sent {
-                a.status = JobStatus::Failed as i32;
-                a.error = match &d.target {
-                    Target::Edge(_) => "the controller's MQTT queue is full".into(),
-                    Target::Cloud => "the cloud pool filled up".into(),
-                };
-                if let Target::Edge(id) = &d.target {
-                    l.tried.push(id.clone());
-                }
-                l.view.attempts.push(a);
-                if joint_reason.is_some() {
-                    // No cloud second opinion: the edge answer stands.
-                    self.finish_with_best(st, job_id);
-                    return Ok(());
-                }
-                continue;
-            }
-            l.view.status = JobStatus::Running as i32;
-            l.view.attempts.push(a);
-            l.current = Some(Current { attempt, target: d.target, sent: now, route_us });
-            return Ok(());
-        }
-    }
-
-    fn run_in_cloud(&self, job_id: &str, attempt: u32, model: &str, text: &str, deadline: Instant) -> bool {
-        let Some(place) = self.inner.cloud.as_ref().and_then(Pool::reserve) else { return false };
-        let (job_id, model, text) = (job_id.to_owned(), model.to_owned(), text.to_owned());
-        let done = self.inner.cloud_done.clone();
-        self.inner.tasks.spawn(async move {
-            let result = place.run(model, text, deadline).await;
-            let _ = done.send(CloudDone { job_id, attempt, result }).await;
-        });
-        true
-    }
-
     /// A node's answer (from the MQTT reader).
     pub fn on_result(&self, node_id: &str, r: JobResult) {
         let mut st = self.state();
@@ -362,291 +311,6 @@ impl JobManager {
         let mut r = r;
         r.timings = Some(JobTimings { route_us, transport_us: transport, ..node_t });
         self.settle(&mut st, r, Site::Edge);
-    }
-
-    /// Records an attempt's answer (a node's, or the cloud pool's) on the
-    /// job's current attempt, then decides what follows.
-    fn settle(&self, st: &mut State, r: JobResult, site: Site) {
-        let Some(l) = st.live.get_mut(&r.job_id) else { return };
-        l.current = None;
-        let status = JobStatus::try_from(r.status).unwrap_or(JobStatus::Failed);
-        if let Some(a) = l.view.attempts.last_mut() {
-            a.status = status as i32;
-            a.error = r.error;
-            a.timings = r.timings;
-            a.label = r.label;
-            a.confidence = r.confidence;
-        }
-        if status == JobStatus::Succeeded {
-            l.view.embedding = r.embedding;
-        }
-        self.after_attempt(st, &r.job_id, status, site);
-    }
-
-    /// What follows an attempt's end: done, joint inference, or the next site.
-    fn after_attempt(&self, st: &mut State, job_id: &str, status: JobStatus, site: Site) {
-        let Some(l) = st.live.get_mut(job_id) else { return };
-        match status {
-            JobStatus::Succeeded => {
-                let conf = l.view.attempts.last().map_or(1.0, |a| a.confidence);
-                let min = l.view.min_confidence;
-                let may_cloud = l.placement == Placement::Any && l.labels.is_empty() && l.pin.is_empty();
-                let cloud = self.cloud_view(&l.view.model);
-                if site == Site::Edge && min > 0.0 && conf < min && may_cloud && cloud.enabled && cloud.has_model {
-                    let reason = format!("joint inference: the edge answer's confidence {conf:.3} is under {min:.3}");
-                    self.inner.metrics.jobs_joint.inc();
-                    let _ = self.advance(st, job_id, Some(reason));
-                } else {
-                    self.finish_with_best(st, job_id);
-                }
-            }
-            JobStatus::Expired => self.finish(st, job_id, JobStatus::Expired, "the deadline passed on the node"),
-            _ => {
-                // Refused or failed: try the next site. A failed cloud re-run of joint inference keeps the edge answer.
-                if site == Site::Cloud && l.view.attempts.iter().any(|a| a.status == JobStatus::Succeeded as i32) {
-                    self.finish_with_best(st, job_id);
-                    return;
-                }
-                if site == Site::Edge
-                    && let Some(a) = l.view.attempts.last()
-                {
-                    l.tried.push(a.node_id.as_str().into());
-                }
-                self.inner.metrics.jobs_rerouted.inc();
-                let _ = self.advance(st, job_id, None);
-            }
-        }
-    }
-
-    /// Ends the job with its last successful attempt's answer.
-    fn finish_with_best(&self, st: &mut State, job_id: &str) {
-        self.finish(st, job_id, JobStatus::Succeeded, "");
-    }
-
-    /// Ends a job: final fields from the last successful attempt (if any),
-    /// waiters told, kept in memory and queued for the store.
-    fn finish(&self, st: &mut State, job_id: &str, status: JobStatus, error: &str) {
-        let Some(mut l) = st.live.remove(job_id) else { return };
-        if let Some(c) = l.current.take()
-            && let Target::Edge(id) = &c.target
-        {
-            st.router.finished(id);
-        }
-        let v = &mut l.view;
-        let best = v.attempts.iter().rev().find(|a| a.status == JobStatus::Succeeded as i32).cloned();
-        v.status = status as i32;
-        v.error = error.to_owned();
-        v.finished_unix_ms = fleet_proto::now_unix_ms();
-        if let Some(a) = best.filter(|_| status == JobStatus::Succeeded) {
-            v.site = a.site;
-            v.node_id = a.node_id;
-            v.label = a.label;
-            v.confidence = a.confidence;
-            v.reason = a.reason;
-            v.timings = Some(JobTimings { end_to_end_us: us(l.submitted.elapsed()), ..a.timings.unwrap_or_default() });
-        } else {
-            v.embedding.clear();
-            v.reason = v.attempts.last().map(|a| a.reason.clone()).unwrap_or_default();
-            v.timings = Some(JobTimings { end_to_end_us: us(l.submitted.elapsed()), ..Default::default() });
-        }
-        let view = l.view;
-        self.inner.metrics.job_finished(crate::store::jobs::status_word(view.status), view.site);
-        for w in l.waiters {
-            let _ = w.send(view.clone());
-        }
-        if self.inner.record.try_send(view.clone()).is_err() {
-            self.inner.metrics.jobs_unrecorded.inc();
-        }
-        st.recent_order.push_back(job_id.to_owned());
-        st.recent.insert(job_id.to_owned(), view);
-        while st.recent_order.len() > self.inner.cfg.recent {
-            if let Some(old) = st.recent_order.pop_front() {
-                st.recent.remove(&old);
-            }
-        }
-        self.inner.metrics.jobs_in_flight.set(i64::try_from(st.live.len()).unwrap_or(i64::MAX));
-    }
-
-    /// Gives up the current attempt of every job on `node_id` and re-routes them.
-    fn node_lost(&self, st: &mut State, node_id: &str, why: &str) {
-        let ids: Vec<String> = st
-            .live
-            .iter()
-            .filter(|(_, l)| l.current.as_ref().is_some_and(|c| c.target.is_node(node_id)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
-            self.abandon(st, &id, why);
-        }
-    }
-
-    fn abandon(&self, st: &mut State, job_id: &str, why: &str) {
-        let Some(l) = st.live.get_mut(job_id) else { return };
-        let Some(c) = l.current.take() else { return };
-        if let Target::Edge(id) = &c.target {
-            l.tried.push(id.clone());
-        }
-        if let Some(a) = l.view.attempts.last_mut() {
-            a.status = JobStatus::Abandoned as i32;
-            a.error = why.to_owned();
-        }
-        if let Target::Edge(id) = &c.target {
-            st.router.finished(id);
-            tracing::info!(job_id, node_id = %id, why, "Job re-routed.");
-        }
-        self.inner.metrics.jobs_rerouted.inc();
-        let _ = self.advance(st, job_id, None);
-    }
-
-    /// Follows the live view: every status into the router; offline nodes lose their jobs.
-    async fn follow(self, registry: Registry, shutdown: CancellationToken) {
-        let mut changes = registry.subscribe();
-        loop {
-            let n: Node = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = changes.recv() => match r {
-                    Ok(n) => n,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let all = registry.list();
-                        let mut st = self.state();
-                        for n in &all {
-                            if let Some(s) = &n.status {
-                                st.router.observe(s);
-                            }
-                        }
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            let Some(s) = &n.status else { continue };
-            let mut st = self.state();
-            st.router.observe(s);
-            if s.state == NodeState::Offline as i32 {
-                self.node_lost(&mut st, &n.node_id, "the node went offline");
-            }
-        }
-    }
-
-    /// Expires jobs at their deadline and gives up on silent nodes.
-    async fn sweep(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = Instant::now();
-            let mut st = self.state();
-            let mut expired = Vec::new();
-            let mut silent = Vec::new();
-            for (id, l) in &st.live {
-                if now >= l.deadline {
-                    expired.push(id.clone());
-                } else if let Some(c) = &l.current
-                    && matches!(c.target, Target::Edge(_))
-                    && now.duration_since(c.sent) >= self.inner.cfg.attempt_timeout
-                {
-                    silent.push(id.clone());
-                }
-            }
-            for id in expired {
-                if let Some(a) = st.live.get_mut(&id).and_then(|l| l.view.attempts.last_mut())
-                    && a.status == JobStatus::Running as i32
-                {
-                    a.status = JobStatus::Expired as i32;
-                }
-                self.finish(&mut st, &id, JobStatus::Expired, "the deadline passed before an answer came");
-            }
-            let why = format!("no answer within {:?} (jobs.attempt_timeout)", self.inner.cfg.attempt_timeout);
-            for id in silent {
-                self.abandon(&mut st, &id, &why);
-            }
-        }
-        // Stopping: callers still waiting get their job as it stands.
-        let mut st = self.state();
-        let ids: Vec<String> = st.live.keys().cloned().collect();
-        for id in ids {
-            self.finish(&mut st, &id, JobStatus::Failed, "the controller is shutting down");
-        }
-    }
-
-    async fn cloud_answers(self, mut rx: mpsc::Receiver<CloudDone>, shutdown: CancellationToken) {
-        loop {
-            let done = tokio::select! {
-                () = shutdown.cancelled() => return,
-                d = rx.recv() => match d { Some(d) => d, None => return },
-            };
-            let mut st = self.state();
-            let Some(l) = st.live.get(&done.job_id) else { continue };
-            let Some(c) = l.current.as_ref().filter(|c| c.attempt == done.attempt && c.target == Target::Cloud) else {
-                continue;
-            };
-            let mut r = JobResult { job_id: done.job_id, attempt: done.attempt, ..Default::default() };
-            match done.result {
-                Ok(ran) => {
-                    r.status = JobStatus::Succeeded as i32;
-                    r.timings = Some(JobTimings {
-                        queued_us: us(ran.queued),
-                        tokenize_us: us(ran.answer.times.tokenize),
-                        inference_us: us(ran.answer.times.inference),
-                        total_us: us(ran.total),
-                        route_us: c.route_us,
-                        ..Default::default()
-                    });
-                    r.confidence = ran.answer.confidence();
-                    match ran.answer.output {
-                        Output::Embedding(v) => r.embedding = v,
-                        Output::Class(class) => r.label = class.label,
-                    }
-                }
-                Err(RunError::Expired) => {
-                    r.status = JobStatus::Expired as i32;
-                    r.error = "the deadline passed in the cloud queue".into();
-                }
-                Err(e) => {
-                    r.status = JobStatus::Failed as i32;
-                    r.error = e.to_string();
-                }
-            }
-            self.settle(&mut st, r, Site::Cloud);
-        }
-    }
-
-    /// Writes finished jobs to the store in batches; deletes old records hourly.
-    async fn recorder(self, mut rx: mpsc::Receiver<JobView>, shutdown: CancellationToken) {
-        let mut prune = tokio::time::interval(Duration::from_secs(3600));
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    while let Ok(v) = rx.try_recv() {
-                        batch.push(v);
-                    }
-                    if !batch.is_empty() && let Err(e) = self.inner.store.put_jobs(&batch).await {
-                        tracing::warn!(error = %e, jobs = batch.len(), "Could not record the last jobs.");
-                    }
-                    return;
-                }
-                n = rx.recv_many(&mut batch, 256) => {
-                    if n == 0 {
-                        return;
-                    }
-                    if let Err(e) = self.inner.store.put_jobs(&batch).await {
-                        self.inner.metrics.jobs_unrecorded.inc_by(batch.len() as u64);
-                        tracing::warn!(error = %e, jobs = batch.len(), "Could not record finished jobs.");
-                    }
-                    batch.clear();
-                }
-                _ = prune.tick() => {
-                    let keep = i64::try_from(self.inner.cfg.retention.as_millis()).unwrap_or(i64::MAX / 2);
-                    if let Err(e) = self.inner.store.delete_jobs_before(fleet_proto::now_unix_ms() - keep).await {
-                        tracing::warn!(error = %e, "Could not delete old job records.");
-                    }
-                }
-            }
-        }
     }
 
     /// A job: in flight, recent, or recorded.

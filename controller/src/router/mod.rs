@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use fleet_proto::v1::{NodeStatus, Placement, PowerProfile};
+use serde::Deserialize;
 
 pub use score::{Breakdown, Exclusion, NodeFacts, ScoreConfig};
 
@@ -33,6 +34,48 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self { cloud_score: 250, score: ScoreConfig::default() }
+    }
+}
+
+/// `[router]`: where jobs run (docs/routing.md).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSection {
+    /// The cloud tier competes at this score (0-1000): an edge node scoring
+    /// lower loses the job to the cloud. Default 250.
+    pub cloud_score: i32,
+    /// A node this close to its thermal limit gets no job. Default 2.0 °C.
+    pub hot_margin_c: f64,
+    /// A node whose measured round trip is over this gets no job. Default 1000 ms.
+    pub max_rtt_ms: f64,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        let r = RouterConfig::default();
+        Self { cloud_score: r.cloud_score, hot_margin_c: r.score.hot_margin_c, max_rtt_ms: r.score.max_rtt_ms }
+    }
+}
+
+impl RouterSection {
+    /// The router's settings.
+    #[must_use]
+    pub fn router(&self) -> RouterConfig {
+        RouterConfig {
+            cloud_score: self.cloud_score,
+            score: ScoreConfig { hot_margin_c: self.hot_margin_c, max_rtt_ms: self.max_rtt_ms },
+        }
+    }
+
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0..=1000).contains(&self.cloud_score) {
+            return Err("key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into());
+        }
+        Ok(())
     }
 }
 

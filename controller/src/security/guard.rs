@@ -15,7 +15,7 @@ use tonic::Status;
 use tonic::body::Body;
 
 use super::audit::Auditor;
-use super::{Role, hash_token};
+use crate::auth::{Role, hash_token};
 use crate::metrics::Metrics;
 use crate::store::Store;
 

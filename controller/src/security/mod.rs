@@ -1,190 +1,132 @@
-//! Secrets and who may do what (docs/security.md): one-time bootstrap
-//! tokens, API tokens with roles, and the rules for their expiry.
-//!
-//! Tokens are 32 bytes from the operating system's random source, shown once
-//! as `<prefix>_<base64url>`; the controller keeps only their SHA-256. They
-//! have full entropy, so a slow password hash would buy nothing.
+//! Who may do what, and the walls around the fleet (docs/security.md): the
+//! API's tokens and roles (`guard`), TLS (`tls`), the audit log (`audit`),
+//! the access-control calls and enrollment (`service`, `enroll`), WireGuard
+//! key rotation (`rotate`), Mosquitto's dynamic security (`dynsec`) and the
+//! controller's end of the WireGuard overlay (`overlay`). The pure rules
+//! (tokens, roles, expiry) are in `crate::auth`.
 
 pub mod audit;
 pub mod dynsec;
+pub mod enroll;
+pub mod files;
 pub mod guard;
+pub mod overlay;
 pub mod rotate;
 pub mod service;
 pub mod tls;
 
-use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use base64::Engine;
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
-/// Prefix of a bootstrap (enrollment) token.
-pub const BOOTSTRAP_PREFIX: &str = "fbt";
-/// Prefix of an API token.
-pub const API_PREFIX: &str = "fat";
-
-/// A secret that must never be logged: `Debug` and `Display` print
-/// `<redacted>`; [`Secret::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret read from a user, a file or the network.
-    #[must_use]
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself, for the one place that must send or show it.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
+/// gRPC TLS (`[security] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain HTTP/2.
+    Off,
+    /// A CA and server certificate made in `<data_dir>/tls` at first start.
+    Auto,
+    /// `tls_cert` and `tls_key`.
+    Files,
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+/// `[security]`: API tokens, TLS, the overlay network (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Only enrolled nodes are heard, and only through signed messages. Default true.
+    pub require_enrollment: bool,
+    /// Bearer API tokens required on FleetService. Default true.
+    pub api_auth: bool,
+    /// Calls per second per API token (bursts of twice that). Default 1000.
+    pub api_rate_per_s: u32,
+    /// Messages per second per node, after its signature is checked (bursts
+    /// of twice that). Default 1000 (an agent replays its spool at 500 batches/s by default).
+    pub node_rate_per_s: u32,
+    /// Default "auto".
+    pub tls: TlsMode,
+    /// PEM files for `tls = "files"`. Default "".
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Names of the "auto" certificate. Default localhost, 127.0.0.1, ::1.
+    pub tls_names: Vec<String>,
+    /// The broker URL given to enrolling nodes; empty: the controller's own
+    /// (`mqtt.url`, or the embedded broker's address). Default "".
+    pub node_broker_url: String,
+    /// Overlay network of the nodes. Default 10.77.0.0/16.
+    pub overlay_cidr: String,
+    /// Default lifetime of bootstrap tokens. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_ttl: Duration,
 }
 
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// A new token with `prefix`, and the hash to store.
-///
-/// # Errors
-/// When the operating system's random source fails (then no token is safe).
-pub fn new_token(prefix: &str) -> Result<(Secret, String), String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("the system's random source failed: {e}"))?;
-    let token = format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
-    let hash = hash_token(&token);
-    Ok((Secret(token), hash))
-}
-
-/// The stored form of a token: lower-case hex SHA-256 of its text.
-#[must_use]
-pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares two hashes in time that does not depend on where they differ.
-#[must_use]
-pub fn same_secret(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.as_bytes().ct_eq(b.as_bytes()).into()
-}
-
-/// What an API token may do; each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Reads: nodes, telemetry, desired state, jobs, audit.
-    Viewer,
-    /// Changes: desired state, jobs, bootstrap tokens.
-    Operator,
-    /// Revokes nodes, rotates keys, manages API tokens.
-    Admin,
-}
-
-impl Role {
-    /// The role's word, as stored and as typed.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            require_enrollment: true,
+            api_auth: true,
+            api_rate_per_s: 1000,
+            node_rate_per_s: 1000,
+            tls: TlsMode::Auto,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            node_broker_url: String::new(),
+            overlay_cidr: "10.77.0.0/16".into(),
+            bootstrap_ttl: Duration::from_secs(3600),
         }
     }
+}
 
-    /// Parses a role word.
+impl SecurityConfig {
+    /// The overlay network as (base address, prefix length).
     ///
     /// # Errors
-    /// Any other word, with the three that exist.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role {other:?}: use viewer, operator or admin")),
+    /// When `overlay_cidr` is not an IPv4 network such as 10.77.0.0/16 with a prefix of 8 to 30.
+    pub fn overlay(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
+        let bad = || {
+            format!(
+                "key `security.overlay_cidr`: {:?} is not an IPv4 network such as \"10.77.0.0/16\" (prefix 8 to 30)",
+                self.overlay_cidr
+            )
+        };
+        let (a, p) = self.overlay_cidr.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
         }
-    }
-}
-
-/// When a token stops being valid, judged on two clocks so that a jump of
-/// the wall clock cannot stretch it: expired when the wall clock is past
-/// its end, or when this process's monotonic clock has seen its whole TTL
-/// pass since it was created here. A backward jump cannot keep a token
-/// alive; a forward jump can only end it early, the safe direction.
-#[derive(Debug, Clone, Copy)]
-pub struct Lifetime {
-    pub created_unix_ms: i64,
-    pub expires_unix_ms: i64,
-    /// When this process created it (None: created by another process or
-    /// before a restart; then the wall clock alone decides).
-    pub created_here: Option<std::time::Instant>,
-}
-
-impl Lifetime {
-    /// Whether the token has expired at wall time `now_unix_ms`.
-    #[must_use]
-    pub fn expired(&self, now_unix_ms: i64) -> bool {
-        if now_unix_ms >= self.expires_unix_ms {
-            return true;
-        }
-        let ttl_ms = self.expires_unix_ms.saturating_sub(self.created_unix_ms).max(0);
-        self.created_here.is_some_and(|t| i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX) >= ttl_ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_prefixed_and_hashed() {
-        let (a, ha) = new_token(BOOTSTRAP_PREFIX).unwrap();
-        let (b, hb) = new_token(BOOTSTRAP_PREFIX).unwrap();
-        assert!(a.expose().starts_with("fbt_") && a.expose().len() == 4 + 43);
-        assert_ne!(a, b);
-        assert_ne!(ha, hb);
-        assert_eq!(hash_token(a.expose()), ha);
-        assert_eq!(ha.len(), 64);
-        // Never printed.
-        assert_eq!(format!("{a} {a:?}"), "<redacted> <redacted>");
-        assert!(!format!("{:?}", (a.clone(), 1)).contains(a.expose()));
+        let mask = u32::MAX << (32 - prefix);
+        Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
     }
 
-    #[test]
-    fn roles_order_and_parse() {
-        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
-        for r in [Role::Viewer, Role::Operator, Role::Admin] {
-            assert_eq!(Role::parse(r.as_str()), Ok(r));
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.overlay()?;
+        if !self.node_broker_url.is_empty() {
+            fleet_proto::parse_mqtt_url(&self.node_broker_url)
+                .map_err(|e| format!("key `security.node_broker_url`: {e}"))?;
         }
-        assert!(Role::parse("root").unwrap_err().contains("viewer, operator or admin"));
-    }
-
-    #[test]
-    fn expiry_survives_wall_clock_jumps() {
-        let day = 86_400_000;
-        let now = 1_800_000_000_000;
-        let hour = Lifetime { created_unix_ms: now, expires_unix_ms: now + 3_600_000, created_here: None };
-        assert!(!hour.expired(now + 1_000));
-        assert!(hour.expired(now + 3_600_000));
-        // Wall clock a day ahead: expired (early, the safe way).
-        assert!(hour.expired(now + day));
-        // Wall clock a day behind, created by this process an hour ago by the
-        // monotonic clock: still expired.
-        let started = std::time::Instant::now().checked_sub(std::time::Duration::from_millis(3_600_001));
-        if let Some(t) = started {
-            let here = Lifetime { created_here: Some(t), ..hour };
-            assert!(here.expired(now - day));
-            // Within the hour on both clocks: valid.
-            let fresh = Lifetime { created_here: Some(std::time::Instant::now()), ..hour };
-            assert!(!fresh.expired(now - day));
+        if self.tls == TlsMode::Files && (self.tls_cert.as_os_str().is_empty() || self.tls_key.as_os_str().is_empty()) {
+            return Err(
+                "keys `security.tls_cert` and `security.tls_key`: give both PEM files for tls = \"files\"".into()
+            );
         }
+        if self.tls == TlsMode::Auto && self.tls_names.is_empty() {
+            return Err("key `security.tls_names`: give at least one name, e.g. [\"localhost\"]".into());
+        }
+        if self.api_rate_per_s == 0 || self.node_rate_per_s == 0 || self.bootstrap_ttl.is_zero() {
+            return Err(
+                "keys `security.api_rate_per_s`, `security.node_rate_per_s` and `security.bootstrap_ttl` must \
+                        be more than 0"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -8,8 +8,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use sha2::{Digest, Sha256};
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use super::files::write_private;
+use super::{SecurityConfig, TlsMode};
 use crate::ControllerError;
-use crate::config::{SecurityConfig, TlsMode};
 
 /// What the gRPC server serves with, and what clients need to trust it.
 pub struct ServerTls {
@@ -53,25 +54,6 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
 fn valid_always(p: &mut CertificateParams) {
     p.not_before = rcgen::date_time_ymd(1970, 1, 1);
     p.not_after = rcgen::date_time_ymd(4096, 1, 1);
-}
-
-/// Writes `contents` to `path` readable only by the owner, atomically.
-///
-/// # Errors
-/// I/O errors.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(contents)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// The TLS settings of the gRPC server, or `None` with `tls = "off"`.

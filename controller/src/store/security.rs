@@ -4,7 +4,7 @@
 
 use super::Store;
 use crate::ControllerError;
-use crate::security::{Lifetime, Role};
+use crate::auth::{Lifetime, Role};
 
 /// Runs the same statement text on whichever pool the store has.
 macro_rules! on_pool {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use fleet_proto::v1::{TelemetryBatch, TelemetryPoint};
 use serde::Deserialize;
 
-use super::{PgFlavour, QueryResult, Store};
+use super::query::QueryResult;
+use super::{PgFlavour, Store};
 use crate::ControllerError;
 
 const HOUR_MS: i64 = 3_600_000;

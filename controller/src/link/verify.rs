@@ -116,9 +116,8 @@ impl Verifier {
     #[must_use]
     pub fn broker_login(&self, username: &str, password: &str) -> bool {
         let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.get(username).is_some_and(|k| {
-            !k.revoked && crate::security::same_secret(&crate::security::hash_token(password), &k.broker_hash)
-        })
+        keys.get(username)
+            .is_some_and(|k| !k.revoked && crate::auth::same_secret(&crate::auth::hash_token(password), &k.broker_hash))
     }
 
     /// The message inside `payload` from `node_id` on `channel`, once it is

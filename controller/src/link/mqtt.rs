@@ -12,7 +12,7 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
-use super::LogLimiter;
+use super::log_limit::LogLimiter;
 use crate::metrics::{ChannelLabel, Metrics};
 use crate::registry::Registry;
 
@@ -55,7 +55,7 @@ pub struct Reader {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     /// The writer's queue. Bounded: a full queue makes the reader wait.
-    pub writer_tx: super::writer::WriteQueue,
+    pub writer_tx: crate::ingest::queue::WriteQueue,
     /// Republishes accepted telemetry and status to Kafka, when configured.
     pub bridge: Option<Arc<super::kafka::Bridge>>,
     pub max_payload_bytes: usize,
@@ -291,7 +291,7 @@ impl Reader {
 struct Handler {
     registry: Registry,
     metrics: Arc<Metrics>,
-    writer_tx: super::writer::WriteQueue,
+    writer_tx: crate::ingest::queue::WriteQueue,
     max_payload_bytes: usize,
     bridge: Option<Arc<super::kafka::Bridge>>,
     jobs: Option<crate::jobs::JobManager>,

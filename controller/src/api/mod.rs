@@ -1,8 +1,10 @@
-//! The gRPC `FleetService`: reads of the live view and the telemetry store.
+//! The gRPC API: the `FleetService` calls (this file) and the server that
+//! serves them with health, reflection, TLS and the token guard (`server`).
 
 use std::pin::Pin;
 
-use fleet_proto::topics::{Channel, node_topic};
+pub mod server;
+
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
     CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest, CreateBootstrapTokenResponse,
@@ -14,12 +16,12 @@ use fleet_proto::v1::{
     SetDesiredStateRequest, SubmitJobRequest, WatchNodesRequest,
 };
 use futures::Stream;
-use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::ControllerError;
+use crate::desired::DesiredStates;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -37,8 +39,8 @@ pub struct Api {
     pub store: Store,
     /// Ends open WatchNodes streams when the controller stops, so shutdown never waits on a client.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// Publishes desired states (retained) to the nodes.
-    pub mqtt: rumqttc::AsyncClient,
+    /// Checks, stores and publishes desired states.
+    pub desired: DesiredStates,
     /// Routes and tracks inference jobs.
     pub jobs: crate::jobs::JobManager,
     /// Tokens, audit, enrollment.
@@ -52,51 +54,12 @@ fn who<T>(req: &Request<T>) -> String {
     req.extensions().get::<crate::security::guard::Caller>().map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
 }
 
-/// Publishes a desired state retained on the node's `desired` topic.
-///
-/// # Errors
-/// When the MQTT client's queue stays full for 5 s.
-pub async fn publish_desired(mqtt: &rumqttc::AsyncClient, d: &DesiredState) -> Result<(), Status> {
-    let publish =
-        mqtt.publish(node_topic(&d.node_id, Channel::Desired), rumqttc::QoS::AtLeastOnce, true, d.encode_to_vec());
-    match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Status::unavailable(
-            "desired state stored but not yet published: the MQTT client is busy; it is republished when the broker reconnects",
-        )),
-    }
-}
-
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
 fn check_node_id(id: &str) -> Result<(), Status> {
     fleet_proto::validate_node_id(id).map_err(|e| bad("node_id", e))
-}
-
-impl Api {
-    async fn set_desired(&self, req: SetDesiredStateRequest) -> Result<DesiredState, Status> {
-        let desired = req.desired.ok_or_else(|| bad("desired", "give the desired state"))?;
-        check_node_id(&desired.node_id).map_err(|e| bad("desired.node_id", e.message()))?;
-        if desired.telemetry_interval_ms != 0 && desired.telemetry_interval_ms < 100 {
-            return Err(bad("desired.telemetry_interval_ms", "use 0 (keep the agent's) or at least 100"));
-        }
-        if !desired.power_policy_toml.is_empty() {
-            toml::from_str::<toml::Table>(&desired.power_policy_toml)
-                .map_err(|e| bad("desired.power_policy_toml", format!("not valid TOML: {}", e.message())))?;
-        }
-        if let Some(m) = desired.models.iter().find(|m| m.is_empty() || m.len() > 128) {
-            return Err(bad("desired.models", format!("bad model name {m:?}")));
-        }
-        let stored =
-            self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {
-                Status::failed_precondition("expected_version: the desired state changed meanwhile; read it again")
-            })?;
-        publish_desired(&self.mqtt, &stored).await?;
-        tracing::info!(node_id = %stored.node_id, version = stored.version, "Desired state stored and published.");
-        Ok(stored)
-    }
 }
 
 #[tonic::async_trait]
@@ -138,7 +101,7 @@ impl FleetService for Api {
     async fn set_desired_state(&self, req: Request<SetDesiredStateRequest>) -> Result<Response<DesiredState>, Status> {
         let actor = who(&req);
         let target = req.get_ref().desired.as_ref().map(|d| d.node_id.clone()).unwrap_or_default();
-        let r = self.set_desired(req.into_inner()).await;
+        let r = self.desired.set(req.into_inner()).await;
         self.security.audit.record_result(&actor, "SetDesiredState", &target, &r).await;
         r.map(Response::new)
     }
@@ -149,7 +112,7 @@ impl FleetService for Api {
     ) -> Result<Response<DesiredStateView>, Status> {
         let id = req.into_inner().node_id;
         check_node_id(&id)?;
-        let desired = self.store.get_desired(&id).await.map_err(Status::from)?;
+        let desired = self.desired.get(&id).await.map_err(Status::from)?;
         let reported = self.registry.get(&id).and_then(|n| n.reported);
         if desired.is_none() && reported.is_none() {
             return Err(ControllerError::UnknownNode(id).into());

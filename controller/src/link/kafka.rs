@@ -22,10 +22,10 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::LogLimiter;
+use super::log_limit::LogLimiter;
 use super::mqtt::{Accepted, classify};
-use super::writer::WriteItem;
 use crate::ControllerError;
+use crate::ingest::queue::WriteItem;
 use crate::metrics::{ChannelLabel, Metrics};
 use crate::registry::Registry;
 
@@ -183,7 +183,7 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
 pub struct TelemetryConsumer {
     pub consumer: StreamConsumer<GroupContext>,
     /// The writer's queue (bounded): waiting on it is the backpressure.
-    pub writer_tx: super::writer::WriteQueue,
+    pub writer_tx: crate::ingest::queue::WriteQueue,
     pub metrics: Arc<Metrics>,
     pub max_payload: usize,
     pub commit_every: usize,
@@ -197,7 +197,7 @@ impl TelemetryConsumer {
     /// Settings librdkafka refuses.
     pub fn new(
         cfg: &KafkaConfig,
-        writer_tx: super::writer::WriteQueue,
+        writer_tx: crate::ingest::queue::WriteQueue,
         metrics: Arc<Metrics>,
         max_payload: usize,
         verifier: Arc<super::verify::Verifier>,

@@ -91,12 +91,12 @@ pub async fn start_embedded(
 #[must_use]
 pub fn auth_handler(
     controller_user: String,
-    controller_password: crate::security::Secret,
-    verifier: std::sync::Arc<crate::ingest::verify::Verifier>,
+    controller_password: crate::auth::Secret,
+    verifier: std::sync::Arc<super::verify::Verifier>,
 ) -> rumqttd::AuthHandler {
     std::sync::Arc::new(move |_client_id: String, user: String, pass: String| {
         let ok = if user == controller_user {
-            crate::security::same_secret(&pass, controller_password.expose())
+            crate::auth::same_secret(&pass, controller_password.expose())
         } else {
             verifier.broker_login(&user, &pass)
         };

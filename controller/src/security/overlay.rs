@@ -42,6 +42,24 @@ impl Default for WireGuardConfig {
     }
 }
 
+impl WireGuardConfig {
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled {
+            let ok = self.endpoint.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err("key `wireguard.endpoint`: give the host:port nodes reach this controller at, e.g. \
+                            \"controller.example.net:51820\""
+                    .into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The controller's key: `<data_dir>/wg.key` (made at first start, mode 0600).
 ///
 /// # Errors
@@ -57,7 +75,7 @@ pub fn load_or_make_key(data_dir: &Path) -> Result<Key, ControllerError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let k = Key::generate_private();
-            crate::security::tls::write_private(&path, format!("{}\n", k.to_base64()).as_bytes())
+            super::files::write_private(&path, format!("{}\n", k.to_base64()).as_bytes())
                 .map_err(|e| ControllerError::Io(format!("cannot write {}: {e}", path.display())))?;
             Ok(k)
         }

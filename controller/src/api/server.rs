@@ -1,0 +1,95 @@
+//! The gRPC server: `FleetService` behind the token guard, the open
+//! `EnrollmentService`, the standard health service and reflection, with
+//! TLS when configured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
+use fleet_proto::v1::fleet_service_server::FleetServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
+
+use super::Api;
+use crate::ControllerError;
+use crate::security::enroll::Enrollment;
+use crate::security::guard::{Guard, Guarded};
+
+/// `[grpc]`: where the API listens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Socket address to listen on. Default 127.0.0.1:50051.
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) }
+    }
+}
+
+/// The gRPC server, ready to serve on its bound listener.
+pub struct Server {
+    listener: TcpListener,
+    builder: tonic::transport::Server,
+    api: Api,
+    enrollment: Enrollment,
+    guard: Arc<Guard>,
+}
+
+impl Server {
+    /// A server for `api` and `enrollment` on `listener`.
+    ///
+    /// # Errors
+    /// TLS settings tonic refuses.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+        api: Api,
+        enrollment: Enrollment,
+        guard: Arc<Guard>,
+    ) -> Result<Self, ControllerError> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = tls {
+            builder = builder.tls_config(t).map_err(|e| {
+                ControllerError::Config(format!("gRPC TLS settings: {e}; check security.tls_cert/tls_key"))
+            })?;
+        }
+        Ok(Self { listener, builder, api, enrollment, guard })
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<FleetServiceServer<Api>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1();
+        let reflection = match reflection {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC reflection cannot be built; the API is not served.");
+                return;
+            }
+        };
+        let r = self
+            .builder
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(EnrollmentServiceServer::new(self.enrollment))
+            .add_service(Guarded::new(FleetServiceServer::new(self.api), self.guard))
+            .serve_with_incoming_shutdown(
+                // No Nagle: a small answer must not wait for the client's delayed ACK (40 ms).
+                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server stopped.");
+        }
+    }
+}

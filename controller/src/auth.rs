@@ -1,0 +1,184 @@
+//! The pure rules of access control (docs/security.md), with no I/O: secrets
+//! that never print, tokens and their hashes, roles, and when a token expires.
+//! The store keeps what these describe; `security` acts on them.
+//!
+//! Tokens are 32 bytes from the operating system's random source, shown once
+//! as `<prefix>_<base64url>`; the controller keeps only their SHA-256. They
+//! have full entropy, so a slow password hash would buy nothing.
+
+use std::fmt;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// Prefix of a bootstrap (enrollment) token.
+pub const BOOTSTRAP_PREFIX: &str = "fbt";
+/// Prefix of an API token.
+pub const API_PREFIX: &str = "fat";
+
+/// A secret that must never be logged: `Debug` and `Display` print
+/// `<redacted>`; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret read from a user, a file or the network.
+    #[must_use]
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that must send or show it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A new token with `prefix`, and the hash to store.
+///
+/// # Errors
+/// When the operating system's random source fails (then no token is safe).
+pub fn new_token(prefix: &str) -> Result<(Secret, String), String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("the system's random source failed: {e}"))?;
+    let token = format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let hash = hash_token(&token);
+    Ok((Secret(token), hash))
+}
+
+/// The stored form of a token: lower-case hex SHA-256 of its text.
+#[must_use]
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two hashes in time that does not depend on where they differ.
+#[must_use]
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// What an API token may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads: nodes, telemetry, desired state, jobs, audit.
+    Viewer,
+    /// Changes: desired state, jobs, bootstrap tokens.
+    Operator,
+    /// Revokes nodes, rotates keys, manages API tokens.
+    Admin,
+}
+
+impl Role {
+    /// The role's word, as stored and as typed.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role word.
+    ///
+    /// # Errors
+    /// Any other word, with the three that exist.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}: use viewer, operator or admin")),
+        }
+    }
+}
+
+/// When a token stops being valid, judged on two clocks so that a jump of
+/// the wall clock cannot stretch it: expired when the wall clock is past
+/// its end, or when this process's monotonic clock has seen its whole TTL
+/// pass since it was created here. A backward jump cannot keep a token
+/// alive; a forward jump can only end it early, the safe direction.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    /// When this process created it (None: created by another process or
+    /// before a restart; then the wall clock alone decides).
+    pub created_here: Option<std::time::Instant>,
+}
+
+impl Lifetime {
+    /// Whether the token has expired at wall time `now_unix_ms`.
+    #[must_use]
+    pub fn expired(&self, now_unix_ms: i64) -> bool {
+        if now_unix_ms >= self.expires_unix_ms {
+            return true;
+        }
+        let ttl_ms = self.expires_unix_ms.saturating_sub(self.created_unix_ms).max(0);
+        self.created_here.is_some_and(|t| i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX) >= ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_prefixed_and_hashed() {
+        let (a, ha) = new_token(BOOTSTRAP_PREFIX).unwrap();
+        let (b, hb) = new_token(BOOTSTRAP_PREFIX).unwrap();
+        assert!(a.expose().starts_with("fbt_") && a.expose().len() == 4 + 43);
+        assert_ne!(a, b);
+        assert_ne!(ha, hb);
+        assert_eq!(hash_token(a.expose()), ha);
+        assert_eq!(ha.len(), 64);
+        // Never printed.
+        assert_eq!(format!("{a} {a:?}"), "<redacted> <redacted>");
+        assert!(!format!("{:?}", (a.clone(), 1)).contains(a.expose()));
+    }
+
+    #[test]
+    fn roles_order_and_parse() {
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Ok(r));
+        }
+        assert!(Role::parse("root").unwrap_err().contains("viewer, operator or admin"));
+    }
+
+    #[test]
+    fn expiry_survives_wall_clock_jumps() {
+        let day = 86_400_000;
+        let now = 1_800_000_000_000;
+        let hour = Lifetime { created_unix_ms: now, expires_unix_ms: now + 3_600_000, created_here: None };
+        assert!(!hour.expired(now + 1_000));
+        assert!(hour.expired(now + 3_600_000));
+        // Wall clock a day ahead: expired (early, the safe way).
+        assert!(hour.expired(now + day));
+        // Wall clock a day behind, created by this process an hour ago by the
+        // monotonic clock: still expired.
+        let started = std::time::Instant::now().checked_sub(std::time::Duration::from_millis(3_600_001));
+        if let Some(t) = started {
+            let here = Lifetime { created_here: Some(t), ..hour };
+            assert!(here.expired(now - day));
+            // Within the hour on both clocks: valid.
+            let fresh = Lifetime { created_here: Some(std::time::Instant::now()), ..hour };
+            assert!(!fresh.expired(now - day));
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The controller library's error type, and the one place its variants
+//! become gRPC status codes.
+
+use std::net::SocketAddr;
+
+/// Errors of the controller library; mapped to gRPC codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} for the {what}: {reason}; choose another address with {flag}")]
+    PortInUse { what: &'static str, addr: SocketAddr, flag: &'static str, reason: String },
+    #[error("node {0} is not known to this controller")]
+    UnknownNode(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ControllerError> for tonic::Status {
+    fn from(e: ControllerError) -> Self {
+        match e {
+            ControllerError::UnknownNode(_) => tonic::Status::not_found(e.to_string()),
+            ControllerError::Config(_) => tonic::Status::invalid_argument(e.to_string()),
+            ControllerError::Db(_) | ControllerError::Migrate(_) => {
+                tracing::error!(error = %e, "Database error answering a gRPC call.");
+                tonic::Status::unavailable("the telemetry store is unavailable; retry later")
+            }
+            ControllerError::PortInUse { .. } | ControllerError::Io(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
+}

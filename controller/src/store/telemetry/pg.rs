@@ -1,0 +1,161 @@
+//! The PostgreSQL telemetry write.
+
+use fleet_proto::v1::TelemetryBatch;
+use sqlx::postgres::PgPool;
+
+use super::marks::{RunRange, STORED_RANGES, Written, apply_runs, run_keys, stored_marks};
+use crate::ControllerError;
+use crate::store::{PgFlavour, i64_of, tiers};
+
+/// The bulk insert of a write's rows, from arrays (one statement a write).
+macro_rules! pg_insert {
+    () => {
+        "INSERT INTO telemetry (node_id, boot_id, seq, ts, metric, value) \
+         SELECT n, b, s, 'epoch'::timestamptz + t * interval '1 millisecond', m, v \
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::float8[]) AS u(n, b, s, t, m, v)"
+    };
+}
+const PG_INSERT: &str = pg_insert!();
+/// The same, skipping rows already stored (redeliveries).
+const PG_INSERT_SKIP: &str = concat!(pg_insert!(), " ON CONFLICT DO NOTHING");
+
+pub(super) async fn write(
+    pool: &PgPool,
+    flavour: PgFlavour,
+    batches: &[TelemetryBatch],
+    runs: &[RunRange],
+    optimistic: bool,
+) -> Result<Written, ControllerError> {
+    let n: usize = batches.iter().map(|b| b.samples.len()).sum();
+    let (mut nodes, mut boots, mut seqs, mut ts, mut metrics, mut values) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for b in batches {
+        for (i, s) in b.samples.iter().enumerate() {
+            nodes.push(b.node_id.as_str());
+            boots.push(b.boot_id.as_str());
+            seqs.push(i64_of(b.first_seq + i as u64));
+            ts.push(s.time_unix_ms);
+            metrics.push(s.metric.as_str());
+            values.push(s.value);
+        }
+    }
+    let keys = run_keys(runs);
+    let key_nodes: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let key_boots: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let mut tx = pool.begin().await?;
+    // Lock each run's ack row first (creating it if new), in key order; the
+    // rows of one run are then written by one transaction at a time.
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(
+        "INSERT INTO ack_state (node_id, boot_id, up_to_seq) \
+         SELECT n, b, -1 FROM UNNEST($1::text[], $2::text[]) AS u(n, b) \
+         ON CONFLICT (node_id, boot_id) DO UPDATE SET updated_at = now() \
+         RETURNING node_id, boot_id, up_to_seq",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let old_ranges: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT r.node_id, r.boot_id, r.start_seq, r.end_seq FROM ack_ranges r \
+         JOIN UNNEST($1::text[], $2::text[]) AS u(n, b) ON r.node_id = u.n AND r.boot_id = u.b",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let had_ranges = !old_ranges.is_empty();
+    let marks = apply_runs(&keys, stored_marks(locked, old_ranges), runs);
+
+    let insert = |sql: &'static str| {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&nodes)
+            .bind(&boots)
+            .bind(&seqs)
+            .bind(&ts)
+            .bind(&metrics)
+            .bind(&values)
+    };
+    // A plain INSERT costs about a third less than ON CONFLICT DO NOTHING
+    // (measured here: 17 s vs 25 s a million rows). Optimistic writes try it
+    // under a savepoint and fall back when a row is already there.
+    let inserted = if optimistic {
+        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+        match insert(PG_INSERT).execute(&mut *sp).await {
+            Ok(r) => {
+                sp.commit().await?;
+                Some(r.rows_affected())
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                sp.rollback().await?;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let inserted = match inserted {
+        Some(n) => n,
+        None => insert(PG_INSERT_SKIP).execute(&mut *tx).await?.rows_affected(),
+    };
+    let hours = tiers::dirty_hours(batches);
+    if !hours.is_empty() && flavour == PgFlavour::Plain {
+        sqlx::query(
+            "INSERT INTO rollup_dirty (hour_ms, marked_ms) SELECT h, $2 FROM UNNEST($1::int8[]) AS u(h) \
+             ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = EXCLUDED.marked_ms",
+        )
+        .bind(&hours)
+        .bind(fleet_proto::now_unix_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let up_to: Vec<i64> = marks.iter().map(|(_, _, m)| m.up_to().map_or(-1, i64_of)).collect();
+    sqlx::query(
+        "UPDATE ack_state a SET up_to_seq = u.s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(n, b, s) \
+         WHERE a.node_id = u.n AND a.boot_id = u.b AND a.up_to_seq <> u.s",
+    )
+    .bind(&key_nodes)
+    .bind(&key_boots)
+    .bind(&up_to)
+    .execute(&mut *tx)
+    .await?;
+    if had_ranges {
+        sqlx::query(
+            "DELETE FROM ack_ranges r USING UNNEST($1::text[], $2::text[]) AS u(n, b) \
+             WHERE r.node_id = u.n AND r.boot_id = u.b",
+        )
+        .bind(&key_nodes)
+        .bind(&key_boots)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (mut rn, mut rb, mut rs, mut re) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, b, m) in &marks {
+        for (s, e) in m.ranges(STORED_RANGES) {
+            rn.push(n.as_str());
+            rb.push(b.as_str());
+            rs.push(i64_of(s));
+            re.push(i64_of(e));
+        }
+    }
+    if !rn.is_empty() {
+        sqlx::query(
+            "INSERT INTO ack_ranges (node_id, boot_id, start_seq, end_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])",
+        )
+        .bind(&rn)
+        .bind(&rb)
+        .bind(&rs)
+        .bind(&re)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Written { inserted, marks })
+}
