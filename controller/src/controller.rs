@@ -1,21 +1,36 @@
-//! The controller as one running thing: `Controller::start` opens the store,
-//! brings up security and the link, and starts every component's task.
+//! The controller as one running thing: `Controller::start` builds each
+//! component from its config section and starts its tasks on one tracker.
+//! It only wires; each component does its own work (docs/architecture.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::Api;
+use crate::api::server::Server;
 use crate::config::ControllerConfig;
+use crate::desired::DesiredStates;
+use crate::http::Http;
+use crate::inbound::Owners;
+use crate::ingest::Ingest;
+use crate::jobs::JobManager;
+use crate::link::{Link, Verifier};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::Store;
-use crate::{ControllerError, api, auth, desired, http, ingest, jobs, link, security, store};
+use crate::security::enroll::Enrollment;
+use crate::security::service::NodeFacing;
+use crate::security::setup::{Prepared, ServiceParts, Services};
+use crate::store::{Store, Upkeep};
+use crate::{ControllerError, jobs, link, security};
 
-/// The first admin API token's file in the data directory (mode 0600).
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use crate::security::setup::ADMIN_TOKEN_FILE;
+
+/// How long `Controller::start` waits for the broker to confirm the link's subscriptions.
+const SUBSCRIBED_WAIT: Duration = Duration::from_secs(5);
 
 /// How a client reaches this controller's API: what `fleet-local` prints and tests use.
 #[derive(Debug, Clone)]
@@ -45,9 +60,6 @@ impl ApiAccess {
     }
 }
 
-/// How long `Controller::start` waits for the broker to confirm ingest's subscriptions.
-const INGEST_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A started controller: where it listens, and handles tests and
 /// `fleet-local` read.
 pub struct Controller {
@@ -60,7 +72,7 @@ pub struct Controller {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub store: Store,
-    pub jobs: jobs::JobManager,
+    pub jobs: JobManager,
     /// URL, CA and admin token of the API.
     pub api: ApiAccess,
     tasks: TaskTracker,
@@ -70,218 +82,121 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Resul
     TcpListener::bind(addr).await.map_err(|e| ControllerError::PortInUse { what, addr, flag, reason: e.to_string() })
 }
 
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, ControllerError> {
+    l.local_addr().map_err(|e| ControllerError::Io(e.to_string()))
+}
+
 impl Controller {
-    /// Opens the store, starts the embedded broker if no external one is
-    /// configured, binds every listener and starts the tasks. They stop when
-    /// `shutdown` is cancelled; `wait` then waits for them.
+    /// Opens the store, prepares security, starts the link (and the embedded
+    /// broker if no external one is configured), binds every listener and
+    /// starts every component. They stop when `shutdown` is cancelled; `wait`
+    /// then waits for them.
     ///
     /// # Errors
     /// Bad config, an unreachable database, a port in use.
     pub async fn start(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<Self, ControllerError> {
         cfg.validate().map_err(ControllerError::Config)?;
-        let store = if cfg.database_url.is_empty() {
-            Store::open_sqlite(&cfg.data_dir).await?
-        } else {
-            Store::open_postgres(&cfg.database_url, &cfg.storage).await?
-        };
-        // The admin token and the TLS files exist before the API port opens.
-        let admin_token_file = cfg.data_dir.join(ADMIN_TOKEN_FILE);
-        if cfg.security.api_auth {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-            security::enroll::first_admin_token(&store, &admin_token_file).await?;
-        }
-        let tls = security::tls::server_tls(&cfg.security, &cfg.data_dir)?;
-        if let Some(t) = &tls {
-            tracing::info!(fingerprint = %t.fingerprint, "gRPC TLS on; clients check the CA's SHA-256 fingerprint.");
-        }
-        // The overlay first: the broker and gRPC may be bound to its address.
-        let wg_public_key = if cfg.wireguard.enabled {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-            let key = security::overlay::load_or_make_key(&cfg.data_dir)?;
-            let net = cfg.security.overlay().map_err(ControllerError::Config)?;
-            security::overlay::start(&cfg.wireguard, &key, net, &store).await?;
-            key.get_public().to_base64()
-        } else {
-            String::new()
-        };
+        let store = Store::open(&cfg.data_dir, &cfg.database_url, &cfg.storage).await?;
+        // Before any listener: the admin token and TLS files exist, the overlay is up.
+        let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
         let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
-        let verifier =
-            Arc::new(link::verify::Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
-        verifier.set(&store.identities().await?);
-        // The controller's own login to the embedded broker, new at every start.
-        let (mut mqtt_user, mut mqtt_pass) = (cfg.mqtt.username.clone(), cfg.mqtt.password.clone());
-        let mqtt_url = if cfg.mqtt.url.is_empty() {
-            let max = (cfg.mqtt.max_payload_bytes * 4).max(16 << 20);
-            let auth = if cfg.security.require_enrollment {
-                let (pass, _) = auth::new_token("fcp").map_err(ControllerError::Io)?;
-                mqtt_user = "fleet-controller".into();
-                mqtt_pass = pass.expose().to_owned();
-                Some(link::broker::auth_handler(mqtt_user.clone(), pass, verifier.clone()))
-            } else {
-                None
-            };
-            let addr = link::broker::start_embedded(cfg.mqtt.embedded_listen, max, auth).await?;
-            format!("mqtt://{addr}")
-        } else {
-            cfg.mqtt.url.clone()
-        };
-        let grpc_addr = grpc.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
-        let http_addr = http.local_addr().map_err(|e| ControllerError::Io(e.to_string()))?;
-
-        let metrics = Arc::new(Metrics::new());
+        let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
+        let (tasks, metrics) = (TaskTracker::new(), Arc::new(Metrics::new()));
         let registry = Registry::new(metrics.clone());
-        let tasks = TaskTracker::new();
 
-        let (client, eventloop) =
-            link::mqtt::client(&mqtt_url, &mqtt_user, &mqtt_pass).map_err(ControllerError::Config)?;
-        let (writer_tx, writer_rx) = ingest::queue::WriteQueue::new(cfg.ingest.queue_batches, cfg.ingest.queue_rows);
-        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-        // Several writers overlap one write's database time with gathering the
-        // next (each takes the queue in turn); SQLite has one writer anyway.
-        let writers = if matches!(store, Store::Sqlite(_)) { 1 } else { cfg.ingest.writers };
-        let writer_rx = Arc::new(tokio::sync::Mutex::new(writer_rx));
-        for _ in 0..writers {
-            let writer = ingest::writer::Writer {
-                store: store.clone(),
-                registry: registry.clone(),
-                metrics: metrics.clone(),
-                client: client.clone(),
-                cfg: cfg.ingest.clone(),
-                optimistic: true.into(),
-            };
-            tasks.spawn(writer.run(writer_rx.clone(), shutdown.clone()));
-        }
-        let api_mqtt = client.clone();
-        let kafka_on = !cfg.kafka.brokers.is_empty();
-        let bridge = if kafka_on && cfg.kafka.bridge {
-            Some(Arc::new(link::kafka::Bridge::new(&cfg.kafka, metrics.clone())?))
-        } else {
-            None
-        };
-        if kafka_on && cfg.kafka.consume {
-            let consumer = link::kafka::TelemetryConsumer::new(
-                &cfg.kafka,
-                writer_tx.clone(),
-                metrics.clone(),
-                cfg.mqtt.max_payload_bytes,
-                verifier.clone(),
-            )?;
-            tasks.spawn(consumer.run(shutdown.clone()));
-            tasks.spawn(link::kafka::status_reader(
-                &cfg.kafka,
-                registry.clone(),
-                metrics.clone(),
-                (cfg.mqtt.max_payload_bytes, verifier.clone()),
-                shutdown.clone(),
-            )?);
-        }
+        let verifier = Arc::new(Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
+        verifier.set(&store.identities().await?);
+        let (link, readers, mqtt_url) =
+            link::start(&cfg.mqtt, &cfg.kafka, &verifier, cfg.security.require_enrollment, &metrics).await?;
+        let (queue, ingest) = Ingest::new(&cfg.ingest, &store, &registry, &metrics, &link);
         let cloud = jobs::cloud::load(&cfg.cloud).await?;
-        let jobs = jobs::JobManager::start(
-            cfg.jobs.clone(),
-            cfg.router.router(),
-            cloud,
-            (client.clone(), registry.clone(), store.clone(), metrics.clone()),
-            &tasks,
-            &shutdown,
-        );
-        let dynsec = cfg.mqtt.dynsec.then(|| security::dynsec::Dynsec::new(client.clone(), mqtt_user.clone()));
-        let on_change = tokio::sync::broadcast::channel::<String>(1024).0;
-        let rotation = Arc::new(security::rotate::Rotation {
-            store: store.clone(),
-            mqtt: client.clone(),
-            changes: on_change.clone(),
-        });
-        let reader = link::mqtt::Reader {
-            jobs: Some(jobs.clone()),
-            bridge,
-            client,
-            eventloop,
+        let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone());
+        let (jobs, job_tasks) = JobManager::new(cfg.jobs.clone(), cfg.router.router(), cloud, parts, &tasks);
+        let services = security_services(&cfg, &prepared, &mqtt_url, (&store, &link, &metrics), (&tasks, &shutdown));
+        let owners = Arc::new(Owners {
+            ingest: queue,
             registry: registry.clone(),
-            metrics: metrics.clone(),
-            writer_tx,
-            max_payload_bytes: cfg.mqtt.max_payload_bytes,
-            ready: ready_tx,
-            shared_group: cfg.mqtt.shared_group.clone(),
+            jobs: jobs.clone(),
+            rotation: services.rotation.clone(),
+            dynsec: services.dynsec.clone(),
             verifier: verifier.clone(),
-            dynsec: dynsec.clone(),
-            rotation: Some(rotation.clone()),
-        };
-        tasks.spawn(reader.run(shutdown.clone()));
-        // Start serving once ingest is subscribed, so nothing published right
-        // after start is missed; an external broker that is down only delays this.
-        let subscribed = tokio::time::timeout(INGEST_READY_WAIT, ready.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok());
-        if !subscribed {
-            tracing::warn!(%mqtt_url, "MQTT broker not reachable yet; ingest keeps retrying in the background.");
-        }
-        let desired = desired::DesiredStates::new(store.clone(), api_mqtt.clone());
-        tasks.spawn(desired.clone().run(ready.clone(), shutdown.clone()));
+            metrics: metrics.clone(),
+        });
 
-        tasks.spawn(store::Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
-
-        let audit = security::audit::Auditor::start(store.clone(), &tasks, shutdown.clone());
-        let guard = Arc::new(security::guard::Guard::new(
-            store.clone(),
-            audit.clone(),
-            cfg.security.api_auth,
-            cfg.security.api_rate_per_s,
-            metrics.clone(),
-        ));
-        let facing = security::service::NodeFacing {
-            broker_url: if cfg.security.node_broker_url.is_empty() {
-                mqtt_url.clone()
-            } else {
-                cfg.security.node_broker_url.clone()
-            },
-            wg_public_key,
-            wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
-        };
-        let sec = Arc::new(security::service::Security::new(
-            store.clone(),
-            guard.clone(),
-            audit,
-            cfg.security.clone(),
-            facing,
-            dynsec,
-            on_change,
-        ));
-        tasks.spawn(link::verify::keep_loaded(verifier, store.clone(), sec.on_change.subscribe(), shutdown.clone()));
+        ingest.spawn_on(&tasks, &shutdown);
+        readers.spawn_on(&tasks, &owners, &shutdown);
+        wait_subscribed(&link, &mqtt_url).await;
+        tasks.spawn(job_tasks.run(shutdown.clone()));
+        let desired = DesiredStates::new(store.clone(), link);
+        tasks.spawn(desired.clone().run(shutdown.clone()));
+        tasks.spawn(Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
+        tasks.spawn(link::verify::keep_loaded(verifier, store.clone(), services.changes.subscribe(), shutdown.clone()));
         if cfg.wireguard.enabled {
-            tasks.spawn(security::overlay::keep_in_step(
-                cfg.wireguard.interface.clone(),
-                store.clone(),
-                sec.on_change.subscribe(),
-                shutdown.clone(),
-            ));
+            let iface = cfg.wireguard.interface.clone();
+            let changes = services.changes.subscribe();
+            tasks.spawn(security::overlay::keep_in_step(iface, store.clone(), changes, shutdown.clone()));
         }
-        let api_access = ApiAccess {
-            url: format!("{}://{grpc_addr}", if tls.is_some() { "https" } else { "http" }),
-            ca_pem: tls.as_ref().and_then(|t| t.ca_pem.clone()),
-            ca_file: tls.as_ref().and_then(|t| t.ca_pem.as_ref().map(|_| cfg.data_dir.join("tls/ca.pem"))),
-            token_file: cfg.security.api_auth.then(|| admin_token_file.clone()),
-        };
-        let api = api::Api {
+        let api = Api {
             registry: registry.clone(),
             store: store.clone(),
             shutdown: shutdown.clone(),
             desired,
             jobs: jobs.clone(),
-            security: sec.clone(),
-            rotation,
+            security: services.security.clone(),
+            rotation: services.rotation,
         };
-        let enrollment = security::enroll::Enrollment(sec);
-        let server = api::server::Server::new(grpc, tls.map(|t| t.config), api, enrollment, guard)?;
+        let access = api_access(&cfg, &prepared, grpc_addr);
+        let tls = prepared.tls.map(|t| t.config);
+        let server = Server::new(grpc, tls, api, Enrollment(services.security), services.guard)?;
         tasks.spawn(server.run(shutdown.clone()));
-        tasks.spawn(http::Http::new(http, metrics.clone(), store.clone()).run(shutdown.clone()));
+        tasks.spawn(Http::new(http, metrics.clone(), store.clone()).run(shutdown.clone()));
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: api_access, tasks })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).
     pub async fn wait(&self) {
         self.tasks.wait().await;
+    }
+}
+
+/// The security services, with what enrolling nodes are told about this controller.
+fn security_services(
+    cfg: &ControllerConfig,
+    prepared: &Prepared,
+    mqtt_url: &str,
+    (store, link, metrics): (&Store, &Link, &Arc<Metrics>),
+    (tasks, shutdown): (&TaskTracker, &CancellationToken),
+) -> Services {
+    let s = &cfg.security;
+    let facing = NodeFacing {
+        broker_url: if s.node_broker_url.is_empty() { mqtt_url.to_owned() } else { s.node_broker_url.clone() },
+        wg_public_key: prepared.wg_public_key.clone(),
+        wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
+    };
+    let dynsec_admin = cfg.mqtt.dynsec.then(|| cfg.mqtt.username.clone());
+    let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin };
+    Services::start(parts, tasks, shutdown)
+}
+
+/// Waits until the link is subscribed, so nothing published right after
+/// start is missed; an external broker that is down only delays this.
+async fn wait_subscribed(link: &Link, mqtt_url: &str) {
+    let mut connected = link.connected();
+    let subscribed = tokio::time::timeout(SUBSCRIBED_WAIT, connected.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok());
+    if !subscribed {
+        tracing::warn!(%mqtt_url, "MQTT broker not reachable yet; the link keeps retrying in the background.");
+    }
+}
+
+fn api_access(cfg: &ControllerConfig, prepared: &Prepared, grpc_addr: SocketAddr) -> ApiAccess {
+    let tls = prepared.tls.as_ref();
+    ApiAccess {
+        url: format!("{}://{grpc_addr}", if tls.is_some() { "https" } else { "http" }),
+        ca_pem: tls.and_then(|t| t.ca_pem.clone()),
+        ca_file: tls.and_then(|t| t.ca_pem.as_ref().map(|_| cfg.data_dir.join("tls/ca.pem"))),
+        token_file: prepared.admin_token_file.clone(),
     }
 }

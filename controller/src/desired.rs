@@ -3,13 +3,11 @@
 //! retained to the node; after every (re)connect to the broker every stored
 //! desired state is published again, in case the broker lost them.
 
-use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{DesiredState, SetDesiredStateRequest};
-use prost::Message;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::link::Link;
 use crate::store::Store;
 
 /// Longest model name a desired state may carry.
@@ -20,33 +18,18 @@ const MAX_MODEL_LEN: usize = 128;
 pub struct DesiredStates {
     store: Store,
     /// Publishes desired states (retained) to the nodes.
-    mqtt: rumqttc::AsyncClient,
+    link: Link,
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
-/// Publishes a desired state retained on the node's `desired` topic.
-///
-/// # Errors
-/// When the MQTT client's queue stays full for 5 s.
-async fn publish_desired(mqtt: &rumqttc::AsyncClient, d: &DesiredState) -> Result<(), Status> {
-    let publish =
-        mqtt.publish(node_topic(&d.node_id, Channel::Desired), rumqttc::QoS::AtLeastOnce, true, d.encode_to_vec());
-    match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Status::unavailable(
-            "desired state stored but not yet published: the MQTT client is busy; it is republished when the broker reconnects",
-        )),
-    }
-}
-
 impl DesiredStates {
-    /// The component over `store`, publishing with `mqtt`.
+    /// The component over `store`, publishing through `link`.
     #[must_use]
-    pub fn new(store: Store, mqtt: rumqttc::AsyncClient) -> Self {
-        Self { store, mqtt }
+    pub fn new(store: Store, link: Link) -> Self {
+        Self { store, link }
     }
 
     /// Checks, stores and publishes a new version of a node's desired state.
@@ -72,7 +55,12 @@ impl DesiredStates {
             self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {
                 Status::failed_precondition("expected_version: the desired state changed meanwhile; read it again")
             })?;
-        publish_desired(&self.mqtt, &stored).await?;
+        self.link.desired(&stored).await.map_err(|_| {
+            Status::unavailable(
+                "desired state stored but not yet published: the MQTT client is busy; it is republished when the \
+                 broker reconnects",
+            )
+        })?;
         tracing::info!(node_id = %stored.node_id, version = stored.version, "Desired state stored and published.");
         Ok(stored)
     }
@@ -85,9 +73,10 @@ impl DesiredStates {
         self.store.get_desired(node_id).await
     }
 
-    /// Publishes every stored desired state again each time `connected`
-    /// turns true (a new broker session), until `shutdown`.
-    pub async fn run(self, mut connected: watch::Receiver<bool>, shutdown: CancellationToken) {
+    /// Publishes every stored desired state again each time the link's MQTT
+    /// session comes up (a new broker session), until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut connected = self.link.connected();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -96,7 +85,7 @@ impl DesiredStates {
             match self.store.all_desired().await {
                 Ok(all) => {
                     for d in &all {
-                        let _ = publish_desired(&self.mqtt, d).await;
+                        let _ = self.link.desired(d).await;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "Cannot read desired states to republish them."),

@@ -18,6 +18,10 @@ pub enum ControllerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Io(String),
+    #[error("the controller is stopping")]
+    Stopped,
+    #[error("the MQTT client's queue is full: the {0} was not sent; it is sent again later")]
+    LinkBusy(&'static str),
 }
 
 impl From<ControllerError> for tonic::Status {
@@ -29,6 +33,7 @@ impl From<ControllerError> for tonic::Status {
                 tracing::error!(error = %e, "Database error answering a gRPC call.");
                 tonic::Status::unavailable("the telemetry store is unavailable; retry later")
             }
+            ControllerError::LinkBusy(_) | ControllerError::Stopped => tonic::Status::unavailable(e.to_string()),
             ControllerError::PortInUse { .. } | ControllerError::Io(_) => tonic::Status::internal(e.to_string()),
         }
     }

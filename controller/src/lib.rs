@@ -18,6 +18,7 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod http;
+mod inbound;
 pub mod ingest;
 pub mod jobs;
 pub mod link;

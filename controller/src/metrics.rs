@@ -141,9 +141,9 @@ impl Metrics {
         self.dropped.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    /// Counts one finished job.
-    pub fn job_finished(&self, status: &'static str, site: i32) {
-        self.jobs_finished.get_or_create(&JobLabel { status, site: crate::store::jobs::site_word(site) }).inc();
+    /// Counts one finished job (`status` and `site` as words: "succeeded", "edge").
+    pub fn job_finished(&self, status: &'static str, site: &'static str) {
+        self.jobs_finished.get_or_create(&JobLabel { status, site }).inc();
     }
 
     /// The text exposition format.

@@ -5,9 +5,17 @@
 pub mod queue;
 pub mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::link::Link;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::Store;
 
 /// `[ingest]`: the writer queue and the bulk writes.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -57,5 +65,41 @@ impl IngestConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// Ingest: its writers and the receiving end of their queue.
+pub struct Ingest {
+    writers: Vec<writer::Writer>,
+    /// The writers take the queue in turn: one gathers while others write.
+    rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<queue::WriteItem>>>,
+}
+
+impl Ingest {
+    /// The queue the link sends to, and the writers behind it: `writers` of
+    /// them on PostgreSQL (one write's database time overlaps gathering the
+    /// next), one on SQLite (it has one writer anyway).
+    #[must_use]
+    pub fn new(
+        cfg: &IngestConfig,
+        store: &Store,
+        registry: &Registry,
+        metrics: &Arc<Metrics>,
+        link: &Link,
+    ) -> (queue::WriteQueue, Self) {
+        let (tx, rx) = queue::WriteQueue::new(cfg.queue_batches, cfg.queue_rows);
+        let n = if matches!(store, Store::Sqlite(_)) { 1 } else { cfg.writers };
+        let writers = (0..n)
+            .map(|_| writer::Writer::new(store.clone(), registry.clone(), metrics.clone(), link.clone(), cfg.clone()))
+            .collect();
+        (tx, Self { writers, rx: Arc::new(tokio::sync::Mutex::new(rx)) })
+    }
+
+    /// Runs each writer as its own task on `tasks` until `shutdown`; what is
+    /// queued by then is still written.
+    pub fn spawn_on(self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        for w in self.writers {
+            tasks.spawn(w.run(self.rx.clone(), shutdown.clone()));
+        }
     }
 }

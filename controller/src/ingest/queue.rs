@@ -6,6 +6,8 @@ use std::time::Instant;
 use fleet_proto::v1::TelemetryBatch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::ControllerError;
+
 /// A batch for the writer; `done` (Kafka) hears whether its rows are committed.
 #[derive(Debug)]
 pub struct WriteItem {
@@ -37,27 +39,21 @@ impl WriteQueue {
         (Self { tx, rows: Arc::new(Semaphore::new(max_rows as usize)), max_rows }, rx)
     }
 
-    /// Queues `item` once there is room. `Err` when the writers are gone.
+    /// Queues `item` once there is room.
     ///
     /// # Errors
-    /// The writers stopped (shutdown).
-    pub async fn send(&self, mut item: WriteItem) -> Result<(), ()> {
+    /// `Stopped` when the writers are gone (shutdown).
+    pub async fn send(&self, mut item: WriteItem) -> Result<(), ControllerError> {
         let n = u32::try_from(item.batch.samples.len()).unwrap_or(u32::MAX).clamp(1, self.max_rows);
-        item.permit = Some(self.rows.clone().acquire_many_owned(n).await.map_err(|_| ())?);
-        self.tx.send(item).await.map_err(|_| ())
+        item.permit = Some(self.rows.clone().acquire_many_owned(n).await.map_err(|_| ControllerError::Stopped)?);
+        self.tx.send(item).await.map_err(|_| ControllerError::Stopped)
     }
 }
 
 impl WriteItem {
-    /// A batch whose outcome `done` hears (Kafka).
+    /// A batch for the writers; `done`, if any, hears whether its rows were committed.
     #[must_use]
-    pub fn with_done(batch: TelemetryBatch, done: tokio::sync::oneshot::Sender<bool>) -> Self {
-        Self { batch, done: Some(done), queued_at: Instant::now(), permit: None }
-    }
-}
-
-impl From<TelemetryBatch> for WriteItem {
-    fn from(batch: TelemetryBatch) -> Self {
-        Self { batch, done: None, queued_at: Instant::now(), permit: None }
+    pub fn new(batch: TelemetryBatch, done: Option<tokio::sync::oneshot::Sender<bool>>) -> Self {
+        Self { batch, done, queued_at: Instant::now(), permit: None }
     }
 }

@@ -1,71 +1,56 @@
 //! The telemetry writer: gathers queued batches into one bulk write (by row
 //! count and delay), commits rows and ack watermarks in one transaction, then
-//! publishes each affected run's `Ack` so agents can forget what is safe.
+//! has the link send each affected run's `Ack` so agents can forget what is safe.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{Ack, SeqRange, TelemetryBatch};
-use prost::Message;
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestConfig;
 use super::queue::WriteItem;
+use crate::ControllerError;
+use crate::link::Link;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::Registry;
+use crate::store::acks::RunMark;
 use crate::store::{RunRange, Store};
 
 /// Committed ranges above the watermark sent in each ack, at most.
 const ACK_RANGES: usize = 64;
 
-/// Everything the writer needs.
+/// One of ingest's writers.
 pub struct Writer {
-    pub store: Store,
-    pub registry: Registry,
-    pub metrics: Arc<Metrics>,
-    /// Used only with `try_publish`, so the writer never waits on the broker.
-    pub client: AsyncClient,
-    pub cfg: IngestConfig,
+    store: Store,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    /// Sends the acks (never waits: the writer never waits on the broker).
+    link: Link,
+    cfg: IngestConfig,
     /// Whether the last write stored every row (no redeliveries): then the
     /// next one tries the faster plain insert first.
-    pub optimistic: std::sync::atomic::AtomicBool,
+    optimistic: AtomicBool,
 }
 
+/// A group of queued batches taken for one write.
+type Group = Vec<WriteItem>;
+
 impl Writer {
+    /// A writer into `store` that acknowledges through `link`.
+    #[must_use]
+    pub fn new(store: Store, registry: Registry, metrics: Arc<Metrics>, link: Link, cfg: IngestConfig) -> Self {
+        Self { store, registry, metrics, link, cfg, optimistic: AtomicBool::new(true) }
+    }
+
     /// Writes until the queue closes or `shutdown` fires; on shutdown the
     /// batches already queued are still written. Several writers share `rx`:
     /// one gathers a group while the others write theirs.
     pub async fn run(self, rx: Arc<Mutex<mpsc::Receiver<WriteItem>>>, shutdown: CancellationToken) {
-        loop {
-            let group = {
-                let mut rx = rx.lock().await;
-                let first = tokio::select! {
-                    b = rx.recv() => b,
-                    () = shutdown.cancelled() => { rx.close(); rx.recv().await }
-                };
-                let Some(first) = first else { break };
-                let mut rows = first.batch.samples.len();
-                let mut group = vec![first];
-                let deadline = tokio::time::Instant::now() + self.cfg.max_write_delay;
-                while rows < self.cfg.max_rows_per_write {
-                    let next = tokio::select! {
-                        b = rx.recv() => b,
-                        () = tokio::time::sleep_until(deadline) => None,
-                    };
-                    match next {
-                        Some(b) => {
-                            rows += b.batch.samples.len();
-                            group.push(b);
-                        }
-                        None => break,
-                    }
-                }
-                group
-            };
+        while let Some(group) = self.gather(&rx, &shutdown).await {
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
             let oldest = group.iter().map(|w| w.queued_at).min();
             let mut permits = Vec::with_capacity(group.len());
@@ -93,7 +78,32 @@ impl Writer {
         }
     }
 
-    async fn write_group(&self, group: Vec<TelemetryBatch>) -> Result<(), ()> {
+    /// The next group: the first batch waits as long as it takes, the rest
+    /// until the group has `max_rows_per_write` rows or `max_write_delay`
+    /// passed. `None` when the queue is closed and empty.
+    async fn gather(&self, rx: &Mutex<mpsc::Receiver<WriteItem>>, shutdown: &CancellationToken) -> Option<Group> {
+        let mut rx = rx.lock().await;
+        let first = tokio::select! {
+            b = rx.recv() => b,
+            () = shutdown.cancelled() => { rx.close(); rx.recv().await }
+        };
+        let first = first?;
+        let mut rows = first.batch.samples.len();
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + self.cfg.max_write_delay;
+        while rows < self.cfg.max_rows_per_write {
+            let next = tokio::select! {
+                b = rx.recv() => b,
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(b) = next else { break };
+            rows += b.batch.samples.len();
+            group.push(b);
+        }
+        Some(group)
+    }
+
+    async fn write_group(&self, group: Vec<TelemetryBatch>) -> Result<(), ControllerError> {
         // Every batch's whole seq range counts as handled for its run's ack,
         // also the samples a value rule refuses below.
         let runs: Vec<RunRange> = group
@@ -106,9 +116,39 @@ impl Writer {
                 low_water: b.low_water_seq,
             })
             .collect();
-        // Value rules (docs/schema.md): NaN and infinities have no place in
-        // SQL; a time too far ahead of our clock is refused too (clamping it
-        // would store a different time on each redelivery).
+        let group = self.value_rules(group);
+        let rows: u64 = group.iter().map(|b| b.samples.len() as u64).sum();
+        let started = Instant::now();
+        let optimistic = self.optimistic.load(Ordering::Relaxed);
+        let written = match self.store.write_opt(&group, &runs, optimistic).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                tracing::error!(error = %e, rows, "Telemetry write failed; agents will resend.");
+                return Err(e);
+            }
+        };
+        self.optimistic.store(written.inserted == rows, Ordering::Relaxed);
+        self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.rows_written.inc_by(written.inserted);
+        self.metrics.rows_duplicate.inc_by(rows.saturating_sub(written.inserted));
+        self.metrics.batches_written.inc_by(group.len() as u64);
+        let mut per_node: HashMap<&str, u64> = HashMap::new();
+        for b in &group {
+            *per_node.entry(b.node_id.as_str()).or_default() += b.samples.len() as u64;
+        }
+        for (node, n) in per_node {
+            self.registry.record_samples(node, n);
+        }
+        self.acknowledge(written.marks);
+        Ok(())
+    }
+
+    /// Value rules (docs/schema.md): NaN and infinities have no place in
+    /// SQL; a time too far ahead of our clock is refused too (clamping it
+    /// would store a different time on each redelivery). Refused samples are
+    /// counted by reason.
+    fn value_rules(&self, group: Vec<TelemetryBatch>) -> Vec<TelemetryBatch> {
         let limit = fleet_proto::now_unix_ms()
             .saturating_add(i64::try_from(self.cfg.max_future_skew.as_millis()).unwrap_or(i64::MAX));
         let (mut non_finite, mut future) = (0u64, 0u64);
@@ -119,58 +159,30 @@ impl Writer {
                 future += 1;
             }
         }
-        let group = if non_finite + future > 0 {
-            split_keep(group, |s| s.value.is_finite() && s.time_unix_ms <= limit)
-        } else {
-            group
-        };
         if future > 0 {
             self.metrics.dropped.get_or_create(&ReasonLabel { reason: "future_time" }).inc_by(future);
         }
         if non_finite > 0 {
             self.metrics.dropped.get_or_create(&ReasonLabel { reason: "non_finite_value" }).inc_by(non_finite);
         }
+        if non_finite + future > 0 {
+            split_keep(group, |s| s.value.is_finite() && s.time_unix_ms <= limit)
+        } else {
+            group
+        }
+    }
 
-        let rows: u64 = group.iter().map(|b| b.samples.len() as u64).sum();
-        let started = Instant::now();
-        let optimistic = self.optimistic.load(std::sync::atomic::Ordering::Relaxed);
-        match self.store.write_opt(&group, &runs, optimistic).await {
-            Ok(written) => {
-                self.optimistic.store(written.inserted == rows, std::sync::atomic::Ordering::Relaxed);
-                self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
-                self.metrics.rows_written.inc_by(written.inserted);
-                self.metrics.rows_duplicate.inc_by(rows.saturating_sub(written.inserted));
-                self.metrics.batches_written.inc_by(group.len() as u64);
-                let mut per_node: HashMap<&str, u64> = HashMap::new();
-                for b in &group {
-                    *per_node.entry(b.node_id.as_str()).or_default() += b.samples.len() as u64;
-                }
-                for (node, n) in per_node {
-                    self.registry.record_samples(node, n);
-                }
-                for (node, boot, mark) in written.marks {
-                    if let Some(up_to) = mark.up_to() {
-                        let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
-                        let ack = Ack { boot_id: boot, up_to_seq: up_to, committed };
-                        match self.client.try_publish(
-                            node_topic(&node, Channel::Ack),
-                            QoS::AtLeastOnce,
-                            true,
-                            ack.encode_to_vec(),
-                        ) {
-                            Ok(()) => {
-                                self.metrics.acks_published.inc();
-                            }
-                            Err(_) => self.metrics.drop_msg("ack_queue_full"),
-                        }
+    /// Each run's committed mark, as an `Ack` to its node.
+    fn acknowledge(&self, marks: Vec<(String, String, RunMark)>) {
+        for (node, boot, mark) in marks {
+            if let Some(up_to) = mark.up_to() {
+                let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
+                match self.link.ack(&node, &Ack { boot_id: boot, up_to_seq: up_to, committed }) {
+                    Ok(()) => {
+                        self.metrics.acks_published.inc();
                     }
+                    Err(_) => self.metrics.drop_msg("ack_queue_full"),
                 }
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.write_errors.inc();
-                tracing::error!(error = %e, rows, "Telemetry write failed; agents will resend.");
-                Err(())
             }
         }
     }

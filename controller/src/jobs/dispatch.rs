@@ -2,9 +2,7 @@
 //! `jobs` topic or a place in the cloud tier's pool.
 
 use fleet_inference::Pool;
-use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{Job, JobAttempt, JobStatus, Site, job};
-use prost::Message;
 use tokio::time::Instant;
 
 use super::{CloudDone, Current, JobManager, State, us};
@@ -62,17 +60,7 @@ impl JobManager {
                         attempt,
                         budget_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
                     };
-                    let topic = node_topic(id, Channel::Jobs);
-                    // QoS 0, as the node's answer: a job's delivery guarantee is end to end
-                    // (an answer, or a re-route after jobs.attempt_timeout). QoS 1 acks make a
-                    // broker without TCP_NODELAY (rumqttd; Mosquitto unless set_tcp_nodelay)
-                    // hold its next small write for the peer's delayed ACK: 40 ms a job
-                    // (docs/routing.md, "Latency").
-                    let ok = self
-                        .inner
-                        .mqtt
-                        .try_publish(topic, rumqttc::QoS::AtMostOnce, false, job.encode_to_vec())
-                        .is_ok();
+                    let ok = self.inner.link.job(id, &job).is_ok();
                     if ok {
                         st.router.dispatched(id);
                     }

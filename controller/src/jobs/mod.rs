@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
+use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router::{CloudView, Router, RouterConfig, Target};
@@ -93,6 +94,27 @@ impl JobsConfig {
     }
 }
 
+/// The job manager's loops, run together by [`JobTasks::run`].
+pub struct JobTasks {
+    manager: JobManager,
+    registry: Registry,
+    cloud_rx: mpsc::Receiver<CloudDone>,
+    record_rx: mpsc::Receiver<JobView>,
+}
+
+impl JobTasks {
+    /// Runs the loops until `shutdown`; jobs still in flight then end FAILED.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let m = self.manager;
+        tokio::join!(
+            m.clone().follow(self.registry, shutdown.clone()),
+            m.clone().sweep(shutdown.clone()),
+            m.clone().cloud_answers(self.cloud_rx, shutdown.clone()),
+            m.recorder(self.record_rx, shutdown),
+        );
+    }
+}
+
 /// The job manager. Cheap to clone.
 #[derive(Clone)]
 pub struct JobManager {
@@ -106,7 +128,8 @@ struct Inner {
     cloud: Option<Pool>,
     /// Cloud answers come back here (bounded by the pool's places, so never full).
     cloud_done: mpsc::Sender<CloudDone>,
-    mqtt: rumqttc::AsyncClient,
+    /// Sends jobs to the nodes.
+    link: Link,
     /// Finished jobs for the store; full means the job is not recorded (counted).
     record: mpsc::Sender<JobView>,
     store: Store,
@@ -157,17 +180,17 @@ fn bad(field: &str, why: impl std::fmt::Display) -> Status {
 }
 
 impl JobManager {
-    /// Starts the manager's tasks: the router following the live view, the
-    /// deadline sweeper, cloud answers, and the recorder.
+    /// The manager, and its tasks to run: the router following the live
+    /// view, the deadline sweeper, cloud answers, and the recorder. Cloud
+    /// runs are tracked on `tasks`.
     #[must_use]
-    pub fn start(
+    pub fn new(
         cfg: JobsConfig,
         router: RouterConfig,
         cloud: Option<Pool>,
-        (mqtt, registry, store, metrics): (rumqttc::AsyncClient, Registry, Store, Arc<Metrics>),
+        (link, registry, store, metrics): (Link, Registry, Store, Arc<Metrics>),
         tasks: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) -> Self {
+    ) -> (Self, JobTasks) {
         let (cloud_done, cloud_rx) = mpsc::channel(1024);
         let (record, record_rx) = mpsc::channel(cfg.record_queue.max(1));
         let mut router = Router::new(router);
@@ -187,18 +210,15 @@ impl JobManager {
                 }),
                 cloud,
                 cloud_done,
-                mqtt,
+                link,
                 record,
                 store,
                 metrics,
                 tasks: tasks.clone(),
             }),
         };
-        tasks.spawn(m.clone().follow(registry, shutdown.clone()));
-        tasks.spawn(m.clone().sweep(shutdown.clone()));
-        tasks.spawn(m.clone().cloud_answers(cloud_rx, shutdown.clone()));
-        tasks.spawn(m.clone().recorder(record_rx, shutdown.clone()));
-        m
+        let run = JobTasks { manager: m.clone(), registry, cloud_rx, record_rx };
+        (m, run)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

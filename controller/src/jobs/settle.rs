@@ -5,6 +5,7 @@ use fleet_proto::v1::{JobResult, JobStatus, JobTimings, Placement, Site};
 
 use super::{JobManager, State, us};
 use crate::router::Target;
+use crate::store::jobs::{site_word, status_word};
 
 impl JobManager {
     /// Records an attempt's answer (a node's, or the cloud pool's) on the
@@ -93,7 +94,7 @@ impl JobManager {
             v.timings = Some(JobTimings { end_to_end_us: us(l.submitted.elapsed()), ..Default::default() });
         }
         let view = l.view;
-        self.inner.metrics.job_finished(crate::store::jobs::status_word(view.status), view.site);
+        self.inner.metrics.job_finished(status_word(view.status), site_word(view.site));
         for w in l.waiters {
             let _ = w.send(view.clone());
         }

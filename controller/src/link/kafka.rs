@@ -6,28 +6,27 @@
 //!   While the database is behind it stops polling: memory stays bounded.
 //! - Status: each replica reads the whole compacted `fleet.status` (its own
 //!   group id, from the earliest offset), so every replica sees every node.
-//! - Bridge: telemetry and status arriving by MQTT are republished to the same
-//!   topics (key node id), marked with a `fleet-bridged` header that ingest
-//!   skips: those rows were written on arrival.
+//! - The bridge (`bridge`) republishes what arrives by MQTT to the same
+//!   topics, marked with a `fleet-bridged` header that both readers skip.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::topics::{Channel, node_topic};
+use fleet_proto::topics::Channel;
+use fleet_proto::v1::TelemetryBatch;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::classify::check;
 use super::log_limit::LogLimiter;
-use super::mqtt::{Accepted, classify};
+use super::message::{Closed, Deliver, Inbound};
+use super::verify::{Refusal, Verifier};
 use crate::ControllerError;
-use crate::ingest::queue::WriteItem;
 use crate::metrics::{ChannelLabel, Metrics};
-use crate::registry::Registry;
 
 /// Header on bridged messages.
 pub const BRIDGED_HEADER: &str = "fleet-bridged";
@@ -63,7 +62,8 @@ impl Default for KafkaConfig {
     }
 }
 
-fn client_config(cfg: &KafkaConfig, consumer: bool) -> ClientConfig {
+/// librdkafka settings of one of our clients.
+pub(super) fn client_config(cfg: &KafkaConfig, consumer: bool) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     if consumer {
@@ -80,79 +80,24 @@ fn client_config(cfg: &KafkaConfig, consumer: bool) -> ClientConfig {
     c
 }
 
-/// Counts bridge deliveries that failed.
-pub struct BridgeContext {
-    metrics: Arc<Metrics>,
-}
-
-impl rdkafka::ClientContext for BridgeContext {}
-
-impl ProducerContext for BridgeContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_err() {
-            self.metrics.drop_msg("kafka_bridge_failed");
-        }
-    }
-}
-
-/// The MQTT -> Kafka bridge.
-pub struct Bridge {
-    producer: ThreadedProducer<BridgeContext>,
-    metrics: Arc<Metrics>,
-}
-
-impl Bridge {
-    /// Creates the producer.
-    ///
-    /// # Errors
-    /// Settings librdkafka refuses.
-    pub fn new(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, ControllerError> {
-        let producer = client_config(cfg, false)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "100000")
-            .create_with_context(BridgeContext { metrics: metrics.clone() })
-            .map_err(|e| ControllerError::Config(format!("[kafka]: bridge producer: {e}")))?;
-        Ok(Self { producer, metrics })
-    }
-
-    /// Republishes one message; a full producer queue drops it (counted).
-    pub fn publish(&self, channel: Channel, node_id: &str, payload: &[u8]) {
-        let topic = match channel {
-            Channel::Telemetry => fleet_proto::topics::KAFKA_TELEMETRY,
-            Channel::Status => fleet_proto::topics::KAFKA_STATUS,
-            Channel::Events => fleet_proto::topics::KAFKA_EVENTS,
-            Channel::Results => fleet_proto::topics::KAFKA_RESULTS,
-            _ => return,
-        };
-        let headers = OwnedHeaders::new().insert(Header { key: BRIDGED_HEADER, value: Some("1") });
-        let record = BaseRecord::to(topic).key(node_id).payload(payload).headers(headers);
-        if self.producer.send(record).is_err() {
-            self.metrics.drop_msg("kafka_bridge_full");
-        }
-    }
-}
-
 fn is_bridged(m: &BorrowedMessage<'_>) -> bool {
     m.headers().is_some_and(|h| h.iter().any(|x| x.key == BRIDGED_HEADER))
 }
 
-/// What a message off Kafka turned out to be.
+/// What a message off Kafka turned out to be: its key names the node as an
+/// MQTT topic does, and the same checks apply.
 fn accept(
     m: &BorrowedMessage<'_>,
     channel: Channel,
     max_payload: usize,
-    verifier: &super::verify::Verifier,
-) -> Result<Accepted, (&'static str, String)> {
+    verifier: &Verifier,
+) -> Result<Option<Inbound>, (Refusal, String)> {
     let key = m.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+    if fleet_proto::validate_node_id(&key).is_err() {
+        return Err((Refusal::BadTopic, key));
+    }
     let payload = m.payload().unwrap_or_default();
-    // The key names the node as the MQTT topic does; the same rules apply.
-    classify(&node_topic(&key, channel), payload, max_payload, verifier)
-        .map(|(_, a)| a)
-        .map_err(|(r, who)| (r.label(), who))
+    check(&key, channel, payload, max_payload, verifier).map_err(|r| (r, key))
 }
 
 /// Logs the partitions the group gives this replica (operators ask which
@@ -181,14 +126,15 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
 
 /// The telemetry consumer-group member.
 pub struct TelemetryConsumer {
-    pub consumer: StreamConsumer<GroupContext>,
-    /// The writer's queue (bounded): waiting on it is the backpressure.
-    pub writer_tx: crate::ingest::queue::WriteQueue,
-    pub metrics: Arc<Metrics>,
-    pub max_payload: usize,
-    pub commit_every: usize,
-    pub verifier: Arc<super::verify::Verifier>,
+    consumer: StreamConsumer<GroupContext>,
+    metrics: Arc<Metrics>,
+    max_payload: usize,
+    commit_every: usize,
+    verifier: Arc<Verifier>,
 }
+
+/// Batches handed on in one round, each with the receiver of its outcome.
+type Waits = Vec<(TelemetryBatch, oneshot::Receiver<bool>)>;
 
 impl TelemetryConsumer {
     /// Joins the group on `fleet.telemetry`.
@@ -197,10 +143,9 @@ impl TelemetryConsumer {
     /// Settings librdkafka refuses.
     pub fn new(
         cfg: &KafkaConfig,
-        writer_tx: crate::ingest::queue::WriteQueue,
         metrics: Arc<Metrics>,
         max_payload: usize,
-        verifier: Arc<super::verify::Verifier>,
+        verifier: Arc<Verifier>,
     ) -> Result<Self, ControllerError> {
         let consumer: StreamConsumer<GroupContext> = client_config(cfg, true)
             .set("group.id", &cfg.group_id)
@@ -212,48 +157,26 @@ impl TelemetryConsumer {
         consumer
             .subscribe(&[fleet_proto::topics::KAFKA_TELEMETRY])
             .map_err(|e| ControllerError::Config(format!("[kafka]: subscribe: {e}")))?;
-        Ok(Self { consumer, writer_tx, metrics, max_payload, commit_every: cfg.commit_every.max(1), verifier })
+        Ok(Self { consumer, metrics, max_payload, commit_every: cfg.commit_every.max(1), verifier })
     }
 
     /// Consumes until `shutdown`: gathers up to `commit_every` messages, waits
-    /// until the writer committed them all, then commits the offsets.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// until the owner committed them all, then commits the offsets.
+    pub async fn run(self, owner: &impl Deliver, shutdown: CancellationToken) {
         let mut limiter = LogLimiter::default();
         loop {
-            let mut waits: Vec<(fleet_proto::v1::TelemetryBatch, oneshot::Receiver<bool>)> = Vec::new();
-            let mut consumed = 0usize;
             // The first message of a round waits as long as it takes; the rest only briefly.
-            let first_wait = tokio::select! {
+            let mut next = tokio::select! {
                 () = shutdown.cancelled() => return,
                 m = self.consumer.recv() => Some(m),
             };
-            let mut next = first_wait;
+            let (mut waits, mut consumed): (Waits, usize) = (Vec::new(), 0);
             while let Some(m) = next.take() {
                 match m {
                     Ok(m) => {
                         consumed += 1;
-                        if !is_bridged(&m) {
-                            match accept(&m, Channel::Telemetry, self.max_payload, &self.verifier) {
-                                Ok(Accepted::Telemetry(b)) => {
-                                    self.metrics
-                                        .received
-                                        .get_or_create(&ChannelLabel { channel: "kafka_telemetry" })
-                                        .inc();
-                                    let (tx, rx) = oneshot::channel();
-                                    if self.writer_tx.send(WriteItem::with_done(b.clone(), tx)).await.is_err() {
-                                        return;
-                                    }
-                                    self.metrics.ingest_queue.inc();
-                                    waits.push((b, rx));
-                                }
-                                Ok(_) => {}
-                                Err((reason, who)) => {
-                                    self.metrics.drop_msg(reason);
-                                    if limiter.allow(&who) {
-                                        tracing::warn!(node = %who, reason, "Dropped a bad Kafka message.");
-                                    }
-                                }
-                            }
+                        if self.take(&m, owner, &mut waits, &mut limiter).await.is_err() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -266,21 +189,8 @@ impl TelemetryConsumer {
                 }
                 next = tokio::time::timeout(Duration::from_millis(20), self.consumer.recv()).await.ok();
             }
-            // Commit only what the database has: retry a failed write until it lands.
-            for (batch, rx) in waits {
-                let mut ok = rx.await.unwrap_or(false);
-                while !ok {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    let (tx, rx) = oneshot::channel();
-                    if self.writer_tx.send(WriteItem::with_done(batch.clone(), tx)).await.is_err() {
-                        return;
-                    }
-                    self.metrics.ingest_queue.inc();
-                    ok = rx.await.unwrap_or(false);
-                }
+            if self.committed(waits, owner, &shutdown).await.is_err() {
+                return;
             }
             if consumed > 0
                 && let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async)
@@ -289,44 +199,106 @@ impl TelemetryConsumer {
             }
         }
     }
+
+    /// Checks one message and hands its batch on, keeping its outcome's receiver.
+    async fn take(
+        &self,
+        m: &BorrowedMessage<'_>,
+        owner: &impl Deliver,
+        waits: &mut Waits,
+        limiter: &mut LogLimiter,
+    ) -> Result<(), Closed> {
+        if is_bridged(m) {
+            return Ok(());
+        }
+        match accept(m, Channel::Telemetry, self.max_payload, &self.verifier) {
+            Ok(Some(Inbound::Telemetry { batch, .. })) => {
+                self.metrics.received.get_or_create(&ChannelLabel { channel: "kafka_telemetry" }).inc();
+                let (tx, rx) = oneshot::channel();
+                owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
+                waits.push((batch, rx));
+            }
+            Ok(_) => {}
+            Err((reason, who)) => {
+                self.metrics.drop_msg(reason.label());
+                if limiter.allow(&who) {
+                    tracing::warn!(node = %who, reason = reason.label(), "Dropped a bad Kafka message.");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every batch of the round is committed, handing a failed
+    /// one on again every second until it lands (only what the database has
+    /// is committed to Kafka).
+    async fn committed(&self, waits: Waits, owner: &impl Deliver, shutdown: &CancellationToken) -> Result<(), Closed> {
+        for (batch, rx) in waits {
+            let mut ok = rx.await.unwrap_or(false);
+            while !ok {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(Closed),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let (tx, rx) = oneshot::channel();
+                owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
+                ok = rx.await.unwrap_or(false);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads the whole compacted `fleet.status` into the live view.
-///
-/// # Errors
-/// Settings librdkafka refuses.
-pub fn status_reader(
-    cfg: &KafkaConfig,
-    registry: Registry,
+pub struct StatusReader {
+    consumer: StreamConsumer,
     metrics: Arc<Metrics>,
-    (max_payload, verifier): (usize, Arc<super::verify::Verifier>),
-    shutdown: CancellationToken,
-) -> Result<impl Future<Output = ()> + Send + 'static, ControllerError> {
-    let group = format!("{}-status-{:x}{:x}", cfg.group_id, std::process::id(), fleet_proto::now_unix_ms());
-    let consumer: StreamConsumer = client_config(cfg, true)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| ControllerError::Config(format!("[kafka]: status consumer: {e}")))?;
-    consumer
-        .subscribe(&[fleet_proto::topics::KAFKA_STATUS])
-        .map_err(|e| ControllerError::Config(format!("[kafka]: subscribe: {e}")))?;
-    Ok(async move {
+    max_payload: usize,
+    verifier: Arc<Verifier>,
+}
+
+impl StatusReader {
+    /// A consumer of `fleet.status` in a group of its own, from the earliest offset.
+    ///
+    /// # Errors
+    /// Settings librdkafka refuses.
+    pub fn new(
+        cfg: &KafkaConfig,
+        metrics: Arc<Metrics>,
+        max_payload: usize,
+        verifier: Arc<Verifier>,
+    ) -> Result<Self, ControllerError> {
+        let group = format!("{}-status-{:x}{:x}", cfg.group_id, std::process::id(), fleet_proto::now_unix_ms());
+        let consumer: StreamConsumer = client_config(cfg, true)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| ControllerError::Config(format!("[kafka]: status consumer: {e}")))?;
+        consumer
+            .subscribe(&[fleet_proto::topics::KAFKA_STATUS])
+            .map_err(|e| ControllerError::Config(format!("[kafka]: subscribe: {e}")))?;
+        Ok(Self { consumer, metrics, max_payload, verifier })
+    }
+
+    /// Reads until `shutdown` (or until `owner` stops).
+    pub async fn run(self, owner: &impl Deliver, shutdown: CancellationToken) {
         loop {
             let m = tokio::select! {
                 () = shutdown.cancelled() => return,
-                m = consumer.recv() => m,
+                m = self.consumer.recv() => m,
             };
             match m {
                 // Bridged statuses came by MQTT too and are already in the view.
-                Ok(m) if !is_bridged(&m) => match accept(&m, Channel::Status, max_payload, &verifier) {
-                    Ok(Accepted::Status(s)) => {
-                        metrics.received.get_or_create(&ChannelLabel { channel: "kafka_status" }).inc();
-                        registry.update_status(*s);
+                Ok(m) if !is_bridged(&m) => match accept(&m, Channel::Status, self.max_payload, &self.verifier) {
+                    Ok(Some(s @ Inbound::Status(_))) => {
+                        self.metrics.received.get_or_create(&ChannelLabel { channel: "kafka_status" }).inc();
+                        if owner.deliver(s).await.is_err() {
+                            return;
+                        }
                     }
                     Ok(_) => {}
-                    Err((reason, _)) => metrics.drop_msg(reason),
+                    Err((reason, _)) => self.metrics.drop_msg(reason.label()),
                 },
                 Ok(_) => {}
                 Err(e) => {
@@ -335,5 +307,5 @@ pub fn status_reader(
                 }
             }
         }
-    })
+    }
 }

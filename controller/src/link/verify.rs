@@ -17,9 +17,50 @@ use fleet_proto::v1::{MessageKind, SignedMessage};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::Refusal;
 use crate::store::Store;
 use crate::store::security::NodeIdentity;
+
+/// Why a message was refused; each is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Oversized,
+    BadTopic,
+    Decode,
+    NodeMismatch,
+    Invalid,
+    /// An enrolled node's message without a signature.
+    Unsigned,
+    /// A node that is not enrolled (enrollment required).
+    UnknownNode,
+    Revoked,
+    BadSignature,
+    Replay,
+    /// Signed as one kind of message, sent on another channel.
+    KindMismatch,
+    /// Over the node's message rate (security.node_rate_per_s).
+    RateLimited,
+}
+
+impl Refusal {
+    /// The `reason` label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Oversized => "oversized",
+            Refusal::BadTopic => "bad_topic",
+            Refusal::Decode => "decode",
+            Refusal::NodeMismatch => "node_mismatch",
+            Refusal::Invalid => "invalid",
+            Refusal::Unsigned => "unsigned",
+            Refusal::UnknownNode => "unknown_node",
+            Refusal::Revoked => "revoked",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Replay => "replay",
+            Refusal::KindMismatch => "kind_mismatch",
+            Refusal::RateLimited => "rate_limited",
+        }
+    }
+}
 
 /// How often the keys are read again from the store (enrollments and
 /// revocations made on other replicas).

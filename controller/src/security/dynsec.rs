@@ -3,14 +3,13 @@
 //! its own password and a role that allows publishing and subscribing only
 //! under `fleet/v1/nodes/{its id}/`; revoking deletes the client, which
 //! Mosquitto disconnects at once. Commands go to the plugin's control topic
-//! over the controller's own MQTT connection (it logs in as the dynsec admin).
+//! through the link, over the controller's own MQTT session (it logs in as
+//! the dynsec admin).
 
-use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
-/// The plugin's command topic, and where it answers.
-pub const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
-pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
+use crate::link::Link;
+
 /// The role the controller gives itself: every fleet topic.
 const CONTROLLER_ROLE: &str = "fleet-controller";
 
@@ -21,21 +20,21 @@ fn node_role(node_id: &str) -> String {
 /// Sends dynamic-security commands.
 #[derive(Clone)]
 pub struct Dynsec {
-    client: AsyncClient,
+    /// Sends the commands to the plugin's control topic.
+    link: Link,
     /// The controller's own broker username (the dynsec admin).
     username: String,
 }
 
 impl Dynsec {
     #[must_use]
-    pub fn new(client: AsyncClient, username: String) -> Self {
-        Self { client, username }
+    pub fn new(link: Link, username: String) -> Self {
+        Self { link, username }
     }
 
     fn send(&self, commands: &serde_json::Value) -> bool {
-        let body = json!({ "commands": commands }).to_string();
         // Queued: sent at once, or after the reconnect if the broker is away.
-        self.client.try_publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, body).is_ok()
+        self.link.dynsec(json!({ "commands": commands }).to_string()).is_ok()
     }
 
     /// The controller's own rights on fleet topics (sent at every connect,

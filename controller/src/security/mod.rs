@@ -13,6 +13,7 @@ pub mod guard;
 pub mod overlay;
 pub mod rotate;
 pub mod service;
+pub mod setup;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -12,29 +12,25 @@
 //!
 //! No step waits on a clock: each follows the one before.
 
-use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{KeyRotation, ReportedState};
-use prost::Message;
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::broadcast;
 use tonic::Status;
 
+use crate::link::Link;
 use crate::store::Store;
 
 /// Drives rotations; shared by the API and ingest.
 pub struct Rotation {
     pub store: Store,
-    pub mqtt: AsyncClient,
+    /// Sends each rotation step to its node.
+    pub link: Link,
     /// Tells the overlay task (and the key cache) that a node changed.
     pub changes: broadcast::Sender<String>,
 }
 
 impl Rotation {
     fn publish(&self, node_id: &str, k: Option<&KeyRotation>) -> Result<(), Status> {
-        let body = k.map(Message::encode_to_vec).unwrap_or_default();
-        self.mqtt
-            .try_publish(node_topic(node_id, Channel::Key), QoS::AtLeastOnce, true, body)
-            .map_err(|_| Status::unavailable("the MQTT client is busy; retry"))
+        self.link.key_rotation(node_id, k).map_err(|_| Status::unavailable("the MQTT client is busy; retry"))
     }
 
     /// Step 1.

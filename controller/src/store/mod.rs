@@ -46,6 +46,19 @@ fn i64_of(v: u64) -> i64 {
 }
 
 impl Store {
+    /// Opens the store: PostgreSQL at `database_url`, or SQLite in `data_dir`
+    /// when it is empty.
+    ///
+    /// # Errors
+    /// As [`Store::open_sqlite`] and [`Store::open_postgres`].
+    pub async fn open(data_dir: &Path, database_url: &str, cfg: &StorageConfig) -> Result<Self, ControllerError> {
+        if database_url.is_empty() {
+            Self::open_sqlite(data_dir).await
+        } else {
+            Self::open_postgres(database_url, cfg).await
+        }
+    }
+
     /// Opens (creating if needed) `data_dir/fleet.db` and applies migrations.
     ///
     /// # Errors
