@@ -17,6 +17,7 @@ pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod fleetctl;
 pub mod http;
 mod inbound;
 pub mod ingest;

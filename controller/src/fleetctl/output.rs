@@ -1,0 +1,361 @@
+//! Every way `fleetctl` shows what the controller answered: tables and JSON,
+//! in one place. Each function returns the text, so tests can read it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use fleet_proto::v1::{
+    AuditRecord, BootstrapTokenInfo, DesiredStateView, JobStatus, JobTimings, JobView, Node, NodeState,
+    QueryTelemetryResponse, Site,
+};
+use serde_json::{Value, json};
+
+use crate::store::jobs::status_word as job_status;
+
+/// An RFC 3339 time (seconds), or "-" for none.
+#[must_use]
+pub fn when(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .to_string()
+}
+
+/// A node's state word.
+#[must_use]
+pub fn state_name(n: &Node) -> &'static str {
+    match n.status.as_ref().map(|s| NodeState::try_from(s.state).unwrap_or_default()) {
+        Some(NodeState::Online) => "online",
+        Some(NodeState::Offline) => "offline",
+        _ => "unknown",
+    }
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}{unit}"))
+}
+
+fn ago(ms: i64, now_ms: i64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let d = (now_ms - ms).max(0) / 1000;
+    format!("{d}s ago")
+}
+
+/// One node as JSON.
+#[must_use]
+pub fn node_json(n: &Node) -> Value {
+    let s = n.status.clone().unwrap_or_default();
+    let v = s.vitals.unwrap_or_default();
+    let c = s.counters.unwrap_or_default();
+    json!({
+        "node_id": n.node_id,
+        "state": state_name(n),
+        "boot_id": s.boot_id,
+        "hostname": s.hostname,
+        "agent_version": s.agent_version,
+        "last_seen_unix_ms": n.last_seen_unix_ms,
+        "samples_stored": n.samples_stored,
+        "labels": s.labels,
+        "vitals": {
+            "cpu_usage_pct": v.cpu_usage_pct, "mem_used_pct": v.mem_used_pct, "soc_temp_c": v.soc_temp_c,
+            "battery_soc_pct": v.battery_soc_pct, "on_battery": v.on_battery, "input_power_w": v.input_power_w,
+        },
+        "counters": {
+            "samples_taken": c.samples_taken, "batches_published": c.batches_published,
+            "publish_failures": c.publish_failures, "batches_dropped": c.batches_dropped,
+            "batches_unacked": c.batches_unacked, "samples_acked": c.samples_acked,
+        },
+    })
+}
+
+/// The node table of `nodes list`, "seen" counted back from `now_ms`.
+#[must_use]
+pub fn node_table(nodes: &[Node], now_ms: i64) -> String {
+    let mut out = format!(
+        "{:<24} {:<8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}\n",
+        "NODE", "STATE", "CPU", "MEM", "TEMP", "BATTERY", "SAMPLES", "SEEN"
+    );
+    for n in nodes {
+        let v = n.status.as_ref().and_then(|s| s.vitals).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}",
+            n.node_id,
+            state_name(n),
+            opt(v.cpu_usage_pct, "%"),
+            opt(v.mem_used_pct, "%"),
+            opt(v.soc_temp_c, "C"),
+            opt(v.battery_soc_pct, "%"),
+            n.samples_stored,
+            ago(n.last_seen_unix_ms, now_ms)
+        );
+    }
+    out
+}
+
+/// Bootstrap tokens with their state at `now_ms`.
+#[must_use]
+pub fn token_table(tokens: &[BootstrapTokenInfo], now_ms: i64) -> String {
+    let mut out = format!("{:<14} {:<10} {:<22} {:<24} LABELS\n", "ID", "STATE", "EXPIRES", "USED BY");
+    for t in tokens {
+        let state = if t.revoked_unix_ms != 0 {
+            "revoked"
+        } else if t.used_unix_ms != 0 {
+            "used"
+        } else if t.expires_unix_ms <= now_ms {
+            "expired"
+        } else {
+            "valid"
+        };
+        let mut labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let _ = writeln!(
+            out,
+            "{:<14} {:<10} {:<22} {:<24} {}",
+            t.token_id,
+            state,
+            when(t.expires_unix_ms),
+            t.used_by,
+            labels.join(",")
+        );
+    }
+    out
+}
+
+/// The audit log as a table.
+#[must_use]
+pub fn audit_table(records: &[AuditRecord]) -> String {
+    let mut out = format!("{:<22} {:<20} {:<22} {:<24} RESULT\n", "AT", "ACTOR", "ACTION", "TARGET");
+    for r in records {
+        let _ =
+            writeln!(out, "{:<22} {:<20} {:<22} {:<24} {}", when(r.at_unix_ms), r.actor, r.action, r.target, r.result);
+    }
+    out
+}
+
+/// The audit log as JSON.
+#[must_use]
+pub fn audit_json(records: &[AuditRecord]) -> Value {
+    records
+        .iter()
+        .map(|r| json!({"at_unix_ms": r.at_unix_ms, "actor": r.actor, "action": r.action, "target": r.target, "result": r.result}))
+        .collect()
+}
+
+/// A telemetry answer as a table.
+#[must_use]
+pub fn telemetry_table(r: &QueryTelemetryResponse) -> String {
+    let mut out = format!("{:<15} {:>12} {:>12} {:>12} {:>8}\n", "TIME_MS", "AVG", "MIN", "MAX", "COUNT");
+    for p in &r.points {
+        let _ = writeln!(out, "{:<15} {:>12.3} {:>12.3} {:>12.3} {:>8}", p.time_unix_ms, p.avg, p.min, p.max, p.count);
+    }
+    out
+}
+
+/// A telemetry answer as JSON.
+#[must_use]
+pub fn telemetry_json(r: &QueryTelemetryResponse) -> Value {
+    let pts: Vec<_> = r
+        .points
+        .iter()
+        .map(|p| json!({"time_unix_ms": p.time_unix_ms, "avg": p.avg, "min": p.min, "max": p.max, "last": p.last, "count": p.count}))
+        .collect();
+    json!({"node_id": r.node_id, "metric": r.metric, "bucket_s": r.bucket_s, "truncated": r.truncated, "points": pts})
+}
+
+/// A node's desired state beside what it reported, as JSON.
+#[must_use]
+pub fn desired_json(v: &DesiredStateView) -> Value {
+    let d = v.desired.clone().unwrap_or_default();
+    let r = v.reported.clone().unwrap_or_default();
+    json!({
+        "node_id": d.node_id,
+        "version": d.version,
+        "telemetry_interval_ms": d.telemetry_interval_ms,
+        "labels": d.labels,
+        "models": d.models,
+        "power_policy_toml": d.power_policy_toml,
+        "reported": {
+            "applied_version": r.applied_version,
+            "rejected_version": r.rejected_version,
+            "rejected_reason": r.rejected_reason,
+            "time_unix_ms": r.time_unix_ms,
+        },
+    })
+}
+
+fn site_of(site: i32, node: &str) -> String {
+    match Site::try_from(site).unwrap_or_default() {
+        Site::Edge => format!("edge node {node}"),
+        Site::Cloud => "cloud tier".into(),
+        Site::Unspecified => "-".into(),
+    }
+}
+
+fn ms(us: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // display
+    let v = us as f64 / 1000.0;
+    format!("{v:.3} ms")
+}
+
+fn timings_json(t: &JobTimings) -> Value {
+    json!({
+        "route_us": t.route_us, "queued_us": t.queued_us, "tokenize_us": t.tokenize_us,
+        "inference_us": t.inference_us, "node_total_us": t.total_us, "transport_us": t.transport_us,
+        "end_to_end_us": t.end_to_end_us,
+    })
+}
+
+/// A job with every attempt, as JSON.
+#[must_use]
+pub fn job_json(j: &JobView) -> Value {
+    let attempts: Vec<_> = j
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt, "site": site_of(a.site, &a.node_id), "node_id": a.node_id,
+                "status": job_status(a.status), "error": a.error, "reason": a.reason, "label": a.label,
+                "confidence": a.confidence, "timings": timings_json(&a.timings.unwrap_or_default()),
+            })
+        })
+        .collect();
+    json!({
+        "job_id": j.job_id, "model": j.model, "status": job_status(j.status), "error": j.error,
+        "site": site_of(j.site, &j.node_id), "node_id": j.node_id, "reason": j.reason,
+        "label": j.label, "confidence": j.confidence, "embedding": j.embedding,
+        "submitted_unix_ms": j.submitted_unix_ms, "finished_unix_ms": j.finished_unix_ms,
+        "timings": timings_json(&j.timings.unwrap_or_default()), "attempts": attempts,
+    })
+}
+
+/// A job as text: its answer, where it ran and why, each step's time, and
+/// its attempts when there were several or it failed.
+#[must_use]
+pub fn job_text(j: &JobView) -> String {
+    let t = j.timings.unwrap_or_default();
+    let mut out = format!("job {} ({}): {}\n", j.job_id, j.model, job_status(j.status));
+    if !j.error.is_empty() {
+        let _ = writeln!(out, "  error:     {}", j.error);
+    }
+    if j.status == JobStatus::Succeeded as i32 {
+        if j.embedding.is_empty() {
+            let _ = writeln!(out, "  answer:    {} (confidence {:.3})", j.label, j.confidence);
+        } else {
+            let head: Vec<String> = j.embedding.iter().take(4).map(|x| format!("{x:.4}")).collect();
+            let _ = writeln!(out, "  answer:    embedding of {} dims [{}, ...]", j.embedding.len(), head.join(", "));
+        }
+        let _ = writeln!(out, "  ran on:    {}", site_of(j.site, &j.node_id));
+        let _ = writeln!(out, "  why:       {}", j.reason);
+        let _ = writeln!(
+            out,
+            "  steps:     route {}, queued {}, tokenize {}, inference {}, transport {} (node total {}); end to end {}",
+            ms(t.route_us),
+            ms(t.queued_us),
+            ms(t.tokenize_us),
+            ms(t.inference_us),
+            ms(t.transport_us),
+            ms(t.total_us),
+            ms(t.end_to_end_us)
+        );
+    }
+    if j.attempts.len() > 1 || j.status != JobStatus::Succeeded as i32 {
+        out.push_str("  attempts:\n");
+        for a in &j.attempts {
+            let what = if a.error.is_empty() { a.label.clone() } else { a.error.clone() };
+            let _ = writeln!(out, "    {} {} {}: {what}", a.attempt, site_of(a.site, &a.node_id), job_status(a.status));
+            let _ = writeln!(out, "      why: {}", a.reason);
+        }
+    }
+    out
+}
+
+/// Recent jobs as a table.
+#[must_use]
+pub fn job_table(jobs: &[JobView]) -> String {
+    let mut out = format!("{:<36} {:<9} {:<10} {:<22} {:>12}\n", "JOB", "MODEL", "STATUS", "SITE", "END TO END");
+    for j in jobs {
+        let t = j.timings.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<36} {:<9} {:<10} {:<22} {:>12}",
+            j.job_id,
+            j.model,
+            job_status(j.status),
+            site_of(j.site, &j.node_id),
+            ms(t.end_to_end_us)
+        );
+    }
+    out
+}
+
+/// JSON as `fleetctl` prints it.
+///
+/// # Errors
+/// When the value cannot be written (it always can).
+pub fn pretty(v: &Value) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::v1::{JobAttempt, NodeStatus, NodeVitals};
+
+    #[test]
+    fn node_table_shows_state_vitals_and_age() {
+        let n = Node {
+            node_id: "pi-1".into(),
+            status: Some(NodeStatus {
+                state: NodeState::Online as i32,
+                vitals: Some(NodeVitals { cpu_usage_pct: Some(12.34), soc_temp_c: Some(51.0), ..Default::default() }),
+                ..Default::default()
+            }),
+            last_seen_unix_ms: 10_000,
+            samples_stored: 42,
+            ..Default::default()
+        };
+        let t = node_table(&[n, Node { node_id: "pi-2".into(), ..Default::default() }], 15_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("NODE") && lines[0].contains("BATTERY"), "{t}");
+        for want in ["pi-1", "online", "12.3%", "51.0C", "42", "5s ago"] {
+            assert!(lines[1].contains(want), "{want} missing in {:?}", lines[1]);
+        }
+        assert!(lines[2].contains("unknown") && lines[2].contains("never"), "{t}");
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(when(0), "-");
+        assert_eq!(when(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn a_failed_job_lists_its_attempts_and_why() {
+        let j = JobView {
+            job_id: "j1".into(),
+            model: "severity".into(),
+            status: JobStatus::Failed as i32,
+            error: "no site".into(),
+            attempts: vec![JobAttempt {
+                attempt: 1,
+                site: Site::Edge as i32,
+                node_id: "pi-1".into(),
+                status: JobStatus::Refused as i32,
+                error: "saver profile".into(),
+                reason: "best score".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = job_text(&j);
+        assert!(t.starts_with("job j1 (severity): failed"), "{t}");
+        assert!(t.contains("error:     no site") && t.contains("1 edge node pi-1 refused: saver profile"), "{t}");
+        assert!(t.contains("why: best score"), "{t}");
+        assert_eq!(job_json(&j)["attempts"][0]["status"], "refused");
+    }
+}
