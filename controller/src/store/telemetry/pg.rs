@@ -1,10 +1,12 @@
 //! The PostgreSQL telemetry write.
 
 use fleet_proto::v1::TelemetryBatch;
+use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 
 use super::marks::{RunRange, STORED_RANGES, Written, apply_runs, run_keys, stored_marks};
 use crate::ControllerError;
+use crate::store::acks::RunMark;
 use crate::store::{PgFlavour, i64_of, tiers};
 
 /// The bulk insert of a write's rows, from arrays (one statement a write).
@@ -19,6 +21,70 @@ const PG_INSERT: &str = pg_insert!();
 /// The same, skipping rows already stored (redeliveries).
 const PG_INSERT_SKIP: &str = concat!(pg_insert!(), " ON CONFLICT DO NOTHING");
 
+/// The rows of a write as column arrays, for one UNNEST statement.
+struct Columns<'a> {
+    nodes: Vec<&'a str>,
+    boots: Vec<&'a str>,
+    seqs: Vec<i64>,
+    ts: Vec<i64>,
+    metrics: Vec<&'a str>,
+    values: Vec<f64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batches: &'a [TelemetryBatch]) -> Self {
+        let n: usize = batches.iter().map(|b| b.samples.len()).sum();
+        let mut c = Columns {
+            nodes: Vec::with_capacity(n),
+            boots: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            metrics: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+        };
+        for b in batches {
+            for (i, s) in b.samples.iter().enumerate() {
+                c.nodes.push(b.node_id.as_str());
+                c.boots.push(b.boot_id.as_str());
+                c.seqs.push(i64_of(b.first_seq + i as u64));
+                c.ts.push(s.time_unix_ms);
+                c.metrics.push(s.metric.as_str());
+                c.values.push(s.value);
+            }
+        }
+        c
+    }
+
+    /// Inserts the rows: a plain INSERT costs about a third less than ON
+    /// CONFLICT DO NOTHING (measured here: 17 s vs 25 s a million rows), so
+    /// optimistic writes try it under a savepoint and fall back when a row
+    /// is already there. Returns the rows inserted.
+    async fn insert(&self, tx: &mut PgConnection, optimistic: bool) -> Result<u64, ControllerError> {
+        let insert = |sql: &'static str| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&self.nodes)
+                .bind(&self.boots)
+                .bind(&self.seqs)
+                .bind(&self.ts)
+                .bind(&self.metrics)
+                .bind(&self.values)
+        };
+        if optimistic {
+            let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+            match insert(PG_INSERT).execute(&mut *sp).await {
+                Ok(r) => {
+                    sp.commit().await?;
+                    return Ok(r.rows_affected());
+                }
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => sp.rollback().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(insert(PG_INSERT_SKIP).execute(&mut *tx).await?.rows_affected())
+    }
+}
+
+/// Writes the rows of `batches` and the marks of `runs` in one transaction.
 pub(super) async fn write(
     pool: &PgPool,
     flavour: PgFlavour,
@@ -26,84 +92,13 @@ pub(super) async fn write(
     runs: &[RunRange],
     optimistic: bool,
 ) -> Result<Written, ControllerError> {
-    let n: usize = batches.iter().map(|b| b.samples.len()).sum();
-    let (mut nodes, mut boots, mut seqs, mut ts, mut metrics, mut values) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for b in batches {
-        for (i, s) in b.samples.iter().enumerate() {
-            nodes.push(b.node_id.as_str());
-            boots.push(b.boot_id.as_str());
-            seqs.push(i64_of(b.first_seq + i as u64));
-            ts.push(s.time_unix_ms);
-            metrics.push(s.metric.as_str());
-            values.push(s.value);
-        }
-    }
+    let columns = Columns::of(batches);
     let keys = run_keys(runs);
     let key_nodes: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let key_boots: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let mut tx = pool.begin().await?;
-    // Lock each run's ack row first (creating it if new), in key order; the
-    // rows of one run are then written by one transaction at a time.
-    let locked: Vec<(String, String, i64)> = sqlx::query_as(
-        "INSERT INTO ack_state (node_id, boot_id, up_to_seq) \
-         SELECT n, b, -1 FROM UNNEST($1::text[], $2::text[]) AS u(n, b) \
-         ON CONFLICT (node_id, boot_id) DO UPDATE SET updated_at = now() \
-         RETURNING node_id, boot_id, up_to_seq",
-    )
-    .bind(&key_nodes)
-    .bind(&key_boots)
-    .fetch_all(&mut *tx)
-    .await?;
-    let old_ranges: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT r.node_id, r.boot_id, r.start_seq, r.end_seq FROM ack_ranges r \
-         JOIN UNNEST($1::text[], $2::text[]) AS u(n, b) ON r.node_id = u.n AND r.boot_id = u.b",
-    )
-    .bind(&key_nodes)
-    .bind(&key_boots)
-    .fetch_all(&mut *tx)
-    .await?;
-    let had_ranges = !old_ranges.is_empty();
-    let marks = apply_runs(&keys, stored_marks(locked, old_ranges), runs);
-
-    let insert = |sql: &'static str| {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&nodes)
-            .bind(&boots)
-            .bind(&seqs)
-            .bind(&ts)
-            .bind(&metrics)
-            .bind(&values)
-    };
-    // A plain INSERT costs about a third less than ON CONFLICT DO NOTHING
-    // (measured here: 17 s vs 25 s a million rows). Optimistic writes try it
-    // under a savepoint and fall back when a row is already there.
-    let inserted = if optimistic {
-        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-        match insert(PG_INSERT).execute(&mut *sp).await {
-            Ok(r) => {
-                sp.commit().await?;
-                Some(r.rows_affected())
-            }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
-                sp.rollback().await?;
-                None
-            }
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        None
-    };
-    let inserted = match inserted {
-        Some(n) => n,
-        None => insert(PG_INSERT_SKIP).execute(&mut *tx).await?.rows_affected(),
-    };
+    let (marks, had_ranges) = lock_marks(&mut tx, &keys, (&key_nodes, &key_boots), runs).await?;
+    let inserted = columns.insert(&mut tx, optimistic).await?;
     let hours = tiers::dirty_hours(batches);
     if !hours.is_empty() && flavour == PgFlavour::Plain {
         sqlx::query(
@@ -115,13 +110,56 @@ pub(super) async fn write(
         .execute(&mut *tx)
         .await?;
     }
+    save_marks(&mut tx, &marks, (&key_nodes, &key_boots), had_ranges).await?;
+    tx.commit().await?;
+    Ok(Written { inserted, marks })
+}
+
+/// Locks each run's ack row first (creating it if new), in key order, so the
+/// rows of one run are written by one transaction at a time; returns the
+/// marks with `runs` applied, and whether any ranges were stored.
+async fn lock_marks(
+    tx: &mut PgConnection,
+    keys: &[(&str, &str)],
+    (key_nodes, key_boots): (&[&str], &[&str]),
+    runs: &[RunRange],
+) -> Result<(Vec<(String, String, RunMark)>, bool), ControllerError> {
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(
+        "INSERT INTO ack_state (node_id, boot_id, up_to_seq) \
+         SELECT n, b, -1 FROM UNNEST($1::text[], $2::text[]) AS u(n, b) \
+         ON CONFLICT (node_id, boot_id) DO UPDATE SET updated_at = now() \
+         RETURNING node_id, boot_id, up_to_seq",
+    )
+    .bind(key_nodes)
+    .bind(key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let old_ranges: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT r.node_id, r.boot_id, r.start_seq, r.end_seq FROM ack_ranges r \
+         JOIN UNNEST($1::text[], $2::text[]) AS u(n, b) ON r.node_id = u.n AND r.boot_id = u.b",
+    )
+    .bind(key_nodes)
+    .bind(key_boots)
+    .fetch_all(&mut *tx)
+    .await?;
+    let had_ranges = !old_ranges.is_empty();
+    Ok((apply_runs(keys, stored_marks(locked, old_ranges), runs), had_ranges))
+}
+
+/// Stores each run's new watermark and its ranges above it.
+async fn save_marks(
+    tx: &mut PgConnection,
+    marks: &[(String, String, RunMark)],
+    (key_nodes, key_boots): (&[&str], &[&str]),
+    had_ranges: bool,
+) -> Result<(), ControllerError> {
     let up_to: Vec<i64> = marks.iter().map(|(_, _, m)| m.up_to().map_or(-1, i64_of)).collect();
     sqlx::query(
         "UPDATE ack_state a SET up_to_seq = u.s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(n, b, s) \
          WHERE a.node_id = u.n AND a.boot_id = u.b AND a.up_to_seq <> u.s",
     )
-    .bind(&key_nodes)
-    .bind(&key_boots)
+    .bind(key_nodes)
+    .bind(key_boots)
     .bind(&up_to)
     .execute(&mut *tx)
     .await?;
@@ -130,13 +168,13 @@ pub(super) async fn write(
             "DELETE FROM ack_ranges r USING UNNEST($1::text[], $2::text[]) AS u(n, b) \
              WHERE r.node_id = u.n AND r.boot_id = u.b",
         )
-        .bind(&key_nodes)
-        .bind(&key_boots)
+        .bind(key_nodes)
+        .bind(key_boots)
         .execute(&mut *tx)
         .await?;
     }
     let (mut rn, mut rb, mut rs, mut re) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (n, b, m) in &marks {
+    for (n, b, m) in marks {
         for (s, e) in m.ranges(STORED_RANGES) {
             rn.push(n.as_str());
             rb.push(b.as_str());
@@ -156,6 +194,5 @@ pub(super) async fn write(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
-    Ok(Written { inserted, marks })
+    Ok(())
 }
