@@ -94,7 +94,7 @@ fn agent_child(data_dir: &Path) {
     let mut cfg = fleet_agent::AgentConfig { node_id: "bench-node-0001".into(), ..Default::default() };
     cfg.data_dir = data_dir.to_owned();
     cfg.mqtt.url = "mqtt://127.0.0.1:9".into();
-    cfg.hardware.backend = fleet_agent::config::HardwareBackend::Sim;
+    cfg.hardware.backend = fleet_agent::board::HardwareBackend::Sim;
     cfg.spool.max_bytes = 64 << 30;
     cfg.telemetry.shutdown_grace = Duration::from_millis(100);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -1,11 +1,22 @@
-//! The agent's TOML configuration: plain data, documented defaults.
+//! The agent's TOML configuration: the sections of its parts, composed.
+//! Each section is plain data with documented defaults and lives with the
+//! part that reads it; this file only puts them together.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::AgentError;
+use crate::board::HardwareConfig;
+use crate::enroll::Enrollment;
+use crate::jobs::InferenceConfig;
+use crate::overlay::OverlayConfig;
+use crate::power::PowerPolicy;
+use crate::spool::SpoolConfig;
+use crate::telemetry::TelemetryConfig;
+use crate::uplink::UplinkKind;
+use crate::uplink::kafka::KafkaConfig;
+use crate::uplink::mqtt::MqttConfig;
 
 /// The documented default configuration, printed by `fleet-agent generate-config`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
@@ -26,146 +37,19 @@ pub struct AgentConfig {
     /// Broker connection.
     pub mqtt: MqttConfig,
     /// Kafka producer (uplink = "kafka").
-    pub kafka: crate::uplink::kafka::KafkaConfig,
+    pub kafka: KafkaConfig,
     /// Sampling, batching and acknowledgement.
     pub telemetry: TelemetryConfig,
     /// Which board to read.
     pub hardware: HardwareConfig,
     /// The disk spool.
-    pub spool: crate::spool::SpoolConfig,
+    pub spool: SpoolConfig,
     /// The power policy in force until the controller sends one.
-    pub power: crate::power::PowerPolicy,
+    pub power: PowerPolicy,
     /// Inference jobs.
     pub inference: InferenceConfig,
     /// The WireGuard overlay.
     pub overlay: OverlayConfig,
-}
-
-/// `[overlay]`: the node's end of the WireGuard tunnel (docs/security.md).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OverlayConfig {
-    /// Bring the tunnel up when the enrollment names a controller endpoint. Default true.
-    pub enabled: bool,
-    /// Interface name, unique on the machine. Default "fleet0".
-    pub interface: String,
-}
-
-impl Default for OverlayConfig {
-    fn default() -> Self {
-        Self { enabled: true, interface: "fleet0".into() }
-    }
-}
-
-/// `[inference]`: the jobs the controller sends this node.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InferenceConfig {
-    /// Take jobs at all. Default true.
-    pub enabled: bool,
-    /// Model directory (a folder per model with its model.toml); empty: only
-    /// the built-in classifier. Default "".
-    pub model_dir: PathBuf,
-    /// Inference threads. Default 1.
-    pub workers: usize,
-    /// Jobs waiting for a thread at most (the power profile's `max_jobs`
-    /// caps running plus waiting too). Default 4.
-    pub queue: usize,
-    /// Simulated hardware only: each job holds its thread this many times as
-    /// long as it takes here, to behave like a Pi. Default 1.
-    pub sim_slowdown: f64,
-}
-
-impl Default for InferenceConfig {
-    fn default() -> Self {
-        Self { enabled: true, model_dir: PathBuf::new(), workers: 1, queue: 4, sim_slowdown: 1.0 }
-    }
-}
-
-/// `[mqtt]`: how the agent reaches its broker.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Broker URL, `mqtt://host:port`. Default "mqtt://127.0.0.1:1883".
-    pub url: String,
-    /// Username; empty for none. Default "".
-    pub username: String,
-    /// Password. Default "".
-    pub password: String,
-    /// MQTT keep-alive. Default 15 s.
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// First reconnect delay. Default 500 ms.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_min: Duration,
-    /// Longest reconnect delay. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-    /// Largest payload sent. Default 262144.
-    pub max_payload_bytes: usize,
-}
-
-/// `[telemetry]`: sampling and delivery.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// Sampling interval. Default 1 s.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Batch cut interval. Default 1 s.
-    #[serde(with = "humantime_serde")]
-    pub flush_interval: Duration,
-    /// Samples per batch at most. Default 512.
-    pub max_batch_samples: usize,
-    /// Resend after this long without the controller's ack. Default 15 s.
-    #[serde(with = "humantime_serde")]
-    pub ack_timeout: Duration,
-    /// Status republish interval. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub status_interval: Duration,
-    /// Wait for acks at shutdown. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-}
-
-/// The transport batches leave by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UplinkKind {
-    /// MQTT; a batch is safe on the controller's end-to-end ack.
-    Mqtt,
-    /// Kafka; a batch is safe on the producer's delivery report.
-    Kafka,
-}
-
-/// Which board implementation the agent reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HardwareBackend {
-    /// This machine's sysfs.
-    Sysfs,
-    /// A simulated battery-backed Pi.
-    Sim,
-}
-
-/// `[hardware]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HardwareConfig {
-    /// Default "sysfs".
-    pub backend: HardwareBackend,
-    /// Default "/sys".
-    pub sys_root: PathBuf,
-    /// Default 0.
-    pub sim_seed: u64,
-    /// Default "/".
-    pub disk_path: PathBuf,
-    /// Simulated seconds per real second (backend = "sim"). Default 1.
-    pub sim_time_scale: f64,
-    /// Whether the simulated board starts on mains. Default true.
-    pub sim_mains: bool,
-    /// Initial state of charge of the simulated battery; negative: from the seed. Default -1.
-    pub sim_initial_soc_pct: f64,
 }
 
 impl Default for AgentConfig {
@@ -176,54 +60,13 @@ impl Default for AgentConfig {
             labels: Default::default(),
             uplink: UplinkKind::Mqtt,
             mqtt: MqttConfig::default(),
-            kafka: Default::default(),
+            kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
             hardware: HardwareConfig::default(),
-            spool: crate::spool::SpoolConfig::default(),
-            power: crate::power::PowerPolicy::default(),
+            spool: SpoolConfig::default(),
+            power: PowerPolicy::default(),
             inference: InferenceConfig::default(),
             overlay: OverlayConfig::default(),
-        }
-    }
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            url: "mqtt://127.0.0.1:1883".into(),
-            username: String::new(),
-            password: String::new(),
-            keep_alive: Duration::from_secs(15),
-            reconnect_min: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(30),
-            max_payload_bytes: 262_144,
-        }
-    }
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            flush_interval: Duration::from_secs(1),
-            max_batch_samples: 512,
-            ack_timeout: Duration::from_secs(15),
-            status_interval: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Default for HardwareConfig {
-    fn default() -> Self {
-        Self {
-            backend: HardwareBackend::Sysfs,
-            sys_root: PathBuf::from("/sys"),
-            sim_seed: 0,
-            disk_path: PathBuf::from("/"),
-            sim_time_scale: 1.0,
-            sim_mains: true,
-            sim_initial_soc_pct: -1.0,
         }
     }
 }
@@ -250,46 +93,44 @@ impl AgentConfig {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// Applies an enrollment to the config: its node id (a different configured
+    /// id is an error), broker URL and credentials, and labels (the config's win).
+    ///
+    /// # Errors
+    /// A configured node id other than the enrolled one.
+    pub fn apply_enrollment(&mut self, e: &Enrollment) -> Result<(), String> {
+        if !self.node_id.is_empty() && self.node_id != e.node_id {
+            return Err(format!(
+                "node_id is {:?} in the config but this node is enrolled as {:?}: remove node_id from the config, or enroll again with --force",
+                self.node_id, e.node_id
+            ));
+        }
+        self.node_id.clone_from(&e.node_id);
+        self.mqtt.url.clone_from(&e.broker_url);
+        self.mqtt.username.clone_from(&e.broker_username);
+        self.mqtt.password.clone_from(&e.broker_password);
+        for (k, v) in &e.labels {
+            self.labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
         if !self.node_id.is_empty() {
             fleet_proto::validate_node_id(&self.node_id).map_err(|e| format!("key `node_id`: {e}"))?;
         }
-        crate::uplink::parse_mqtt_url(&self.mqtt.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
-        if self.inference.workers == 0 {
-            return Err("key `inference.workers`: use at least 1".into());
-        }
-        if !(self.inference.sim_slowdown >= 1.0 && self.inference.sim_slowdown <= 1000.0) {
-            return Err("key `inference.sim_slowdown`: a factor from 1 to 1000".into());
-        }
-        let t = &self.telemetry;
-        for (key, d) in [
-            ("telemetry.interval", t.interval),
-            ("telemetry.flush_interval", t.flush_interval),
-            ("telemetry.ack_timeout", t.ack_timeout),
-            ("telemetry.status_interval", t.status_interval),
-            ("mqtt.reconnect_min", self.mqtt.reconnect_min),
-        ] {
-            if d < Duration::from_millis(10) {
-                return Err(format!("key `{key}`: {d:?} is too short; use at least 10ms"));
-            }
-        }
-        if self.mqtt.keep_alive < Duration::from_secs(1) {
-            return Err("key `mqtt.keep_alive`: use at least 1s".into());
-        }
-        if t.max_batch_samples == 0 {
-            return Err("key `telemetry.max_batch_samples` must be at least 1".into());
-        }
+        self.mqtt.validate()?;
+        self.inference.validate()?;
+        self.telemetry.validate()?;
         self.spool.validate()?;
-        self.power.validate()?;
-        if self.mqtt.max_payload_bytes < 1024 {
-            return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
-        }
-        Ok(())
+        self.power.validate()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

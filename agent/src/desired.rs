@@ -1,14 +1,16 @@
 //! Desired state on the agent (ARCHITECTURE.md flow 3): validate what the
-//! controller sends, apply it, keep it on disk so a restart without the
-//! controller runs from it (offline autonomy), and say what runs.
+//! controller sends, keep it on disk so a restart without the controller
+//! runs from it (offline autonomy), say what runs (`Applier`); the agent
+//! applies what it accepts.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::v1::DesiredState;
+use fleet_proto::v1::{DesiredState, ReportedState};
 use prost::Message;
 
+use crate::overlay::KeysReport;
 use crate::power::PowerPolicy;
 
 /// File in `data_dir` holding the last desired state applied.
@@ -76,6 +78,89 @@ pub fn store(data_dir: &Path, d: &DesiredState) -> std::io::Result<()> {
     f.write_all(&d.encode_to_vec())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)
+}
+
+/// What taking a desired state came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Valid: apply it now (kept on disk when it came from the controller).
+    Apply(Box<Accepted>),
+    /// This version or a newer one runs already (a retained copy after a reconnect).
+    Already,
+    /// Refused; the previous one stays in force and the reason is reported.
+    Refused,
+}
+
+/// The node's side of the device twin: which version runs, which was
+/// refused and why, and the models it asks for.
+pub struct Applier {
+    /// The config's policy, used when a desired state carries none.
+    base_policy: PowerPolicy,
+    data_dir: PathBuf,
+    version: u64,
+    rejected: Option<(u64, String)>,
+    /// Models the desired state asks for (empty: every loaded model).
+    models: Vec<String>,
+}
+
+impl Applier {
+    /// Nothing applied yet; `base_policy` is the config's; states are kept in `data_dir`.
+    #[must_use]
+    pub fn new(base_policy: PowerPolicy, data_dir: PathBuf) -> Self {
+        Self { base_policy, data_dir, version: 0, rejected: None, models: Vec::new() }
+    }
+
+    /// The version in force (0: none).
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The models asked for (empty: every loaded model).
+    #[must_use]
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// Validates a desired state for `node_id`; keeps it on disk when it
+    /// came from the controller (`fresh`) and is valid.
+    pub fn take(&mut self, d: &DesiredState, fresh: bool, node_id: &str) -> Outcome {
+        if fresh && d.version <= self.version {
+            return Outcome::Already;
+        }
+        match validate(d, node_id, &self.base_policy) {
+            Ok(a) => {
+                if fresh && let Err(e) = store(&self.data_dir, d) {
+                    tracing::error!(error = %e, "Cannot keep the desired state on disk; it applies until restart.");
+                }
+                self.models.clone_from(&a.models);
+                self.version = a.version;
+                tracing::info!(version = a.version, fresh, "Desired state applied.");
+                Outcome::Apply(Box::new(a))
+            }
+            Err(reason) => {
+                tracing::warn!(version = d.version, %reason, "Desired state refused; the previous one stays in force.");
+                self.rejected = Some((d.version, reason));
+                Outcome::Refused
+            }
+        }
+    }
+
+    /// What runs, as the node reports it (with its WireGuard keys).
+    #[must_use]
+    pub fn report(&self, node_id: &str, keys: KeysReport) -> ReportedState {
+        let (rejected_version, rejected_reason) = self.rejected.clone().unwrap_or_default();
+        ReportedState {
+            node_id: node_id.to_owned(),
+            applied_version: self.version,
+            rejected_version,
+            rejected_reason,
+            time_unix_ms: fleet_proto::now_unix_ms(),
+            wg_public_key: keys.current,
+            wg_next_public_key: keys.next,
+            wg_generation: keys.generation,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AgentConfig;
 use crate::identity::{Identity, IdentityError};
 
 /// What the controller gave this node, in `data_dir`.
@@ -158,61 +157,4 @@ pub fn load(dir: &Path) -> Result<Option<Enrollment>, EnrollError> {
     toml::from_str(&text)
         .map(Some)
         .map_err(|e| EnrollError::File { path, why: format!("damaged ({}); enroll again with --force", e.message()) })
-}
-
-/// Applies an enrollment to the config: its node id (a different configured
-/// id is an error), broker URL and credentials, and labels (the config's win).
-///
-/// # Errors
-/// A configured node id other than the enrolled one.
-pub fn apply(cfg: &mut AgentConfig, e: &Enrollment) -> Result<(), String> {
-    if !cfg.node_id.is_empty() && cfg.node_id != e.node_id {
-        return Err(format!(
-            "node_id is {:?} in the config but this node is enrolled as {:?}: remove node_id from the config, or enroll again with --force",
-            cfg.node_id, e.node_id
-        ));
-    }
-    cfg.node_id.clone_from(&e.node_id);
-    cfg.mqtt.url.clone_from(&e.broker_url);
-    cfg.mqtt.username.clone_from(&e.broker_username);
-    cfg.mqtt.password.clone_from(&e.broker_password);
-    for (k, v) in &e.labels {
-        cfg.labels.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    Ok(())
-}
-
-/// Brings up the node's end of the overlay, when the controller runs one:
-/// this node's key, its overlay address, the controller as the only peer.
-///
-/// # Errors
-/// A bad endpoint, or the interface cannot be configured (privileges, no WireGuard).
-pub fn overlay_up(iface: &str, e: &Enrollment, key: &wireguard_control::Key) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
-    let endpoint = e
-        .controller_wg_endpoint
-        .to_socket_addrs()
-        .map_err(|x| format!("controller WireGuard endpoint {:?}: {x}", e.controller_wg_endpoint))?
-        .next()
-        .ok_or_else(|| format!("controller WireGuard endpoint {:?} has no address", e.controller_wg_endpoint))?;
-    let allowed = e
-        .controller_allowed_ips
-        .iter()
-        .map(|c| {
-            let (a, p) = c.split_once('/').unwrap_or((c, "32"));
-            Ok((
-                a.parse().map_err(|_| format!("allowed IP {c:?}"))?,
-                p.parse().map_err(|_| format!("allowed IP {c:?}"))?,
-            ))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let address = e.overlay_address.parse().map_err(|_| format!("overlay address {:?}", e.overlay_address))?;
-    let prefix = u8::try_from(e.overlay_prefix_len).map_err(|_| "overlay prefix".to_owned())?;
-    let peer = fleet_net::overlay::Peer {
-        public_key: e.controller_wg_public_key.clone(),
-        endpoint: Some(endpoint),
-        allowed,
-        keepalive_s: Some(u16::try_from(e.persistent_keepalive_s).unwrap_or(fleet_net::overlay::KEEPALIVE_S)),
-    };
-    fleet_net::overlay::up(iface, key, None, (address, prefix), &[peer])
 }

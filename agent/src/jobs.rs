@@ -6,6 +6,7 @@
 //! Every job gets a `JobResult`: refused, expired, failed or succeeded, with
 //! its timings.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,48 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::InferenceConfig;
+use serde::Deserialize;
+
+/// `[inference]`: the jobs the controller sends this node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Take jobs at all. Default true.
+    pub enabled: bool,
+    /// Model directory (a folder per model with its model.toml); empty: only
+    /// the built-in classifier. Default "".
+    pub model_dir: PathBuf,
+    /// Inference threads. Default 1.
+    pub workers: usize,
+    /// Jobs waiting for a thread at most (the power profile's `max_jobs`
+    /// caps running plus waiting too). Default 4.
+    pub queue: usize,
+    /// Simulated hardware only: each job holds its thread this many times as
+    /// long as it takes here, to behave like a Pi. Default 1.
+    pub sim_slowdown: f64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { enabled: true, model_dir: PathBuf::new(), workers: 1, queue: 4, sim_slowdown: 1.0 }
+    }
+}
+
+impl InferenceConfig {
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("key `inference.workers`: use at least 1".into());
+        }
+        if !(self.sim_slowdown >= 1.0 && self.sim_slowdown <= 1000.0) {
+            return Err("key `inference.sim_slowdown`: a factor from 1 to 1000".into());
+        }
+        Ok(())
+    }
+}
 
 /// What the agent holds of its inference jobs.
 pub struct Jobs {

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fleet_agent::config::{AgentConfig, HardwareBackend, UplinkKind};
+use fleet_agent::board::HardwareBackend;
+use fleet_agent::config::AgentConfig;
+use fleet_agent::uplink::UplinkKind;
 use fleet_proto::v1::TelemetryBatch;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleet_agent::config::{AgentConfig, HardwareBackend};
+use fleet_agent::board::HardwareBackend;
+use fleet_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
 fn read(p: &Path) -> String {

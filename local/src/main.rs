@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use fleet_agent::config::{AgentConfig, HardwareBackend};
+use fleet_agent::board::HardwareBackend;
+use fleet_agent::config::AgentConfig;
 use fleet_controller::ControllerConfig;
 use fleet_proto::v1::{ListNodesRequest, NodeState};
 use tokio_util::sync::CancellationToken;

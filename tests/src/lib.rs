@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 pub mod procs;
 
 use anyhow::{Context, bail};
-use fleet_agent::config::{AgentConfig, HardwareBackend};
+use fleet_agent::board::HardwareBackend;
+use fleet_agent::config::AgentConfig;
 use fleet_controller::api::server::GrpcConfig;
 use fleet_controller::config::ControllerConfig;
 use fleet_controller::http::HttpConfig;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_agent::config::UplinkKind;
+use fleet_agent::uplink::UplinkKind;
 use fleet_controller::Controller;
 use fleet_proto::v1::{NodeState, TelemetryBatch};
 use fleet_tests::*;

@@ -98,7 +98,7 @@ async fn desired_power_policy_applies_live_is_refused_when_bad_and_survives_offl
     let stop = CancellationToken::new();
     let c = Controller::start(controller_config(dir.path(), "", ""), stop.clone()).await?;
     let mut cfg = agent_config("pi5", &c.mqtt_url, dir.path());
-    cfg.hardware.backend = fleet_agent::config::HardwareBackend::Sysfs;
+    cfg.hardware.backend = fleet_agent::board::HardwareBackend::Sysfs;
     cfg.hardware.sys_root = sys.clone();
     cfg.telemetry.interval = Duration::from_millis(100);
     cfg.power.saver.telemetry_interval = None;

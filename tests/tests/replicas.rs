@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use fleet_agent::config::UplinkKind;
+use fleet_agent::uplink::UplinkKind;
 use fleet_tests::procs::{Proc, bin, runs_in_db};
 use fleet_tests::{AgentHandle, Mosquitto, TestDb, agent_config, free_port, http_get, metric_value, wait_for};
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fleet_agent::config::UplinkKind;
+use fleet_agent::uplink::UplinkKind;
 use fleet_controller::Controller;
 use fleet_proto::signing::sign;
 use fleet_proto::topics::{Channel, node_topic};

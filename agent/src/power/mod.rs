@@ -6,6 +6,8 @@
 //! before the battery runs out. The policy is plain data (TOML), from the
 //! agent's config or, later, from the desired state the controller pushes.
 
+pub mod control;
+
 use std::time::Duration;
 
 use fleet_hardware::PowerReading;

@@ -1,5 +1,9 @@
-use super::*;
+use std::fs::{self, OpenOptions};
+
 use fleet_proto::v1::{Sample, SeqRange};
+use prost::Message;
+
+use super::*;
 
 fn cfg() -> SpoolConfig {
     SpoolConfig { segment_bytes: 4096, max_bytes: 1 << 20, ..Default::default() }
@@ -74,8 +78,8 @@ fn live_batches_go_out_while_the_backlog_replays_at_its_rate() {
     let now = Instant::now();
     // A live batch is published at once, ahead of the 50 waiting.
     let live = batch("a", 500, 10);
-    let pos = s.append(&live).unwrap();
-    let out = s.take_live(pos, &live, now).unwrap().expect("live batch published");
+    let appended = s.append(&live).unwrap();
+    let out = s.take_live(appended, now).unwrap().expect("live batch published");
     let out = decode(&out);
     assert_eq!((out.first_seq, out.low_water_seq), (500, 0), "the run's oldest held seq");
     // The backlog comes at most `limit` at a time and stops before the live one.

@@ -8,9 +8,19 @@ pub mod mqtt;
 
 use fleet_proto::v1::Ack;
 
+use serde::Deserialize;
+
 use crate::spool::{Outgoing, Position};
 
-pub use fleet_proto::parse_mqtt_url;
+/// The transport batches leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkKind {
+    /// MQTT; a batch is safe on the controller's end-to-end ack.
+    Mqtt,
+    /// Kafka; a batch is safe on the producer's delivery report.
+    Kafka,
+}
 
 /// Something the uplink reports to the agent loop.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,12 +9,69 @@ use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::Ack;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UplinkEvent;
-use crate::config::MqttConfig;
 use crate::spool::{Outgoing, Position};
+
+/// `[mqtt]`: how the agent reaches its broker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker URL, `mqtt://host:port`. Default "mqtt://127.0.0.1:1883".
+    pub url: String,
+    /// Username; empty for none. Default "".
+    pub username: String,
+    /// Password. Default "".
+    pub password: String,
+    /// MQTT keep-alive. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// First reconnect delay. Default 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Largest payload sent. Default 262144.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            username: String::new(),
+            password: String::new(),
+            keep_alive: Duration::from_secs(15),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            max_payload_bytes: 262_144,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks the values the types cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        fleet_proto::parse_mqtt_url(&self.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
+        if self.reconnect_min < Duration::from_millis(10) {
+            return Err(format!("key `mqtt.reconnect_min`: {:?} is too short; use at least 10ms", self.reconnect_min));
+        }
+        if self.keep_alive < Duration::from_secs(1) {
+            return Err("key `mqtt.keep_alive`: use at least 1s".into());
+        }
+        if self.max_payload_bytes < 1024 {
+            return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
+        }
+        Ok(())
+    }
+}
 
 /// Acks buffered between the MQTT driver and the agent loop.
 const ACK_QUEUE: usize = 256;

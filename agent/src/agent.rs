@@ -1,0 +1,342 @@
+//! The agent's parts put together: what it is (node, boot, labels), what it
+//! runs (delivery, power, desired state, jobs, overlay), and the handlers the
+//! event loop in `lib.rs` calls. Each handler does its part's work through
+//! that part; here they only meet.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_proto::v1::{AgentCounters, Event, EventSeverity, JobResult, NodeState, NodeStatus, Sample};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::delivery::Delivery;
+use crate::desired::{self, Applier, Outcome};
+use crate::identity::Identity;
+use crate::jobs::Jobs;
+use crate::outbox::Outbox;
+use crate::overlay::NodeOverlay;
+use crate::power::Profile;
+use crate::power::control::{PowerControl, run_shutdown_command};
+use crate::sampler::{Sampler, metric};
+use crate::signer::Signer;
+use crate::spool::Spool;
+use crate::telemetry::Batcher;
+use crate::uplink::{self, Uplink, UplinkEvent, UplinkKind};
+use crate::{AgentError, board, enroll};
+
+/// Which node and which run of it this is.
+pub struct Node {
+    pub id: String,
+    /// New at every start: seqs and acks are per boot.
+    pub boot_id: String,
+    pub hostname: String,
+}
+
+/// The running agent.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub node: Node,
+    /// Labels reported in the status (the config's, the enrollment's, then the desired state's).
+    labels: BTreeMap<String, String>,
+    /// The telemetry interval asked for (the config's, or the desired state's); the power profile may slow it.
+    base_interval: Duration,
+    pub out: Outbox,
+    pub delivery: Delivery,
+    batcher: Batcher,
+    pub sampler: Sampler,
+    pub power: PowerControl,
+    desired: Applier,
+    pub jobs: Jobs,
+    /// The enrolled node's overlay and key rotation.
+    overlay: Option<NodeOverlay>,
+    samples_taken: u64,
+}
+
+/// The node id to use: the configured one, else the hostname.
+///
+/// # Errors
+/// When no valid id can be found.
+pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
+    let id =
+        if cfg.node_id.is_empty() { sysinfo::System::host_name().unwrap_or_default() } else { cfg.node_id.clone() };
+    fleet_proto::validate_node_id(&id)
+        .map_err(|e| AgentError::Config(format!("{e}; set `node_id` in the config file")))?;
+    Ok(id)
+}
+
+/// The enrollment (applied to the config), the overlay brought up, and the signer.
+fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<(Option<NodeOverlay>, Option<Signer>), AgentError> {
+    let Some(e) = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))? else {
+        *node_id = resolve_node_id(cfg)?;
+        return Ok((None, None));
+    };
+    cfg.apply_enrollment(&e).map_err(AgentError::Config)?;
+    *node_id = resolve_node_id(cfg)?;
+    let keys = Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+    let overlay = NodeOverlay::new(e, cfg.data_dir.clone(), cfg.overlay.clone());
+    overlay.bring_up(keys.wg_private()).map_err(|x| AgentError::Config(format!("WireGuard overlay: {x}")))?;
+    let signer = Signer::start(keys.signing_key().clone(), node_id, &cfg.data_dir).map_err(AgentError::Config)?;
+    Ok((Some(overlay), Some(signer)))
+}
+
+/// The uplink the config names, with the signed last will on MQTT.
+fn connect(cfg: &AgentConfig, node: &Node, signer: Option<&Signer>) -> Result<Uplink, AgentError> {
+    Ok(match cfg.uplink {
+        UplinkKind::Mqtt => {
+            let offline = NodeStatus {
+                node_id: node.id.clone(),
+                boot_id: node.boot_id.clone(),
+                state: NodeState::Offline as i32,
+                hostname: node.hostname.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let will = signer.map_or_else(|| offline.clone(), |s| s.will(offline.clone()));
+            Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node.id, will))
+        }
+        UplinkKind::Kafka => Uplink::Kafka(uplink::kafka::KafkaLink::connect(&cfg.kafka, &node.id)?),
+    })
+}
+
+impl Agent {
+    /// Loads the enrollment and the spool, connects the uplink, starts
+    /// loading the models and applies the desired state kept on disk
+    /// (offline autonomy). The receiver gets each job result to publish.
+    ///
+    /// # Errors
+    /// Bad configuration, or a data directory that cannot be used.
+    pub fn start(mut cfg: AgentConfig) -> Result<(Self, mpsc::Receiver<JobResult>), AgentError> {
+        let mut node_id = String::new();
+        let (overlay, signer) = identity(&mut cfg, &mut node_id)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            AgentError::Config(format!(
+                "cannot create data_dir {}: {e}; set `data_dir` to a writable directory",
+                cfg.data_dir.display()
+            ))
+        })?;
+        let node = Node {
+            id: node_id,
+            boot_id: uuid::Uuid::new_v4().to_string(),
+            hostname: sysinfo::System::host_name().unwrap_or_default(),
+        };
+        let spool = Spool::open(&cfg.data_dir.join("spool"), cfg.spool.clone())?;
+        if spool.pending() > 0 {
+            tracing::info!(
+                batches = spool.pending(),
+                bytes = spool.bytes(),
+                "Spool holds unacknowledged batches; they are sent first."
+            );
+        }
+        let uplink = connect(&cfg, &node, signer.as_ref())?;
+        let per_tick = (cfg.spool.replay_batches_per_s as usize / 10).max(1);
+        let mut delivery = Delivery::new(spool, cfg.telemetry.ack_timeout, per_tick);
+        if uplink.connected() {
+            // Kafka has no connection to wait for: replay the backlog from the start.
+            delivery.start_replay();
+        }
+        let (jobs, results) =
+            Jobs::start(&cfg.inference, &node.id, cfg.hardware.backend == board::HardwareBackend::Sim);
+        let batcher =
+            Batcher::new(&node.id, &node.boot_id, cfg.telemetry.max_batch_samples, cfg.mqtt.max_payload_bytes);
+        let mut agent = Agent {
+            labels: cfg.labels.clone(),
+            base_interval: cfg.telemetry.interval,
+            out: Outbox::new(uplink, signer),
+            delivery,
+            batcher,
+            sampler: Sampler::new(board::board(&cfg.hardware), cfg.hardware.disk_path.clone()),
+            power: PowerControl::new(cfg.power.clone(), cfg.telemetry.interval),
+            desired: Applier::new(cfg.power.clone(), cfg.data_dir.clone()),
+            jobs,
+            overlay,
+            samples_taken: 0,
+            node,
+            cfg,
+        };
+        if let Some(d) = desired::load(&agent.cfg.data_dir) {
+            agent.apply_desired(&d, false);
+        }
+        tracing::info!(node_id = %agent.node.id, boot_id = %agent.node.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
+        Ok((agent, results))
+    }
+
+    /// What the agent counted so far.
+    #[must_use]
+    pub fn counters(&self) -> AgentCounters {
+        let mut c = AgentCounters {
+            samples_taken: self.samples_taken,
+            batches_published: self.out.batches_published,
+            publish_failures: self.out.failures,
+            ..Default::default()
+        };
+        self.delivery.count_into(&mut c);
+        c
+    }
+
+    fn status(&self, state: NodeState) -> NodeStatus {
+        NodeStatus {
+            node_id: self.node.id.clone(),
+            boot_id: self.node.boot_id.clone(),
+            state: state as i32,
+            time_unix_ms: fleet_proto::now_unix_ms(),
+            hostname: self.node.hostname.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            counters: Some(self.counters()),
+            vitals: Some(self.sampler.vitals),
+            power_profile: self.power.profile().to_proto() as i32,
+            labels: self.labels.clone().into_iter().collect(),
+            telemetry_interval_s: self.power.interval().as_secs_f64(),
+            desired_version: self.desired.version(),
+            max_jobs: self.power.max_jobs(),
+            throttle_bits: self.power.throttle_bits(),
+            fan_duty: self.power.fan_duty(),
+            models: if self.out.takes_jobs() { self.jobs.models(self.desired.models()) } else { Vec::new() },
+            jobs_active: self.jobs.active(),
+            thermal_limit_c: Some(self.power.policy().hot_c),
+        }
+    }
+
+    /// Publishes the node's status (retained).
+    pub fn publish_status(&mut self, state: NodeState) {
+        let s = self.status(state);
+        self.out.status(&s);
+    }
+
+    /// Publishes what runs of the desired state, and the WireGuard keys (retained).
+    fn report(&mut self) {
+        let keys = self.overlay.as_ref().map(NodeOverlay::keys).unwrap_or_default();
+        let r = self.desired.report(&self.node.id, keys);
+        self.out.reported(&r);
+    }
+
+    fn event<const N: usize>(
+        &mut self,
+        kind: &str,
+        severity: EventSeverity,
+        message: String,
+        attrs: [(&str, &str); N],
+    ) {
+        let ev = Event {
+            node_id: self.node.id.clone(),
+            boot_id: self.node.boot_id.clone(),
+            time_unix_ms: fleet_proto::now_unix_ms(),
+            kind: kind.into(),
+            severity: severity as i32,
+            message,
+            attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        self.out.event(&ev);
+    }
+
+    /// One sampling tick: read everything, let the power manager act, take
+    /// the samples. Returns a new sampling interval when the profile changed it.
+    pub fn sample(&mut self) -> Option<Duration> {
+        let mut samples = self.sampler.sample(fleet_proto::now_unix_ms());
+        let every = self.power_step();
+        samples.push(Sample {
+            metric: metric::POWER_PROFILE.into(),
+            value: f64::from(self.power.profile().to_proto() as i32),
+            time_unix_ms: samples.first().map_or_else(fleet_proto::now_unix_ms, |s| s.time_unix_ms),
+        });
+        self.samples_taken += samples.len() as u64;
+        if self.batcher.push(samples) {
+            self.flush();
+        }
+        every
+    }
+
+    /// Cuts what was sampled into batches: into the spool, and out while connected.
+    pub fn flush(&mut self) {
+        let batches = self.batcher.cut();
+        self.delivery.append_and_send(batches, &mut self.out);
+    }
+
+    /// Runs the power manager on the latest readings and acts on what it
+    /// asks beyond the board. Returns the new interval when it changed.
+    fn power_step(&mut self) -> Option<Duration> {
+        let reading = self.sampler.power;
+        let temp = self.sampler.temp_c;
+        let step = self.power.step(&reading, temp, self.sampler.board_mut());
+        if let Some(reason) = step.shutdown {
+            // Before the battery dies: the spool durable, then the command once.
+            self.delivery.make_durable();
+            tracing::warn!(%reason, "Battery nearly empty: spool flushed; running the shutdown command.");
+            self.event("power.shutdown", EventSeverity::Critical, format!("shutting down: {reason}"), []);
+            run_shutdown_command(&self.power.policy().shutdown_command.clone());
+        }
+        let c = step.changed?;
+        let severity = if c.to >= Profile::Critical { EventSeverity::Critical } else { EventSeverity::Info };
+        let message = format!("{} -> {}: {}", c.from.name(), c.to.name(), c.reason);
+        self.event("power.profile_changed", severity, message, [("from", c.from.name()), ("to", c.to.name())]);
+        self.publish_status(NodeState::Online);
+        self.power.retime(self.base_interval)
+    }
+
+    /// Validates and applies a desired state (`fresh`: from the controller,
+    /// not from disk). Returns the new sampling interval if it changed.
+    fn apply_desired(&mut self, d: &fleet_proto::v1::DesiredState, fresh: bool) -> Option<Duration> {
+        match self.desired.take(d, fresh, &self.node.id) {
+            Outcome::Already => {
+                // Already running it (a retained copy after a reconnect): just say so again.
+                self.report();
+                return None;
+            }
+            Outcome::Apply(a) => {
+                let a = *a;
+                self.power.set_policy(a.policy);
+                self.base_interval = a.telemetry_interval.unwrap_or(self.cfg.telemetry.interval);
+                if !a.labels.is_empty() {
+                    self.labels = a.labels;
+                }
+            }
+            Outcome::Refused => {}
+        }
+        if fresh {
+            self.report();
+        }
+        self.power.retime(self.base_interval)
+    }
+
+    /// Takes a job from the controller; a refusal is answered at once.
+    fn take_job(&mut self, job: fleet_proto::v1::Job) {
+        let (max_jobs, profile) = (self.power.max_jobs(), self.power.profile().name());
+        if let Some(r) = self.jobs.take(job, max_jobs, profile, self.desired.models()) {
+            tracing::debug!(job_id = %r.job_id, reason = %r.error, "Job not run.");
+            self.out.result(&r);
+        }
+    }
+
+    /// Applies what the uplink reports; returns a new sampling interval if one applies now.
+    pub fn on_event(&mut self, ev: UplinkEvent) -> Option<Duration> {
+        if let UplinkEvent::Connected | UplinkEvent::Disconnected = ev
+            && let Some(led) = self.sampler.board_mut().status_led()
+        {
+            // The status LED shows the link: on while connected.
+            let _ = led.set_led(matches!(ev, UplinkEvent::Connected));
+        }
+        self.delivery.on_event(&ev);
+        match ev {
+            UplinkEvent::Connected => {
+                self.publish_status(NodeState::Online);
+                self.report();
+                self.delivery.tick(&mut self.out);
+            }
+            UplinkEvent::Job(job) => self.take_job(*job),
+            UplinkEvent::KeyRotation(k) => {
+                if self.overlay.as_ref().is_some_and(|o| o.on_key_rotation(&k)) {
+                    self.report();
+                }
+            }
+            UplinkEvent::Desired(d) => {
+                let every = self.apply_desired(&d, true);
+                self.publish_status(NodeState::Online);
+                return every;
+            }
+            UplinkEvent::Disconnected | UplinkEvent::Failed(_) | UplinkEvent::Ack(_) | UplinkEvent::Delivered(_) => {}
+        }
+        None
+    }
+}
