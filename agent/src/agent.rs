@@ -72,12 +72,13 @@ fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<(Option<NodeO
         *node_id = resolve_node_id(cfg)?;
         return Ok((None, None));
     };
-    cfg.apply_enrollment(&e).map_err(AgentError::Config)?;
+    cfg.apply_enrollment(&e)?;
     *node_id = resolve_node_id(cfg)?;
     let keys = Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
     let overlay = NodeOverlay::new(e, cfg.data_dir.clone(), cfg.overlay.clone());
-    overlay.bring_up(keys.wg_private()).map_err(|x| AgentError::Config(format!("WireGuard overlay: {x}")))?;
-    let signer = Signer::start(keys.signing_key().clone(), node_id, &cfg.data_dir).map_err(AgentError::Config)?;
+    overlay.bring_up(keys.wg_private()).map_err(|x| AgentError::Config(x.to_string()))?;
+    let signer = Signer::start(keys.signing_key().clone(), node_id, &cfg.data_dir)
+        .map_err(|x| AgentError::Config(x.to_string()))?;
     Ok((Some(overlay), Some(signer)))
 }
 

@@ -98,12 +98,12 @@ impl AgentConfig {
     ///
     /// # Errors
     /// A configured node id other than the enrolled one.
-    pub fn apply_enrollment(&mut self, e: &Enrollment) -> Result<(), String> {
+    pub fn apply_enrollment(&mut self, e: &Enrollment) -> Result<(), AgentError> {
         if !self.node_id.is_empty() && self.node_id != e.node_id {
-            return Err(format!(
+            return Err(AgentError::Config(format!(
                 "node_id is {:?} in the config but this node is enrolled as {:?}: remove node_id from the config, or enroll again with --force",
                 self.node_id, e.node_id
-            ));
+            )));
         }
         self.node_id.clone_from(&e.node_id);
         self.mqtt.url.clone_from(&e.broker_url);
@@ -115,9 +115,10 @@ impl AgentConfig {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), AgentError> {
         if !self.node_id.is_empty() {
-            fleet_proto::validate_node_id(&self.node_id).map_err(|e| format!("key `node_id`: {e}"))?;
+            fleet_proto::validate_node_id(&self.node_id)
+                .map_err(|e| AgentError::Invalid(format!("key `node_id`: {e}")))?;
         }
         self.mqtt.validate()?;
         self.inference.validate()?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use fleet_proto::v1::{DesiredState, ReportedState};
 use prost::Message;
 
+use crate::AgentError;
 use crate::overlay::KeysReport;
 use crate::power::PowerPolicy;
 
@@ -30,18 +31,18 @@ pub struct Accepted {
 ///
 /// # Errors
 /// The reason, reported back to the controller.
-pub fn validate(d: &DesiredState, node_id: &str, base: &PowerPolicy) -> Result<Accepted, String> {
+pub fn validate(d: &DesiredState, node_id: &str, base: &PowerPolicy) -> Result<Accepted, AgentError> {
     if d.node_id != node_id {
-        return Err(format!("desired state is for node {:?}, this is {node_id:?}", d.node_id));
+        return Err(AgentError::Invalid(format!("desired state is for node {:?}, this is {node_id:?}", d.node_id)));
     }
     let policy = if d.power_policy_toml.trim().is_empty() {
         base.clone()
     } else {
-        PowerPolicy::from_toml(&d.power_policy_toml).map_err(|e| format!("power policy: {e}"))?
+        PowerPolicy::from_toml(&d.power_policy_toml).map_err(|e| AgentError::Invalid(format!("power policy: {e}")))?
     };
     let telemetry_interval = match d.telemetry_interval_ms {
         0 => None,
-        ms if ms < 100 => return Err(format!("telemetry_interval_ms {ms} is below 100")),
+        ms if ms < 100 => return Err(AgentError::Invalid(format!("telemetry_interval_ms {ms} is below 100"))),
         ms => Some(Duration::from_millis(ms)),
     };
     Ok(Accepted {
@@ -140,7 +141,7 @@ impl Applier {
             }
             Err(reason) => {
                 tracing::warn!(version = d.version, %reason, "Desired state refused; the previous one stays in force.");
-                self.rejected = Some((d.version, reason));
+                self.rejected = Some((d.version, reason.to_string()));
                 Outcome::Refused
             }
         }
@@ -177,14 +178,14 @@ mod tests {
         let a = validate(&desired("hot_c = 60.0\n"), "n", &base).unwrap();
         assert_eq!((a.version, a.policy.hot_c), (3, 60.0));
         assert_eq!(validate(&desired(""), "n", &base).unwrap().policy, base);
-        let e = validate(&desired("fan_curve = [[70, 0.2], [60, 0.9]]\n"), "n", &base).unwrap_err();
+        let e = validate(&desired("fan_curve = [[70, 0.2], [60, 0.9]]\n"), "n", &base).unwrap_err().to_string();
         assert!(e.contains("fan_curve"), "{e}");
-        let e = validate(&desired("colour = \"red\"\n"), "n", &base).unwrap_err();
+        let e = validate(&desired("colour = \"red\"\n"), "n", &base).unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
-        assert!(validate(&desired(""), "other", &base).unwrap_err().contains("other"));
+        assert!(validate(&desired(""), "other", &base).unwrap_err().to_string().contains("other"));
         let mut d = desired("");
         d.telemetry_interval_ms = 50;
-        assert!(validate(&d, "n", &base).unwrap_err().contains("telemetry_interval_ms"));
+        assert!(validate(&d, "n", &base).unwrap_err().to_string().contains("telemetry_interval_ms"));
     }
 
     #[test]

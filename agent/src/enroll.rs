@@ -20,8 +20,8 @@ pub enum EnrollError {
     Already(String, PathBuf),
     #[error(transparent)]
     Keys(#[from] IdentityError),
-    #[error("{0}")]
-    Connect(String),
+    #[error(transparent)]
+    Connect(#[from] fleet_net::NetError),
     #[error("the controller refused the enrollment: {0}")]
     Refused(String),
     #[error("the controller's answer is incomplete ({0}); is it a Spark Fleet controller of the same version?")]
@@ -109,8 +109,7 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
         cpu_count: std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         mem_total_bytes,
     };
-    let channel =
-        fleet_net::client::channel(&o.controller_url, o.ca_pem.as_deref()).await.map_err(EnrollError::Connect)?;
+    let channel = fleet_net::client::channel(&o.controller_url, o.ca_pem.as_deref()).await?;
     let mut client = fleet_proto::v1::enrollment_service_client::EnrollmentServiceClient::new(channel);
     let r = client
         .enroll(req)

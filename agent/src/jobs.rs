@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use serde::Deserialize;
 
+use crate::AgentError;
+
 /// `[inference]`: the jobs the controller sends this node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,12 +51,12 @@ impl InferenceConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AgentError> {
         if self.workers == 0 {
-            return Err("key `inference.workers`: use at least 1".into());
+            return Err(AgentError::Invalid("key `inference.workers`: use at least 1".into()));
         }
         if !(self.sim_slowdown >= 1.0 && self.sim_slowdown <= 1000.0) {
-            return Err("key `inference.sim_slowdown`: a factor from 1 to 1000".into());
+            return Err(AgentError::Invalid("key `inference.sim_slowdown`: a factor from 1 to 1000".into()));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use fleet_proto::v1::KeyRotation;
 use serde::Deserialize;
 use wireguard_control::Key;
 
+use crate::AgentError;
 use crate::enroll::Enrollment;
 use crate::identity::{Identity, load_next_wg, promote_next_wg, save_next_wg};
 
@@ -32,34 +33,35 @@ impl Default for OverlayConfig {
 ///
 /// # Errors
 /// A bad endpoint, or the interface cannot be configured (privileges, no WireGuard).
-pub fn up(iface: &str, e: &Enrollment, key: &Key) -> Result<(), String> {
+pub fn up(iface: &str, e: &Enrollment, key: &Key) -> Result<(), AgentError> {
     use std::net::ToSocketAddrs;
+    let bad = |what: String| AgentError::Invalid(format!("{what} in the enrollment; enroll again with --force"));
     let endpoint = e
         .controller_wg_endpoint
         .to_socket_addrs()
-        .map_err(|x| format!("controller WireGuard endpoint {:?}: {x}", e.controller_wg_endpoint))?
+        .map_err(|x| bad(format!("controller WireGuard endpoint {:?}: {x}", e.controller_wg_endpoint)))?
         .next()
-        .ok_or_else(|| format!("controller WireGuard endpoint {:?} has no address", e.controller_wg_endpoint))?;
+        .ok_or_else(|| bad(format!("controller WireGuard endpoint {:?} has no address", e.controller_wg_endpoint)))?;
     let allowed = e
         .controller_allowed_ips
         .iter()
         .map(|c| {
             let (a, p) = c.split_once('/').unwrap_or((c, "32"));
             Ok((
-                a.parse().map_err(|_| format!("allowed IP {c:?}"))?,
-                p.parse().map_err(|_| format!("allowed IP {c:?}"))?,
+                a.parse().map_err(|_| bad(format!("allowed IP {c:?}")))?,
+                p.parse().map_err(|_| bad(format!("allowed IP {c:?}")))?,
             ))
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    let address = e.overlay_address.parse().map_err(|_| format!("overlay address {:?}", e.overlay_address))?;
-    let prefix = u8::try_from(e.overlay_prefix_len).map_err(|_| "overlay prefix".to_owned())?;
+        .collect::<Result<Vec<_>, AgentError>>()?;
+    let address = e.overlay_address.parse().map_err(|_| bad(format!("overlay address {:?}", e.overlay_address)))?;
+    let prefix = u8::try_from(e.overlay_prefix_len).map_err(|_| bad("overlay prefix".to_owned()))?;
     let peer = fleet_net::overlay::Peer {
         public_key: e.controller_wg_public_key.clone(),
         endpoint: Some(endpoint),
         allowed,
         keepalive_s: Some(u16::try_from(e.persistent_keepalive_s).unwrap_or(fleet_net::overlay::KEEPALIVE_S)),
     };
-    fleet_net::overlay::up(iface, key, None, (address, prefix), &[peer])
+    Ok(fleet_net::overlay::up(iface, key, None, (address, prefix), &[peer])?)
 }
 
 /// An enrolled node's overlay: its enrollment, where its keys are, and
@@ -97,7 +99,7 @@ impl NodeOverlay {
     ///
     /// # Errors
     /// As [`up`].
-    pub fn bring_up(&self, key: &Key) -> Result<(), String> {
+    pub fn bring_up(&self, key: &Key) -> Result<(), AgentError> {
         if !self.tunnel() {
             return Ok(());
         }

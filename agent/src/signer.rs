@@ -11,6 +11,8 @@ use fleet_proto::signing::{WILL_SEQ, sign};
 use fleet_proto::v1::MessageKind;
 use prost::Message;
 
+use crate::AgentError;
+
 /// The boot counter's file in `data_dir`.
 pub const BOOT_NO_FILE: &str = "boot_no";
 
@@ -32,13 +34,12 @@ impl std::fmt::Debug for Signer {
 ///
 /// # Errors
 /// A counter file that cannot be written (then signing cannot be trusted).
-pub fn next_boot_no(dir: &Path) -> Result<u64, String> {
+pub fn next_boot_no(dir: &Path) -> Result<u64, AgentError> {
     let path = dir.join(BOOT_NO_FILE);
     let last = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
     let next = last + 1;
     // Written like the keys: complete and synced before anything is signed with it.
-    crate::identity::write_secret(&path, &next.to_string())
-        .map_err(|e| format!("cannot store the boot counter: {e}; data_dir must be writable"))?;
+    crate::identity::write_secret(&path, &next.to_string()).map_err(AgentError::BootCounter)?;
     Ok(next)
 }
 
@@ -47,7 +48,7 @@ impl Signer {
     ///
     /// # Errors
     /// When the boot counter cannot be stored.
-    pub fn start(key: SigningKey, node_id: &str, dir: &Path) -> Result<Self, String> {
+    pub fn start(key: SigningKey, node_id: &str, dir: &Path) -> Result<Self, AgentError> {
         Ok(Self { key, node_id: node_id.to_owned(), boot_no: next_boot_no(dir)?, next_seq: 1 })
     }
 

@@ -8,6 +8,8 @@ use fleet_proto::v1::{Sample, TelemetryBatch};
 use prost::Message;
 use serde::Deserialize;
 
+use crate::AgentError;
+
 /// `[telemetry]`: sampling and delivery.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,7 +51,7 @@ impl TelemetryConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AgentError> {
         for (key, d) in [
             ("telemetry.interval", self.interval),
             ("telemetry.flush_interval", self.flush_interval),
@@ -57,11 +59,11 @@ impl TelemetryConfig {
             ("telemetry.status_interval", self.status_interval),
         ] {
             if d < Duration::from_millis(10) {
-                return Err(format!("key `{key}`: {d:?} is too short; use at least 10ms"));
+                return Err(AgentError::Invalid(format!("key `{key}`: {d:?} is too short; use at least 10ms")));
             }
         }
         if self.max_batch_samples == 0 {
-            return Err("key `telemetry.max_batch_samples` must be at least 1".into());
+            return Err(AgentError::Invalid("key `telemetry.max_batch_samples` must be at least 1".into()));
         }
         Ok(())
     }

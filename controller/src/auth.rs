@@ -11,6 +11,8 @@ use std::fmt;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::error::ControllerError;
+
 /// Prefix of a bootstrap (enrollment) token.
 pub const BOOTSTRAP_PREFIX: &str = "fbt";
 /// Prefix of an API token.
@@ -51,9 +53,9 @@ impl fmt::Display for Secret {
 ///
 /// # Errors
 /// When the operating system's random source fails (then no token is safe).
-pub fn new_token(prefix: &str) -> Result<(Secret, String), String> {
+pub fn new_token(prefix: &str) -> Result<(Secret, String), ControllerError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("the system's random source failed: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(ControllerError::Random)?;
     let token = format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
     let hash = hash_token(&token);
     Ok((Secret(token), hash))
@@ -98,12 +100,12 @@ impl Role {
     ///
     /// # Errors
     /// Any other word, with the three that exist.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ControllerError> {
         match s {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role {other:?}: use viewer, operator or admin")),
+            other => Err(ControllerError::Invalid(format!("unknown role {other:?}: use viewer, operator or admin"))),
         }
     }
 }
@@ -156,9 +158,9 @@ mod tests {
     fn roles_order_and_parse() {
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
         for r in [Role::Viewer, Role::Operator, Role::Admin] {
-            assert_eq!(Role::parse(r.as_str()), Ok(r));
+            assert_eq!(Role::parse(r.as_str()).ok(), Some(r));
         }
-        assert!(Role::parse("root").unwrap_err().contains("viewer, operator or admin"));
+        assert!(Role::parse("root").unwrap_err().to_string().contains("viewer, operator or admin"));
     }
 
     #[test]

@@ -90,12 +90,12 @@ impl ControllerConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         let pg = ["postgres://", "postgresql://"];
         if !self.database_url.is_empty() && !pg.iter().any(|p| self.database_url.starts_with(p)) {
-            return Err(
-                "key `database_url`: expected postgres://user:password@host:port/db (or empty for SQLite)".into()
-            );
+            return Err(ControllerError::Invalid(
+                "key `database_url`: expected postgres://user:password@host:port/db (or empty for SQLite)".into(),
+            ));
         }
         self.mqtt.validate()?;
         self.ingest.validate()?;

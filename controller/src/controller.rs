@@ -49,14 +49,16 @@ impl ApiAccess {
     ///
     /// # Errors
     /// The token file unreadable, or the controller unreachable.
-    pub async fn admin_client(&self) -> Result<fleet_net::client::FleetClient, String> {
+    pub async fn admin_client(&self) -> Result<fleet_net::client::FleetClient, ControllerError> {
         let token = match &self.token_file {
             Some(f) => Some(
-                std::fs::read_to_string(f).map_err(|e| format!("cannot read the admin token {}: {e}", f.display()))?,
+                std::fs::read_to_string(f)
+                    .map_err(|e| ControllerError::Io(format!("cannot read the admin token {}: {e}", f.display())))?,
             ),
             None => None,
         };
-        fleet_net::client::fleet_client(&self.url, self.ca_pem.as_deref().map(str::as_bytes), token.as_deref()).await
+        let ca = self.ca_pem.as_deref().map(str::as_bytes);
+        Ok(fleet_net::client::fleet_client(&self.url, ca, token.as_deref()).await?)
     }
 }
 
@@ -95,7 +97,7 @@ impl Controller {
     /// # Errors
     /// Bad config, an unreachable database, a port in use.
     pub async fn start(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<Self, ControllerError> {
-        cfg.validate().map_err(ControllerError::Config)?;
+        cfg.validate().map_err(|e| ControllerError::Config(e.to_string()))?;
         let store = Store::open(&cfg.data_dir, &cfg.database_url, &cfg.storage).await?;
         // Before any listener: the admin token and TLS files exist, the overlay is up.
         let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;

@@ -8,6 +8,13 @@ use std::net::SocketAddr;
 pub enum ControllerError {
     #[error("configuration error: {0}")]
     Config(String),
+    /// A value refused; the sentence names the key or field and why.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the system's random source failed: {0}; no secret can be made safely")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    Net(#[from] fleet_net::NetError),
     #[error("cannot listen on {addr} for the {what}: {reason}; choose another address with {flag}")]
     PortInUse { what: &'static str, addr: SocketAddr, flag: &'static str, reason: String },
     #[error("node {0} is not known to this controller")]
@@ -28,13 +35,16 @@ impl From<ControllerError> for tonic::Status {
     fn from(e: ControllerError) -> Self {
         match e {
             ControllerError::UnknownNode(_) => tonic::Status::not_found(e.to_string()),
-            ControllerError::Config(_) => tonic::Status::invalid_argument(e.to_string()),
+            ControllerError::Config(_) | ControllerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
             ControllerError::Db(_) | ControllerError::Migrate(_) => {
                 tracing::error!(error = %e, "Database error answering a gRPC call.");
                 tonic::Status::unavailable("the telemetry store is unavailable; retry later")
             }
             ControllerError::LinkBusy(_) | ControllerError::Stopped => tonic::Status::unavailable(e.to_string()),
-            ControllerError::PortInUse { .. } | ControllerError::Io(_) => tonic::Status::internal(e.to_string()),
+            ControllerError::PortInUse { .. }
+            | ControllerError::Io(_)
+            | ControllerError::Random(_)
+            | ControllerError::Net(_) => tonic::Status::internal(e.to_string()),
         }
     }
 }

@@ -76,7 +76,7 @@ impl SentenceEmbedder {
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
         let dim = config.hidden_size;
-        let model = Bert::new(&config, tensors).map_err(load_err)?;
+        let model = Bert::new(&config, tensors).map_err(|e| load_err(e.to_string()))?;
         Ok(Self { name, model, tokenizer, dim })
     }
 

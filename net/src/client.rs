@@ -10,6 +10,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::NetError;
+
 /// A `FleetService` client that sends the bearer token.
 pub type FleetClient = fleet_proto::v1::fleet_service_client::FleetServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -22,13 +24,10 @@ impl Bearer {
     ///
     /// # Errors
     /// When the token has characters a header cannot carry (it was mistyped).
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, NetError> {
         match token.map(str::trim) {
             None | Some("") => Ok(Self(None)),
-            Some(t) => format!("Bearer {t}")
-                .parse()
-                .map(|v| Self(Some(v)))
-                .map_err(|_| "the API token has characters a token never has; copy it again".to_owned()),
+            Some(t) => format!("Bearer {t}").parse().map(|v| Self(Some(v))).map_err(|_| NetError::BadToken),
         }
     }
 }
@@ -54,9 +53,9 @@ impl Interceptor for Bearer {
 /// # Errors
 /// A bad URL, a CA given for `http://`, or the controller not reachable;
 /// each message says what to change.
-pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, String> {
+pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, NetError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("{url:?} is not a URL such as https://controller:50051: {e}"))?
+        .map_err(|e| NetError::BadUrl { url: url.to_owned(), why: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if url.starts_with("https://") {
@@ -65,10 +64,9 @@ pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, String
             Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
             None => tls.with_enabled_roots(),
         };
-        endpoint =
-            endpoint.tls_config(tls).map_err(|e| format!("TLS settings for {url}: {e}; check the CA file (PEM)"))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| NetError::Tls { url: url.to_owned(), why: e.to_string() })?;
     } else if ca_pem.is_some() {
-        return Err(format!("a CA was given but {url} is plain http://; use https://"));
+        return Err(NetError::CaForHttp(url.to_owned()));
     }
     endpoint.connect().await.map_err(|e| {
         let mut why = e.to_string();
@@ -84,7 +82,7 @@ pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, String
         } else {
             ""
         };
-        format!("cannot reach the controller at {url}: {why}{hint}")
+        NetError::Unreachable { url: url.to_owned(), why, hint }
     })
 }
 
@@ -92,7 +90,7 @@ pub async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<Channel, String
 ///
 /// # Errors
 /// As [`channel`] and [`Bearer::new`].
-pub async fn fleet_client(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> Result<FleetClient, String> {
+pub async fn fleet_client(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> Result<FleetClient, NetError> {
     let bearer = Bearer::new(token)?;
     let ch = channel(url, ca_pem).await?;
     Ok(fleet_proto::v1::fleet_service_client::FleetServiceClient::with_interceptor(ch, bearer))

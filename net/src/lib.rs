@@ -5,4 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod error;
 pub mod overlay;
+
+pub use error::NetError;

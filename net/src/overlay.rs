@@ -10,6 +10,8 @@ use std::process::Command;
 
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
+use crate::NetError;
+
 /// Keepalive nodes send so NAT mappings stay open (seconds).
 pub const KEEPALIVE_S: u16 = 25;
 
@@ -19,20 +21,20 @@ pub fn backend() -> Backend {
     if std::path::Path::new("/sys/module/wireguard").exists() { Backend::Kernel } else { Backend::Userspace }
 }
 
-fn name(iface: &str) -> Result<InterfaceName, String> {
-    iface.parse().map_err(|_| format!("{iface:?} is not a usable interface name (1-15 characters)"))
+fn name(iface: &str) -> Result<InterfaceName, NetError> {
+    iface.parse().map_err(|_| NetError::InterfaceName(iface.to_owned()))
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+fn ip(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new("ip").args(args).output().map_err(NetError::NoIp)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(NetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
     }
 }
 
-fn hint(e: &std::io::Error, iface: &str) -> String {
+fn hint(e: std::io::Error, iface: &str) -> NetError {
     let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
         " (needs root or CAP_NET_ADMIN)".to_owned()
     } else if backend() == Backend::Userspace {
@@ -42,7 +44,7 @@ fn hint(e: &std::io::Error, iface: &str) -> String {
     } else {
         String::new()
     };
-    format!("configuring WireGuard interface {iface}: {e}{why}")
+    NetError::WireGuard { iface: iface.to_owned(), source: e, hint: why }
 }
 
 /// One peer as the overlay wants it.
@@ -56,8 +58,8 @@ pub struct Peer {
     pub keepalive_s: Option<u16>,
 }
 
-fn peer_config(p: &Peer) -> Result<PeerConfigBuilder, String> {
-    let key = Key::from_base64(&p.public_key).map_err(|_| format!("peer key {:?} is not base64", p.public_key))?;
+fn peer_config(p: &Peer) -> Result<PeerConfigBuilder, NetError> {
+    let key = Key::from_base64(&p.public_key).map_err(|_| NetError::PeerKey(p.public_key.clone()))?;
     let mut b = PeerConfigBuilder::new(&key).replace_allowed_ips();
     for (a, len) in &p.allowed {
         b = b.add_allowed_ip(IpAddr::V4(*a), *len);
@@ -82,7 +84,7 @@ pub fn up(
     listen_port: Option<u16>,
     (address, prefix): (Ipv4Addr, u8),
     peers: &[Peer],
-) -> Result<(), String> {
+) -> Result<(), NetError> {
     let n = name(iface)?;
     let mut update = DeviceUpdate::new().set_private_key(private_key.clone()).replace_peers();
     if let Some(p) = listen_port {
@@ -91,7 +93,7 @@ pub fn up(
     for p in peers {
         update = update.add_peer(peer_config(p)?);
     }
-    update.apply(&n, backend()).map_err(|e| hint(&e, iface))?;
+    update.apply(&n, backend()).map_err(|e| hint(e, iface))?;
     ip(&["address", "replace", &format!("{address}/{prefix}"), "dev", iface])?;
     ip(&["link", "set", "dev", iface, "up"])?;
     Ok(())
@@ -101,8 +103,8 @@ pub fn up(
 ///
 /// # Errors
 /// When the interface cannot be read.
-pub fn peer_keys(iface: &str) -> Result<Vec<String>, String> {
-    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(&e, iface))?;
+pub fn peer_keys(iface: &str) -> Result<Vec<String>, NetError> {
+    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(e, iface))?;
     Ok(d.peers.iter().map(|p| p.config.public_key.to_base64()).collect())
 }
 
@@ -110,8 +112,8 @@ pub fn peer_keys(iface: &str) -> Result<Vec<String>, String> {
 ///
 /// # Errors
 /// When the interface cannot be read.
-pub fn handshaken(iface: &str, public_key: &str) -> Result<bool, String> {
-    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(&e, iface))?;
+pub fn handshaken(iface: &str, public_key: &str) -> Result<bool, NetError> {
+    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(e, iface))?;
     Ok(d.peers.iter().any(|p| p.config.public_key.to_base64() == public_key && p.stats.last_handshake_time.is_some()))
 }
 
@@ -119,8 +121,8 @@ pub fn handshaken(iface: &str, public_key: &str) -> Result<bool, String> {
 ///
 /// # Errors
 /// When the interface cannot be read.
-pub fn peer_routes(iface: &str) -> Result<Vec<(String, Vec<Ipv4Addr>)>, String> {
-    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(&e, iface))?;
+pub fn peer_routes(iface: &str) -> Result<Vec<(String, Vec<Ipv4Addr>)>, NetError> {
+    let d = Device::get(&name(iface)?, backend()).map_err(|e| hint(e, iface))?;
     Ok(d.peers
         .iter()
         .map(|p| {
@@ -143,7 +145,7 @@ pub fn peer_routes(iface: &str) -> Result<Vec<(String, Vec<Ipv4Addr>)>, String> 
 ///
 /// # Errors
 /// As [`up`].
-pub fn change_peers(iface: &str, add: &[Peer], remove: &[String]) -> Result<(), String> {
+pub fn change_peers(iface: &str, add: &[Peer], remove: &[String]) -> Result<(), NetError> {
     if add.is_empty() && remove.is_empty() {
         return Ok(());
     }
@@ -152,10 +154,10 @@ pub fn change_peers(iface: &str, add: &[Peer], remove: &[String]) -> Result<(), 
         update = update.add_peer(peer_config(p)?);
     }
     for k in remove {
-        let key = Key::from_base64(k).map_err(|_| format!("peer key {k:?} is not base64"))?;
+        let key = Key::from_base64(k).map_err(|_| NetError::PeerKey(k.clone()))?;
         update = update.remove_peer_by_key(&key);
     }
-    update.apply(&name(iface)?, backend()).map_err(|e| hint(&e, iface))
+    update.apply(&name(iface)?, backend()).map_err(|e| hint(e, iface))
 }
 
 /// Removes `iface` (the userspace implementation exits when its socket goes).

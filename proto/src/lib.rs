@@ -4,6 +4,7 @@
 //! lives here: the gRPC channel and the WireGuard interface are `fleet-net`'s.
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod metrics;
 pub mod signing;
 pub mod topics;
@@ -16,6 +17,8 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every `fleet.v1` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fleet_descriptor.bin"));
+
+pub use error::ProtoError;
 
 /// Node ids are used in topic names, file names and SQL; keep them tame.
 pub const MAX_NODE_ID_LEN: usize = 64;
@@ -63,19 +66,22 @@ pub fn now_unix_ms() -> i64 {
 ///
 /// # Errors
 /// A sentence saying what is wrong with the URL.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ProtoError> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?} is not an mqtt:// URL (expected mqtt://host:port)"))?;
+        .ok_or_else(|| ProtoError::NotMqttUrl(url.to_owned()))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?} has a bad port {p:?}"))?),
+        Some((h, p)) => {
+            let port = p.parse::<u16>().map_err(|_| ProtoError::BadPort { url: url.to_owned(), port: p.to_owned() })?;
+            (h, port)
+        }
         None => (rest, 1883),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+        return Err(ProtoError::NoHost(url.to_owned()));
     }
     Ok((host.to_owned(), port))
 }

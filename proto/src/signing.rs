@@ -3,6 +3,7 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
+use crate::error::ProtoError;
 use crate::v1::{MessageKind, SignedMessage};
 
 /// Domain separation: these bytes open everything a node signs.
@@ -172,9 +173,9 @@ pub fn signing_key(seed: &[u8; 32]) -> SigningKey {
 ///
 /// # Errors
 /// Bytes that are not a valid Ed25519 public key.
-pub fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, String> {
-    let b: [u8; 32] = bytes.try_into().map_err(|_| format!("a public key has 32 bytes, not {}", bytes.len()))?;
-    VerifyingKey::from_bytes(&b).map_err(|e| format!("not an Ed25519 public key: {e}"))
+pub fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, ProtoError> {
+    let b: [u8; 32] = bytes.try_into().map_err(|_| ProtoError::KeyLength(bytes.len()))?;
+    VerifyingKey::from_bytes(&b).map_err(|e| ProtoError::BadKey(e.to_string()))
 }
 
 #[cfg(test)]
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn public_keys_are_checked() {
-        assert!(verifying_key(&[1; 31]).unwrap_err().contains("32 bytes"));
+        assert!(verifying_key(&[1; 31]).unwrap_err().to_string().contains("32 bytes"));
         let k = key(9).verifying_key();
         assert_eq!(verifying_key(k.as_bytes()).unwrap(), k);
     }

@@ -134,7 +134,7 @@ async fn tokens_roles_tls_and_audit_on_the_real_server() -> anyhow::Result<()> {
     let mut p = fleet_client(&plain, None, None).await.map_err(anyhow::Error::msg)?;
     assert!(p.list_nodes(ListNodesRequest::default()).await.is_err());
     let Err(e) = fleet_client(&c.api.url, None, None).await else { anyhow::bail!("untrusted certificate accepted") };
-    assert!(e.contains("certificate"), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
 
     // Restart: the same CA and admin token; no second admin token is made.
     stop.cancel();

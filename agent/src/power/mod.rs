@@ -14,6 +14,8 @@ use fleet_hardware::PowerReading;
 use fleet_proto::v1::PowerProfile;
 use serde::Deserialize;
 
+use crate::AgentError;
+
 /// What one profile sets.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +90,9 @@ impl PowerPolicy {
     ///
     /// # Errors
     /// What is wrong, naming the key.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let p: PowerPolicy = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    pub fn from_toml(text: &str) -> Result<Self, AgentError> {
+        let p: PowerPolicy =
+            toml::from_str(text).map_err(|e| AgentError::Invalid(e.to_string().trim_end().to_owned()))?;
         p.validate()?;
         Ok(p)
     }
@@ -98,32 +101,41 @@ impl PowerPolicy {
     ///
     /// # Errors
     /// What is wrong, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AgentError> {
         let pct = |k: &str, v: f64| {
-            if (0.0..=100.0).contains(&v) { Ok(()) } else { Err(format!("power.{k}: {v} is not a percentage")) }
+            if (0.0..=100.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(AgentError::Invalid(format!("power.{k}: {v} is not a percentage")))
+            }
         };
         pct("saver_below_pct", self.saver_below_pct)?;
         pct("critical_below_pct", self.critical_below_pct)?;
         pct("shutdown_below_pct", self.shutdown_below_pct)?;
         if self.shutdown_below_pct > self.critical_below_pct || self.critical_below_pct > self.saver_below_pct {
-            return Err("power: need shutdown_below_pct <= critical_below_pct <= saver_below_pct".into());
+            return Err(AgentError::Invalid(
+                "power: need shutdown_below_pct <= critical_below_pct <= saver_below_pct".into(),
+            ));
         }
         if !self.hot_c.is_finite() || !self.critical_c.is_finite() || self.hot_c >= self.critical_c {
-            return Err("power: need hot_c < critical_c".into());
+            return Err(AgentError::Invalid("power: need hot_c < critical_c".into()));
         }
         if !(0.0..=20.0).contains(&self.battery_hysteresis_pct) || !(0.0..=20.0).contains(&self.thermal_hysteresis_c) {
-            return Err("power: hysteresis must be between 0 and 20".into());
+            return Err(AgentError::Invalid("power: hysteresis must be between 0 and 20".into()));
         }
         if self.fan_curve.is_empty() {
-            return Err("power.fan_curve: give at least one (temperature, duty) point".into());
+            return Err(AgentError::Invalid("power.fan_curve: give at least one (temperature, duty) point".into()));
         }
         for w in self.fan_curve.windows(2) {
             if w[1].0 <= w[0].0 {
-                return Err(format!("power.fan_curve: temperatures must increase ({} then {})", w[0].0, w[1].0));
+                return Err(AgentError::Invalid(format!(
+                    "power.fan_curve: temperatures must increase ({} then {})",
+                    w[0].0, w[1].0
+                )));
             }
         }
         if let Some((t, d)) = self.fan_curve.iter().find(|(t, d)| !t.is_finite() || !(0.0..=1.0).contains(d)) {
-            return Err(format!("power.fan_curve: duty {d} at {t} °C is outside 0-1"));
+            return Err(AgentError::Invalid(format!("power.fan_curve: duty {d} at {t} °C is outside 0-1")));
         }
         for (name, s) in [
             ("performance", &self.performance),
@@ -132,7 +144,7 @@ impl PowerPolicy {
             ("critical", &self.critical),
         ] {
             if s.telemetry_interval.is_some_and(|i| i < Duration::from_millis(100)) {
-                return Err(format!("power.{name}.telemetry_interval: use at least 100ms"));
+                return Err(AgentError::Invalid(format!("power.{name}.telemetry_interval: use at least 100ms")));
             }
         }
         Ok(())

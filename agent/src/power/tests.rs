@@ -83,13 +83,13 @@ fn heat_overrides_power_with_its_own_hysteresis_and_drives_the_fan() {
 #[test]
 fn policy_documents_are_validated() {
     assert!(PowerPolicy::from_toml("saver_below_pct = 50\n").is_ok());
-    let e = PowerPolicy::from_toml("fan_curve = [[60, 0.5], [50, 0.9]]\n").unwrap_err();
+    let e = PowerPolicy::from_toml("fan_curve = [[60, 0.5], [50, 0.9]]\n").unwrap_err().to_string();
     assert!(e.contains("fan_curve") && e.contains("increase"), "{e}");
-    let e = PowerPolicy::from_toml("fan_curve = [[60, 1.5]]\n").unwrap_err();
+    let e = PowerPolicy::from_toml("fan_curve = [[60, 1.5]]\n").unwrap_err().to_string();
     assert!(e.contains("outside 0-1"), "{e}");
-    let e = PowerPolicy::from_toml("turbo = true\n").unwrap_err();
+    let e = PowerPolicy::from_toml("turbo = true\n").unwrap_err().to_string();
     assert!(e.contains("turbo"), "{e}");
-    let e = PowerPolicy::from_toml("critical_below_pct = 60\n").unwrap_err();
+    let e = PowerPolicy::from_toml("critical_below_pct = 60\n").unwrap_err().to_string();
     assert!(e.contains("critical_below_pct"), "{e}");
 }
 

@@ -41,6 +41,8 @@ use serde::Deserialize;
 use log::Log;
 use window::Window;
 
+use crate::AgentError;
+
 /// Errors of the spool that stop the agent (a full or broken disk); corruption
 /// is handled, counted and logged instead.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +98,17 @@ impl SpoolConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AgentError> {
         if self.segment_bytes < 4096 {
-            return Err("key `spool.segment_bytes`: use at least 4096".into());
+            return Err(AgentError::Invalid("key `spool.segment_bytes`: use at least 4096".into()));
         }
         if self.max_bytes < self.segment_bytes * 4 {
-            return Err("key `spool.max_bytes`: use at least 4 x spool.segment_bytes".into());
+            return Err(AgentError::Invalid("key `spool.max_bytes`: use at least 4 x spool.segment_bytes".into()));
         }
         if self.max_inflight == 0 || self.replay_batches_per_s == 0 {
-            return Err("keys `spool.max_inflight` and `spool.replay_batches_per_s` must be at least 1".into());
+            return Err(AgentError::Invalid(
+                "keys `spool.max_inflight` and `spool.replay_batches_per_s` must be at least 1".into(),
+            ));
         }
         Ok(())
     }

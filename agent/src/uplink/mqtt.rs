@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UplinkEvent;
+use crate::AgentError;
 use crate::spool::{Outgoing, Position};
 
 /// `[mqtt]`: how the agent reaches its broker.
@@ -58,16 +59,19 @@ impl MqttConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        fleet_proto::parse_mqtt_url(&self.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
+    pub fn validate(&self) -> Result<(), AgentError> {
+        fleet_proto::parse_mqtt_url(&self.url).map_err(|e| AgentError::Invalid(format!("key `mqtt.url`: {e}")))?;
         if self.reconnect_min < Duration::from_millis(10) {
-            return Err(format!("key `mqtt.reconnect_min`: {:?} is too short; use at least 10ms", self.reconnect_min));
+            return Err(AgentError::Invalid(format!(
+                "key `mqtt.reconnect_min`: {:?} is too short; use at least 10ms",
+                self.reconnect_min
+            )));
         }
         if self.keep_alive < Duration::from_secs(1) {
-            return Err("key `mqtt.keep_alive`: use at least 1s".into());
+            return Err(AgentError::Invalid("key `mqtt.keep_alive`: use at least 1s".into()));
         }
         if self.max_payload_bytes < 1024 {
-            return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
+            return Err(AgentError::Invalid("key `mqtt.max_payload_bytes`: use at least 1024".into()));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ControllerError;
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -56,13 +57,13 @@ impl IngestConfig {
     ///
     /// # Errors
     /// A sentence naming the keys.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if self.queue_batches == 0 || self.queue_rows == 0 || self.max_rows_per_write == 0 || self.writers == 0 {
-            return Err(
+            return Err(ControllerError::Invalid(
                 "keys `ingest.queue_batches`, `ingest.queue_rows`, `ingest.max_rows_per_write` and `ingest.writers` \
                  must be at least 1"
                     .into(),
-            );
+            ));
         }
         Ok(())
     }

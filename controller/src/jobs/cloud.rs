@@ -36,9 +36,9 @@ impl CloudConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if self.workers == 0 {
-            return Err("key `cloud.workers` must be at least 1".into());
+            return Err(ControllerError::Invalid("key `cloud.workers` must be at least 1".into()));
         }
         Ok(())
     }

@@ -6,90 +6,96 @@ use fleet_proto::v1::{Job, JobAttempt, JobStatus, Site, job};
 use tokio::time::Instant;
 
 use super::{CloudDone, Current, JobManager, State, us};
-use crate::router::{Decision, JobSpec, Target};
+use crate::router::{Decision, JobSpec, NoSite, Target};
 
 impl JobManager {
     /// Routes the job to its next site and sends it there. When no site is
     /// left the job ends FAILED; `Err` carries the reason when it never ran.
-    pub(super) fn advance(&self, st: &mut State, job_id: &str, joint_reason: Option<String>) -> Result<(), String> {
+    pub(super) fn advance(&self, st: &mut State, job_id: &str, joint_reason: Option<String>) -> Result<(), NoSite> {
         loop {
             let Some(l) = st.live.get(job_id) else { return Ok(()) };
-            let model = l.view.model.clone();
-            let cloud = self.cloud_view(&model);
             let t = std::time::Instant::now();
-            let decision = if let Some(reason) = &joint_reason {
-                Ok(Decision { target: Target::Cloud, score: 0, reason: reason.clone() })
-            } else {
-                let spec =
-                    JobSpec { model: &model, labels: &l.labels, placement: l.placement, node: &l.pin, tried: &l.tried };
-                st.router.route(&spec, cloud)
+            let decision = match &joint_reason {
+                Some(reason) => Ok(Decision { target: Target::Cloud, score: 0, reason: reason.clone() }),
+                None => {
+                    let cloud = self.cloud_view(&l.view.model);
+                    let (labels, placement, node, tried) = (&l.labels, l.placement, &l.pin, &l.tried);
+                    st.router.route(&JobSpec { model: &l.view.model, labels, placement, node, tried }, cloud)
+                }
             };
             let route_us = us(t.elapsed());
             let d = match decision {
                 Ok(d) => d,
-                Err(reason) => {
+                Err(no) => {
                     let never_ran = l.view.attempts.is_empty();
-                    self.finish(st, job_id, JobStatus::Failed, &reason);
-                    return if never_ran { Err(reason) } else { Ok(()) };
+                    self.finish(st, job_id, JobStatus::Failed, &no.0);
+                    return if never_ran { Err(no) } else { Ok(()) };
                 }
             };
-            let Some(l) = st.live.get_mut(job_id) else { return Ok(()) };
-            let attempt = u32::try_from(l.view.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
-            let now = Instant::now();
-            let mut a = JobAttempt {
-                attempt,
-                site: if d.target == Target::Cloud { Site::Cloud } else { Site::Edge } as i32,
-                node_id: match &d.target {
-                    Target::Edge(id) => id.to_string(),
-                    Target::Cloud => String::new(),
-                },
-                reason: d.reason.clone(),
-                status: JobStatus::Running as i32,
-                dispatched_unix_ms: fleet_proto::now_unix_ms(),
-                ..Default::default()
-            };
-            let left = l.deadline.saturating_duration_since(now);
-            let sent = match &d.target {
-                Target::Edge(id) => {
-                    let job = Job {
-                        job_id: job_id.to_owned(),
-                        model: model.clone(),
-                        input: Some(job::Input::Text(l.text.clone())),
-                        deadline_unix_ms: l.view.deadline_unix_ms,
-                        min_confidence: l.view.min_confidence,
-                        attempt,
-                        budget_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
-                    };
-                    let ok = self.inner.link.job(id, &job).is_ok();
-                    if ok {
-                        st.router.dispatched(id);
-                    }
-                    ok
-                }
-                Target::Cloud => self.run_in_cloud(job_id, attempt, &model, &l.text, l.deadline),
-            };
-            if !sent {
-                a.status = JobStatus::Failed as i32;
-                a.error = match &d.target {
-                    Target::Edge(_) => "the controller's MQTT queue is full".into(),
-                    Target::Cloud => "the cloud pool filled up".into(),
-                };
-                if let Target::Edge(id) = &d.target {
-                    l.tried.push(id.clone());
-                }
-                l.view.attempts.push(a);
-                if joint_reason.is_some() {
-                    // No cloud second opinion: the edge answer stands.
-                    self.finish_with_best(st, job_id);
-                    return Ok(());
-                }
-                continue;
+            if self.attempt(st, job_id, d, route_us) {
+                return Ok(());
             }
-            l.view.status = JobStatus::Running as i32;
-            l.view.attempts.push(a);
-            l.current = Some(Current { attempt, target: d.target, sent: now, route_us });
-            return Ok(());
+            if joint_reason.is_some() {
+                // No cloud second opinion: the edge answer stands.
+                self.finish_with_best(st, job_id);
+                return Ok(());
+            }
         }
+    }
+
+    /// Sends the job's next attempt to the site `d` chose; false (the
+    /// attempt recorded as failed) when it could not be sent.
+    fn attempt(&self, st: &mut State, job_id: &str, d: Decision, route_us: u64) -> bool {
+        let Some(l) = st.live.get_mut(job_id) else { return true };
+        let attempt = u32::try_from(l.view.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
+        let now = Instant::now();
+        let mut a = JobAttempt {
+            attempt,
+            site: if d.target == Target::Cloud { Site::Cloud } else { Site::Edge } as i32,
+            node_id: match &d.target {
+                Target::Edge(id) => id.to_string(),
+                Target::Cloud => String::new(),
+            },
+            reason: d.reason.clone(),
+            status: JobStatus::Running as i32,
+            dispatched_unix_ms: fleet_proto::now_unix_ms(),
+            ..Default::default()
+        };
+        let sent = match &d.target {
+            Target::Edge(id) => {
+                let job = Job {
+                    job_id: job_id.to_owned(),
+                    model: l.view.model.clone(),
+                    input: Some(job::Input::Text(l.text.clone())),
+                    deadline_unix_ms: l.view.deadline_unix_ms,
+                    min_confidence: l.view.min_confidence,
+                    attempt,
+                    budget_ms: u32::try_from(l.deadline.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX),
+                };
+                let ok = self.inner.link.job(id, &job).is_ok();
+                if ok {
+                    st.router.dispatched(id);
+                }
+                ok
+            }
+            Target::Cloud => self.run_in_cloud(job_id, attempt, &l.view.model, &l.text, l.deadline),
+        };
+        if !sent {
+            a.status = JobStatus::Failed as i32;
+            a.error = match &d.target {
+                Target::Edge(_) => "the controller's MQTT queue is full".into(),
+                Target::Cloud => "the cloud pool filled up".into(),
+            };
+            if let Target::Edge(id) = &d.target {
+                l.tried.push(id.clone());
+            }
+            l.view.attempts.push(a);
+            return false;
+        }
+        l.view.status = JobStatus::Running as i32;
+        l.view.attempts.push(a);
+        l.current = Some(Current { attempt, target: d.target, sent: now, route_us });
+        true
     }
 
     pub(super) fn run_in_cloud(&self, job_id: &str, attempt: u32, model: &str, text: &str, deadline: Instant) -> bool {

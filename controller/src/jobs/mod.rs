@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
+use crate::ControllerError;
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -83,12 +84,14 @@ impl JobsConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if self.max_in_flight == 0 {
-            return Err("key `jobs.max_in_flight` must be at least 1".into());
+            return Err(ControllerError::Invalid("key `jobs.max_in_flight` must be at least 1".into()));
         }
         if self.attempt_timeout.is_zero() || self.default_timeout.is_zero() {
-            return Err("keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into());
+            return Err(ControllerError::Invalid(
+                "keys `jobs.attempt_timeout` and `jobs.default_timeout` must be more than 0".into(),
+            ));
         }
         Ok(())
     }
@@ -302,9 +305,9 @@ impl JobManager {
                 let view = view.unwrap_or_default();
                 Ok((view, (!req.detach).then_some(rx)))
             }
-            Err(reason) => {
+            Err(no) => {
                 drop(st);
-                Err(Status::unavailable(reason))
+                Err(Status::unavailable(no.0))
             }
         }
     }

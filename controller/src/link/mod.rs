@@ -75,24 +75,31 @@ impl MqttConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if !self.url.is_empty() {
-            fleet_proto::parse_mqtt_url(&self.url).map_err(|e| format!("key `mqtt.url`: {e}"))?;
+            fleet_proto::parse_mqtt_url(&self.url)
+                .map_err(|e| ControllerError::Invalid(format!("key `mqtt.url`: {e}")))?;
         }
         if self.max_payload_bytes < 1024 {
-            return Err("key `mqtt.max_payload_bytes`: use at least 1024".into());
+            return Err(ControllerError::Invalid("key `mqtt.max_payload_bytes`: use at least 1024".into()));
         }
         let g = &self.shared_group;
         if g.contains(['/', '+', '#']) {
-            return Err("key `mqtt.shared_group`: a plain name without '/', '+' or '#', e.g. \"fleet-ingest\"".into());
+            return Err(ControllerError::Invalid(
+                "key `mqtt.shared_group`: a plain name without '/', '+' or '#', e.g. \"fleet-ingest\"".into(),
+            ));
         }
         if !g.is_empty() && self.url.is_empty() {
-            return Err("key `mqtt.shared_group`: replicas share an external broker; set `mqtt.url` too".into());
+            return Err(ControllerError::Invalid(
+                "key `mqtt.shared_group`: replicas share an external broker; set `mqtt.url` too".into(),
+            ));
         }
         if self.dynsec && (self.url.is_empty() || self.username.is_empty()) {
-            return Err("key `mqtt.dynsec`: needs an external Mosquitto (`mqtt.url`) and its dynamic-security admin \
+            return Err(ControllerError::Invalid(
+                "key `mqtt.dynsec`: needs an external Mosquitto (`mqtt.url`) and its dynamic-security admin \
                         (`mqtt.username`, `mqtt.password`)"
-                .into());
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -141,7 +148,7 @@ pub async fn start(
         // The controller's own login to the embedded broker, new at every start.
         let max = (cfg.max_payload_bytes * 4).max(16 << 20);
         let auth = if require_enrollment {
-            let (secret, _) = crate::auth::new_token("fcp").map_err(ControllerError::Io)?;
+            let (secret, _) = crate::auth::new_token("fcp")?;
             user = "fleet-controller".into();
             pass = secret.expose().to_owned();
             Some(broker::auth_handler(user.clone(), secret, verifier.clone()))

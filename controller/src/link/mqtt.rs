@@ -29,7 +29,7 @@ const CHANNELS: [Channel; 5] =
 /// # Errors
 /// When the URL is not an mqtt:// URL.
 pub fn client(url: &str, username: &str, password: &str) -> Result<(AsyncClient, EventLoop), ControllerError> {
-    let (host, port) = fleet_proto::parse_mqtt_url(url).map_err(ControllerError::Config)?;
+    let (host, port) = fleet_proto::parse_mqtt_url(url).map_err(|e| ControllerError::Config(e.to_string()))?;
     let id = format!("fleet-controller-{:x}{:x}", std::process::id(), fleet_proto::now_unix_ms());
     let mut opts = MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(15));

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use fleet_proto::v1::{NodeStatus, Placement, PowerProfile};
 use serde::Deserialize;
 
+use crate::ControllerError;
+
 pub use score::{Breakdown, Exclusion, NodeFacts, ScoreConfig};
 
 /// `[router]` settings.
@@ -71,13 +73,20 @@ impl RouterSection {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if !(0..=1000).contains(&self.cloud_score) {
-            return Err("key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into());
+            return Err(ControllerError::Invalid(
+                "key `router.cloud_score`: a score from 0 (cloud last) to 1000 (cloud first)".into(),
+            ));
         }
         Ok(())
     }
 }
+
+/// No site can run a job; the sentence says what stopped each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NoSite(pub String);
 
 /// Where a job goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,7 +270,7 @@ impl Router {
     ///
     /// # Errors
     /// No site can run it: the reason says what stopped each.
-    pub fn route(&self, spec: &JobSpec<'_>, cloud: CloudView) -> Result<Decision, String> {
+    pub fn route(&self, spec: &JobSpec<'_>, cloud: CloudView) -> Result<Decision, NoSite> {
         let edge_ok = spec.placement != Placement::CloudOnly;
         let cloud_allowed = spec.placement != Placement::EdgeOnly && spec.labels.is_empty() && spec.node.is_empty();
         let cloud_ok = cloud_allowed && cloud.enabled && cloud.has_model && !cloud.saturated;
@@ -307,7 +316,7 @@ impl Router {
                 } else {
                     reason.push_str("; cloud tier not allowed by the job's constraints");
                 }
-                Err(reason)
+                Err(NoSite(reason))
             }
         }
     }

@@ -121,7 +121,7 @@ fn labels_and_pins_are_honoured() {
     assert_eq!(edge(&r.route(&spec("minilm"), CLOUD).unwrap()), "b");
     let lyon: BTreeMap<String, String> = [("site".to_owned(), "lyon".to_owned())].into();
     // Labels keep data at a site: never the cloud.
-    let err = r.route(&JobSpec { labels: &lyon, ..spec("minilm") }, CLOUD).unwrap_err();
+    let err = r.route(&JobSpec { labels: &lyon, ..spec("minilm") }, CLOUD).unwrap_err().0;
     assert!(err.contains("2 labels do not match"), "{err}");
     assert!(err.contains("cloud tier not allowed"), "{err}");
     assert_eq!(edge(&r.route(&JobSpec { node: "a", ..spec("minilm") }, CLOUD).unwrap()), "a");
@@ -175,13 +175,13 @@ fn cloud_competes_and_unavailable_says_why() {
     let s = JobSpec { placement: Placement::EdgeOnly, ..spec("minilm") };
     assert_eq!(edge(&r.route(&s, CLOUD).unwrap()), "a");
     // Nobody can: the reason names each cause.
-    let err = r.route(&spec("other"), NO_CLOUD).unwrap_err();
+    let err = r.route(&spec("other"), NO_CLOUD).unwrap_err().0;
     assert!(err.contains("1 model missing (a)") && err.contains("cloud tier disabled"), "{err}");
-    let err = Router::new(RouterConfig::default()).route(&spec("minilm"), NO_CLOUD).unwrap_err();
+    let err = Router::new(RouterConfig::default()).route(&spec("minilm"), NO_CLOUD).unwrap_err().0;
     assert!(err.contains("no node is known"), "{err}");
     let busy = CloudView { saturated: true, ..CLOUD };
     let s = JobSpec { placement: Placement::CloudOnly, ..spec("minilm") };
-    assert!(r.route(&s, busy).unwrap_err().contains("busy"));
+    assert!(r.route(&s, busy).unwrap_err().0.contains("busy"));
     assert_eq!(r.route(&s, CLOUD).unwrap().target, Target::Cloud);
 }
 

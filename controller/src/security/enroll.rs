@@ -47,7 +47,7 @@ impl Security {
             .await
             .map_err(internal)?
             .map_err(|why| Status::permission_denied(why.to_string()))?;
-        let (base, prefix) = self.cfg.overlay().map_err(Status::internal)?;
+        let (base, prefix) = self.cfg.overlay().map_err(|e| Status::internal(e.to_string()))?;
         let overlay = self.store.allocate_overlay_address(base, prefix, &node_id, now).await.map_err(|e| match e {
             crate::ControllerError::Io(m) => Status::resource_exhausted(m),
             other => internal(other),
@@ -113,7 +113,7 @@ pub async fn first_admin_token(
     if store.has_live_admin_token().await? {
         return Ok(None);
     }
-    let (token, hash) = new_token(API_PREFIX).map_err(crate::ControllerError::Io)?;
+    let (token, hash) = new_token(API_PREFIX)?;
     let name = format!("admin-{}", &hash[..8]);
     store.create_api_token(&name, &hash, Role::Admin, fleet_proto::now_unix_ms()).await?;
     super::files::write_private(path, format!("{}\n", token.expose()).as_bytes())

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ControllerError;
+
 /// gRPC TLS (`[security] tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,18 +88,18 @@ impl SecurityConfig {
     ///
     /// # Errors
     /// When `overlay_cidr` is not an IPv4 network such as 10.77.0.0/16 with a prefix of 8 to 30.
-    pub fn overlay(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
+    pub fn overlay(&self) -> Result<(std::net::Ipv4Addr, u8), ControllerError> {
         let bad = || {
             format!(
                 "key `security.overlay_cidr`: {:?} is not an IPv4 network such as \"10.77.0.0/16\" (prefix 8 to 30)",
                 self.overlay_cidr
             )
         };
-        let (a, p) = self.overlay_cidr.split_once('/').ok_or_else(bad)?;
-        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
-        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        let (a, p) = self.overlay_cidr.split_once('/').ok_or_else(|| ControllerError::Invalid(bad()))?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| ControllerError::Invalid(bad()))?;
+        let prefix: u8 = p.parse().map_err(|_| ControllerError::Invalid(bad()))?;
         if !(8..=30).contains(&prefix) {
-            return Err(bad());
+            return Err(ControllerError::Invalid(bad()));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
@@ -107,25 +109,23 @@ impl SecurityConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
+        let invalid = |m: &str| Err(ControllerError::Invalid(m.to_owned()));
         self.overlay()?;
         if !self.node_broker_url.is_empty() {
             fleet_proto::parse_mqtt_url(&self.node_broker_url)
-                .map_err(|e| format!("key `security.node_broker_url`: {e}"))?;
+                .map_err(|e| ControllerError::Invalid(format!("key `security.node_broker_url`: {e}")))?;
         }
         if self.tls == TlsMode::Files && (self.tls_cert.as_os_str().is_empty() || self.tls_key.as_os_str().is_empty()) {
-            return Err(
-                "keys `security.tls_cert` and `security.tls_key`: give both PEM files for tls = \"files\"".into()
-            );
+            return invalid("keys `security.tls_cert` and `security.tls_key`: give both PEM files for tls = \"files\"");
         }
         if self.tls == TlsMode::Auto && self.tls_names.is_empty() {
-            return Err("key `security.tls_names`: give at least one name, e.g. [\"localhost\"]".into());
+            return invalid("key `security.tls_names`: give at least one name, e.g. [\"localhost\"]");
         }
         if self.api_rate_per_s == 0 || self.node_rate_per_s == 0 || self.bootstrap_ttl.is_zero() {
-            return Err(
-                "keys `security.api_rate_per_s`, `security.node_rate_per_s` and `security.bootstrap_ttl` must \
-                        be more than 0"
-                    .into(),
+            return invalid(
+                "keys `security.api_rate_per_s`, `security.node_rate_per_s` and `security.bootstrap_ttl` must be \
+                 more than 0",
             );
         }
         Ok(())

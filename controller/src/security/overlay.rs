@@ -47,13 +47,15 @@ impl WireGuardConfig {
     ///
     /// # Errors
     /// A sentence naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControllerError> {
         if self.enabled {
             let ok = self.endpoint.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
-                return Err("key `wireguard.endpoint`: give the host:port nodes reach this controller at, e.g. \
+                return Err(ControllerError::Invalid(
+                    "key `wireguard.endpoint`: give the host:port nodes reach this controller at, e.g. \
                             \"controller.example.net:51820\""
-                    .into());
+                        .into(),
+                ));
             }
         }
         Ok(())
@@ -166,7 +168,7 @@ pub async fn keep_in_step(
 }
 
 /// One comparison of the interface with the identities; (changed, removed).
-fn sync(iface: &str, all: &[crate::store::security::NodeIdentity]) -> Result<(usize, usize), String> {
+fn sync(iface: &str, all: &[crate::store::security::NodeIdentity]) -> Result<(usize, usize), fleet_net::NetError> {
     let have: HashMap<String, Vec<Ipv4Addr>> = overlay::peer_routes(iface)?.into_iter().collect();
     let want = wanted(all, &|k| overlay::handshaken(iface, k).unwrap_or(false));
     let mut change: Vec<Peer> = want

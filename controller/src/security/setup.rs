@@ -68,7 +68,7 @@ pub async fn prepare(
     let wg_public_key = if wg.enabled {
         create_dir(data_dir)?;
         let key = overlay::load_or_make_key(data_dir)?;
-        let net = cfg.overlay().map_err(ControllerError::Config)?;
+        let net = cfg.overlay().map_err(|e| ControllerError::Config(e.to_string()))?;
         overlay::start(wg, &key, net, store).await?;
         key.get_public().to_base64()
     } else {

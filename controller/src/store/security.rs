@@ -187,7 +187,7 @@ impl Store {
         let sql = "SELECT name, role FROM api_tokens WHERE hash = $1 AND revoked_ms IS NULL";
         let row: Option<(String, String)> =
             on_pool!(self, p => sqlx::query_as(sql).bind(hash).fetch_optional(p).await?);
-        row.map(|(name, role)| Role::parse(&role).map(|r| (name, r)).map_err(ControllerError::Io)).transpose()
+        row.map(|(name, role)| Role::parse(&role).map(|r| (name, r))).transpose()
     }
 
     /// Revokes an API token by name; `false` when there is no live one.

@@ -17,18 +17,36 @@
 //! encoder computes the same function; `tests/minilm.rs` checks it against the
 //! reference vectors of sentence-transformers and against `BertModel`.
 
+mod kernels;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Storage, Tensor};
-use multiversion::multiversion;
 use rayon::prelude::*;
 use serde::Deserialize;
+
+use kernels::{KEYS, add_norm_row, attend, bias_gelu};
 
 thread_local! {
     /// A one-thread rayon pool made of the calling thread itself, so that the
     /// passes' parallel iterators run inline on it (None if it cannot be built).
     static SOLO: Option<rayon::ThreadPool> =
         rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().ok();
+}
+
+/// Why the encoder cannot be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BertError {
+    /// The config or a tensor is not what this encoder implements (the message names it).
+    #[error("{0}")]
+    Model(String),
+    /// An input this model cannot take (the message says why).
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("internal: {0}")]
+    Internal(&'static str),
 }
 
 /// Rows per rayon task for the row-wise passes (small batches stay on one thread).
@@ -115,42 +133,43 @@ impl Bert {
     /// # Errors
     /// A setting this encoder does not implement, or a missing or
     /// mis-shaped tensor, named in the message.
-    pub fn new(config: &BertConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self, String> {
+    pub fn new(config: &BertConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self, BertError> {
         let h = config.hidden_size;
         if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
-            return Err(format!(
+            return Err(BertError::Model(format!(
                 "hidden_size {h} is not a multiple of num_attention_heads {}",
                 config.num_attention_heads
-            ));
+            )));
         }
         if config.position_embedding_type != "absolute" {
-            return Err(format!(
+            return Err(BertError::Model(format!(
                 "position_embedding_type {:?} is not supported (only \"absolute\")",
                 config.position_embedding_type
-            ));
+            )));
         }
         let activation = match config.hidden_act.as_str() {
             "gelu" => Activation::Gelu,
             "relu" => Activation::Relu,
-            other => return Err(format!("hidden_act {other:?} is not supported (only \"gelu\" and \"relu\")")),
+            other => {
+                return Err(BertError::Model(format!(
+                    "hidden_act {other:?} is not supported (only \"gelu\" and \"relu\")"
+                )));
+            }
         };
         let prefix = if tensors.keys().any(|k| k.starts_with("bert.")) { "bert." } else { "" };
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, String> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, BertError> {
             let full = format!("{prefix}{name}");
-            let t = tensors.remove(&full).ok_or_else(|| format!("tensor {full} is missing"))?;
+            let t = tensors.remove(&full).ok_or_else(|| BertError::Model(format!("tensor {full} is missing")))?;
             if t.dims() != shape {
-                return Err(format!("tensor {full} has shape {:?}, expected {shape:?}", t.dims()));
+                return Err(BertError::Model(format!("tensor {full} has shape {:?}, expected {shape:?}", t.dims())));
             }
-            t.to_dtype(DType::F32).map_err(|e| format!("tensor {full}: {e}"))
+            t.to_dtype(DType::F32).map_err(|e| BertError::Model(format!("tensor {full}: {e}")))
         };
-        let vec = |t: Tensor| -> Result<Vec<f32>, String> {
-            t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
-        };
+        let vec = |t: Tensor| -> Result<Vec<f32>, BertError> { Ok(t.flatten_all().and_then(|t| t.to_vec1::<f32>())?) };
         // Stored as (out, in); the products want the contiguous (in, out).
-        let weight =
-            |t: Tensor| -> Result<Tensor, String> { t.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string()) };
+        let weight = |t: Tensor| -> Result<Tensor, BertError> { Ok(t.t().and_then(|t| t.contiguous())?) };
         let eps = config.layer_norm_eps as f32;
-        let mut norm = |name: &str| -> Result<Norm, String> {
+        let mut norm = |name: &str| -> Result<Norm, BertError> {
             Ok(Norm {
                 gamma: vec(take(&format!("{name}.weight"), &[h])?)?,
                 beta: vec(take(&format!("{name}.bias"), &[h])?)?,
@@ -177,7 +196,7 @@ impl Bert {
                 qkv.push(take(&format!("{p}.attention.self.{part}.weight"), &[h, h])?);
                 qkv_bias.extend(vec(take(&format!("{p}.attention.self.{part}.bias"), &[h])?)?);
             }
-            let qkv = Tensor::cat(&qkv, 0).map_err(|e| e.to_string())?;
+            let qkv = Tensor::cat(&qkv, 0)?;
             layers.push(Layer {
                 qkv: weight(qkv)?,
                 qkv_bias,
@@ -215,7 +234,7 @@ impl Bert {
     /// # Errors
     /// A token id or position outside the model's tables, ids and types of
     /// different lengths, or a failed matrix product.
-    pub fn embed(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
+    pub fn embed(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, BertError> {
         if rayon::current_num_threads() <= 1 {
             // One rayon thread (`RAYON_NUM_THREADS=1`, as a node's job pool runs
             // one job per core): stay on the caller's thread, or every worker's
@@ -231,13 +250,13 @@ impl Bert {
         rayon::join(|| self.embed_on_pool(seqs), || ()).0
     }
 
-    fn embed_on_pool(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed_on_pool(&self, seqs: &[Sequence<'_>]) -> Result<Vec<Vec<f32>>, BertError> {
         let h = self.hidden;
         let mut starts = Vec::with_capacity(seqs.len() + 1);
         starts.push(0);
         for s in seqs {
             if s.ids.len() != s.types.len() {
-                return Err(format!("{} token ids but {} type ids", s.ids.len(), s.types.len()));
+                return Err(BertError::Input(format!("{} token ids but {} type ids", s.ids.len(), s.types.len())));
             }
             starts.push(starts.last().copied().unwrap_or(0) + s.ids.len());
         }
@@ -267,18 +286,20 @@ impl Bert {
             .collect())
     }
 
-    fn embeddings(&self, seqs: &[Sequence<'_>], n: usize) -> Result<Vec<f32>, String> {
+    fn embeddings(&self, seqs: &[Sequence<'_>], n: usize) -> Result<Vec<f32>, BertError> {
         let h = self.hidden;
         let (vocab, positions, types) = (self.word.len() / h, self.position.len() / h, self.token_type.len() / h);
         let mut x = Vec::with_capacity(n * h);
         for s in seqs {
             if s.ids.len() > positions {
-                return Err(format!("{} tokens; this model takes at most {positions}", s.ids.len()));
+                return Err(BertError::Input(format!("{} tokens; this model takes at most {positions}", s.ids.len())));
             }
             for (p, (&id, &ty)) in s.ids.iter().zip(s.types).enumerate() {
                 let (id, ty) = (id as usize, ty as usize);
                 if id >= vocab || ty >= types {
-                    return Err(format!("token id {id} or type {ty} outside the model's tables ({vocab}, {types})"));
+                    return Err(BertError::Input(format!(
+                        "token id {id} or type {ty} outside the model's tables ({vocab}, {types})"
+                    )));
                 }
                 let (w, ps, t) =
                     (&self.word[id * h..][..h], &self.position[p * h..][..h], &self.token_type[ty * h..][..h]);
@@ -289,7 +310,7 @@ impl Bert {
         Ok(x)
     }
 
-    fn layer(&self, l: &Layer, x: Vec<f32>, n: usize, starts: &[usize]) -> Result<Vec<f32>, String> {
+    fn layer(&self, l: &Layer, x: Vec<f32>, n: usize, starts: &[usize]) -> Result<Vec<f32>, BertError> {
         let h = self.hidden;
         let qkv = product(x.clone(), n, &l.qkv)?; // x stays for the residual
         let ctx = with_f32(&qkv, |qkv| self.attention(qkv, &l.qkv_bias, starts))?;
@@ -379,218 +400,20 @@ fn add_norm(product: &[f32], bias: &[f32], mut residual: Vec<f32>, norm: &Norm, 
 // The passes below are compiled for the wider vector units too and picked
 // at run time (`multiversion`): the same code, 8 or 16 lanes instead of 4.
 
-/// `row = LayerNorm(row + product + bias)` (or of `row` alone).
-#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
-fn add_norm_row(row: &mut [f32], add: Option<(&[f32], &[f32])>, gamma: &[f32], beta: &[f32], eps: f32) {
-    if let Some((p, bias)) = add {
-        for ((r, p), b) in row.iter_mut().zip(p).zip(bias) {
-            *r += p + b;
-        }
-    }
-    let len = row.len() as f32;
-    let mean = sum(row) / len;
-    let var = sum_by(row, |v| (v - mean) * (v - mean)) / len;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-        *v = (*v - mean) * inv * g + b;
-    }
-}
-
-/// One head of one sequence: softmax(q k^T) v for `len` tokens of width `d`
-/// (`q` already scaled; `kt` is k transposed, `d` rows of `scores.len()`, the
-/// length padded to whole blocks of [`KEYS`]); row `i` is written at
-/// `out[i * stride..][..d]`.
-#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
-fn attend(q: &[f32], kt: &[f32], v: &[f32], d: usize, scores: &mut [f32], out: &mut [f32], stride: usize) {
-    let len = q.len() / d.max(1);
-    let padded = scores.len();
-    for i in 0..len {
-        // Eight keys at a time, as a sum of `d` scaled pieces of k^T's rows
-        // (padded to a multiple of 8), the eight sums held in registers.
-        let qi = &q[i * d..][..d];
-        for (block, s) in scores[..padded].chunks_exact_mut(KEYS).enumerate() {
-            let mut acc = [0.0f32; KEYS];
-            for (c, &qc) in qi.iter().enumerate() {
-                if let Some(k) = kt[c * padded + block * KEYS..].first_chunk::<KEYS>() {
-                    for t in 0..KEYS {
-                        acc[t] += qc * k[t];
-                    }
-                }
-            }
-            s.copy_from_slice(&acc);
-        }
-        let scores = &mut scores[..len];
-        let max = scores.iter().fold(f32::MIN, |m, &s| if s > m { s } else { m });
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-        }
-        let inv = 1.0 / sum(scores);
-        let o = &mut out[i * stride..][..d];
-        // Common head widths get their sum in registers, stored once.
-        match d {
-            32 => weighted_rows::<32>(scores, v, inv, o),
-            64 => weighted_rows::<64>(scores, v, inv, o),
-            _ => {
-                o.fill(0.0);
-                for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
-                    let p = p * inv;
-                    for (o, x) in o.iter_mut().zip(vj) {
-                        *o += p * x;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Keys scored together in [`attend`].
-const KEYS: usize = 8;
-
-/// `out = inv * sum_j p_j v_j` for rows `v_j` of width `D`.
-#[inline(always)]
-fn weighted_rows<const D: usize>(p: &[f32], v: &[f32], inv: f32, out: &mut [f32]) {
-    let mut acc = [0.0f32; D];
-    for (p, vj) in p.iter().zip(v.chunks_exact(D)) {
-        if let Some(vj) = vj.first_chunk::<D>() {
-            for c in 0..D {
-                acc[c] += p * vj[c];
-            }
-        }
-    }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = a * inv;
-    }
-}
-
 /// `x @ w` for `x` of `n` rows: one candle matrix product (`x` is taken over).
-fn product(x: Vec<f32>, n: usize, w: &Tensor) -> Result<Tensor, String> {
+fn product(x: Vec<f32>, n: usize, w: &Tensor) -> Result<Tensor, BertError> {
     let k = w.dims().first().copied().unwrap_or(0);
-    Tensor::from_vec(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w)).map_err(|e| e.to_string())
+    Ok(Tensor::from_vec(x, (n, k), &Device::Cpu).and_then(|x| x.matmul(w))?)
 }
 
 /// Runs `f` on a contiguous f32 CPU tensor's values without copying them.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, String> {
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, BertError> {
     let (storage, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err("internal: a product's result is not contiguous".into());
+        return Err(BertError::Internal("a product's result is not contiguous"));
     };
     match &*storage {
         Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(f(&v[start..end])),
-        _ => Err("internal: a product's result is not f32 on the CPU".into()),
-    }
-}
-
-/// Sum with eight partial sums (vectorises; float addition is not reordered otherwise).
-#[inline]
-fn sum(a: &[f32]) -> f32 {
-    sum_by(a, |x| x)
-}
-
-/// `sum(f(x))` over `a`, with eight partial sums.
-#[inline]
-fn sum_by(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let c = a.chunks_exact(8);
-    let tail: f32 = c.remainder().iter().map(|&x| f(x)).sum();
-    for x in c {
-        for i in 0..8 {
-            acc[i] += f(x[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `out = gelu(x + bias)` with the exact (erf) GELU.
-#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
-fn bias_gelu(out: &mut [f32], x: &[f32], bias: &[f32]) {
-    for ((o, x), b) in out.iter_mut().zip(x).zip(bias) {
-        *o = gelu(x + b);
-    }
-}
-
-/// `x * Φ(x) = x/2 * (1 + erf(x / √2))`.
-#[inline]
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-/// erf by Abramowitz & Stegun 7.1.26 (absolute error under 1.5e-7), written
-/// without branches or library calls so that loops over it vectorise.
-#[inline]
-fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
-    (1.0 - poly * exp(-a * a)).copysign(x)
-}
-
-/// e^x for x in [-87, 88] (clamped outside) with a relative error near
-/// 1e-7: x = k ln2 + r, e^r by its Taylor series to r^7, 2^k by exponent bits.
-/// Branch-free so that loops over it vectorise.
-#[inline]
-fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let rounded = x * std::f32::consts::LOG2_E + ROUND;
-    let k = rounded - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    // k (in [-126, 127]) sits in the low bits of `rounded`: 2^k from them by
-    // integer arithmetic alone (a float-to-int cast would not vectorise).
-    let k_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
-    let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
-    p * two_k
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn libm_erf(x: f64) -> f64 {
-        // Reference by series/continued fraction is overkill: use the
-        // relation erf(x) = 1 - erfc(x) with std's f64 exp in a long
-        // Taylor series, accurate to ~1e-15 for |x| < 3.
-        let mut term = x;
-        let mut sum = x;
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    #[test]
-    fn exp_is_close_to_std() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = f64::from(x).exp();
-            let got = f64::from(exp(x));
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.01;
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-    }
-
-    #[test]
-    fn erf_and_gelu_are_close_to_the_exact_ones() {
-        let mut worst = 0.0f64;
-        let mut x = -3.0f32;
-        while x < 3.0 {
-            worst = worst.max((f64::from(erf(x)) - libm_erf(f64::from(x))).abs());
-            x += 0.001;
-        }
-        assert!(worst < 1e-6, "worst absolute erf error {worst}");
-        // Far out: erf saturates at ±1 and GELU at x or 0.
-        assert!((erf(10.0) - 1.0).abs() < 1e-7 && (erf(-10.0) + 1.0).abs() < 1e-7);
-        assert!((gelu(20.0) - 20.0).abs() < 1e-5 && gelu(-20.0).abs() < 1e-5);
-        assert!(gelu(0.0) == 0.0 && (gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+        _ => Err(BertError::Internal("a product's result is not f32 on the CPU")),
     }
 }
