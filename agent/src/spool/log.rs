@@ -12,8 +12,9 @@ use std::time::Instant;
 use fleet_proto::v1::TelemetryBatch;
 use prost::Message;
 
+use super::record;
 use super::segment::{self, HEADER_LEN, MAX_RECORD};
-use super::{Appended, Position, SpoolConfig, SpoolError, SpoolStats, io_err, record};
+use super::types::{Appended, Position, SpoolConfig, SpoolError, SpoolStats, io_err};
 
 /// One segment file and its length (valid bytes).
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::log::{Log, SegInfo, create_segment, decode_cursor, seg_name, sync_dir};
 use super::segment::{self, ScanEnd};
-use super::{Position, SpoolConfig, SpoolError, SpoolStats, io_err};
+use super::types::{Position, SpoolConfig, SpoolError, SpoolStats, io_err};
 
 /// The acknowledged position as the cursor file says (a damaged one is logged and ignored).
 fn read_cursor(path: &Path) -> Option<Position> {

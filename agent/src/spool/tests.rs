@@ -1,4 +1,5 @@
 use std::fs::{self, OpenOptions};
+use std::path::PathBuf;
 
 use fleet_proto::v1::{Sample, SeqRange};
 use prost::Message;

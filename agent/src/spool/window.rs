@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use fleet_proto::v1::Ack;
 
 use super::log::{Log, Read};
-use super::{Appended, Outgoing, Position, SpoolError, record};
+use super::record;
+use super::types::{Appended, Outgoing, Position, SpoolError};
 
 #[derive(Debug, Clone)]
 struct InFlight {
