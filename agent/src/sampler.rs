@@ -11,6 +11,21 @@ use sysinfo::{Disks, Networks, System};
 /// Metric names the agent produces (the wire contract's, in fleet-proto).
 pub use fleet_proto::metrics as metric;
 
+/// One tick's samples, all stamped with the tick's time.
+struct Readings {
+    samples: Vec<Sample>,
+    time_unix_ms: i64,
+}
+
+impl Readings {
+    /// Keeps a finite reading (NaN and infinities are left out).
+    fn push(&mut self, metric: &str, value: f64) {
+        if value.is_finite() {
+            self.samples.push(Sample { metric: metric.to_owned(), value, time_unix_ms: self.time_unix_ms });
+        }
+    }
+}
+
 /// Reads the machine and the board.
 pub struct Sampler {
     // sysinfo handles keep the previous counters, so usage and rates are deltas.
@@ -58,102 +73,10 @@ impl Sampler {
         let now = Instant::now();
         let dt = now.duration_since(self.last).max(Duration::from_millis(1));
         self.last = now;
-        let mut out = Vec::with_capacity(12);
-        let mut push = |metric: &str, value: f64| {
-            if value.is_finite() {
-                out.push(Sample { metric: metric.to_owned(), value, time_unix_ms });
-            }
-        };
-
-        let (mut cpu, mut mem_pct) = (0.0, 0.0);
-        if let Some(system) = self.system.as_mut() {
-            system.refresh_cpu_usage();
-            system.refresh_memory();
-            cpu = f64::from(system.global_cpu_usage());
-            push(metric::CPU_USAGE_PCT, cpu);
-            let total = system.total_memory();
-            let used = system.used_memory();
-            if total > 0 {
-                mem_pct = used as f64 * 100.0 / total as f64;
-                push(metric::MEM_USED_PCT, mem_pct);
-                push(metric::MEM_USED_BYTES, used as f64);
-            }
-        }
-        if let Ok(load) = System::load_average() {
-            push(metric::CPU_LOAD1, load.one);
-        }
-
-        if let Some(disks) = self.disks.as_mut() {
-            disks.refresh(false);
-            // The filesystem mounted deepest above disk_path holds it.
-            let disk = disks
-                .iter()
-                .filter(|d| self.disk_path.starts_with(d.mount_point()))
-                .max_by_key(|d| d.mount_point().as_os_str().len());
-            if let Some(d) = disk.filter(|d| d.total_space() > 0) {
-                let used = d.total_space().saturating_sub(d.available_space());
-                push(metric::DISK_USED_PCT, used as f64 * 100.0 / d.total_space() as f64);
-            }
-        }
-        if let Some(nets) = self.networks.as_mut() {
-            nets.refresh(true);
-            let (rx, tx) = nets
-                .iter()
-                .filter(|(name, _)| name.as_os_str() != "lo")
-                .fold((0u64, 0u64), |(r, t), (_, n)| (r + n.received(), t + n.transmitted()));
-            push(metric::NET_RX_BYTES_PER_S, rx as f64 / dt.as_secs_f64());
-            push(metric::NET_TX_BYTES_PER_S, tx as f64 / dt.as_secs_f64());
-        }
-
+        let mut out = Readings { samples: Vec::with_capacity(12), time_unix_ms };
+        let (cpu, mem_pct) = self.system(&mut out, dt);
         self.board.advance(dt, cpu / 100.0);
-        let temp = match self.board.soc_temperature_c() {
-            Ok(t) => t,
-            Err(e) => {
-                self.hardware_error(&e);
-                None
-            }
-        };
-        if let Some(t) = temp {
-            push(metric::SOC_TEMP_C, t);
-        }
-        match self.board.thermal_zones() {
-            // Zones beside the SoC's (enclosure, PMIC, NVMe...) as thermal.<type>_c.
-            Ok(zones) if zones.len() > 1 => {
-                for (kind, c) in zones {
-                    let name: String = kind
-                        .chars()
-                        .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' })
-                        .collect();
-                    push(&format!("thermal.{name}_c"), c);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => self.hardware_error(&e),
-        }
-        let power = match self.board.read_power() {
-            Ok(p) => p,
-            Err(e) => {
-                self.hardware_error(&e);
-                Default::default()
-            }
-        };
-        if let Some(soc) = power.battery_soc_pct {
-            push(metric::BATTERY_SOC_PCT, soc);
-        }
-        if let Some(b) = power.on_battery {
-            push(metric::ON_BATTERY, if b { 1.0 } else { 0.0 });
-        }
-        if let Some(w) = power.input_power_w {
-            push(metric::INPUT_POWER_W, w);
-        }
-        match self.board.throttle_flags() {
-            Ok(Some(f)) => push(metric::THROTTLE_BITS, f64::from(f.bits())),
-            Ok(None) => {}
-            Err(e) => self.hardware_error(&e),
-        }
-        if let Some(d) = self.board.fan().and_then(|f| f.duty()) {
-            push(metric::FAN_DUTY, d);
-        }
+        let (temp, power) = self.board_readings(&mut out);
         self.power = power;
         self.temp_c = temp;
         self.vitals = NodeVitals {
@@ -164,7 +87,97 @@ impl Sampler {
             on_battery: power.on_battery,
             input_power_w: power.input_power_w,
         };
-        out
+        out.samples
+    }
+
+    /// CPU, memory, load, disk and network; returns (cpu %, memory %).
+    fn system(&mut self, out: &mut Readings, dt: Duration) -> (f64, f64) {
+        let (mut cpu, mut mem_pct) = (0.0, 0.0);
+        if let Some(system) = self.system.as_mut() {
+            system.refresh_cpu_usage();
+            system.refresh_memory();
+            cpu = f64::from(system.global_cpu_usage());
+            out.push(metric::CPU_USAGE_PCT, cpu);
+            let total = system.total_memory();
+            let used = system.used_memory();
+            if total > 0 {
+                mem_pct = used as f64 * 100.0 / total as f64;
+                out.push(metric::MEM_USED_PCT, mem_pct);
+                out.push(metric::MEM_USED_BYTES, used as f64);
+            }
+        }
+        if let Ok(load) = System::load_average() {
+            out.push(metric::CPU_LOAD1, load.one);
+        }
+        if let Some(disks) = self.disks.as_mut() {
+            disks.refresh(false);
+            // The filesystem mounted deepest above disk_path holds it.
+            let disk = disks
+                .iter()
+                .filter(|d| self.disk_path.starts_with(d.mount_point()))
+                .max_by_key(|d| d.mount_point().as_os_str().len());
+            if let Some(d) = disk.filter(|d| d.total_space() > 0) {
+                let used = d.total_space().saturating_sub(d.available_space());
+                out.push(metric::DISK_USED_PCT, used as f64 * 100.0 / d.total_space() as f64);
+            }
+        }
+        if let Some(nets) = self.networks.as_mut() {
+            nets.refresh(true);
+            let (rx, tx) = nets
+                .iter()
+                .filter(|(name, _)| name.as_os_str() != "lo")
+                .fold((0u64, 0u64), |(r, t), (_, n)| (r + n.received(), t + n.transmitted()));
+            out.push(metric::NET_RX_BYTES_PER_S, rx as f64 / dt.as_secs_f64());
+            out.push(metric::NET_TX_BYTES_PER_S, tx as f64 / dt.as_secs_f64());
+        }
+        (cpu, mem_pct)
+    }
+
+    /// Temperatures, power, throttling and the fan; returns (SoC °C, power).
+    fn board_readings(&mut self, out: &mut Readings) -> (Option<f64>, fleet_hardware::PowerReading) {
+        let temp = self.board.soc_temperature_c().unwrap_or_else(|e| {
+            self.hardware_error(&e);
+            None
+        });
+        if let Some(t) = temp {
+            out.push(metric::SOC_TEMP_C, t);
+        }
+        match self.board.thermal_zones() {
+            // Zones beside the SoC's (enclosure, PMIC, NVMe...) as thermal.<type>_c.
+            Ok(zones) if zones.len() > 1 => {
+                for (kind, c) in zones {
+                    let name: String = kind
+                        .chars()
+                        .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' })
+                        .collect();
+                    out.push(&format!("thermal.{name}_c"), c);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.hardware_error(&e),
+        }
+        let power = self.board.read_power().unwrap_or_else(|e| {
+            self.hardware_error(&e);
+            Default::default()
+        });
+        if let Some(soc) = power.battery_soc_pct {
+            out.push(metric::BATTERY_SOC_PCT, soc);
+        }
+        if let Some(b) = power.on_battery {
+            out.push(metric::ON_BATTERY, if b { 1.0 } else { 0.0 });
+        }
+        if let Some(w) = power.input_power_w {
+            out.push(metric::INPUT_POWER_W, w);
+        }
+        match self.board.throttle_flags() {
+            Ok(Some(f)) => out.push(metric::THROTTLE_BITS, f64::from(f.bits())),
+            Ok(None) => {}
+            Err(e) => self.hardware_error(&e),
+        }
+        if let Some(d) = self.board.fan().and_then(|f| f.duty()) {
+            out.push(metric::FAN_DUTY, d);
+        }
+        (temp, power)
     }
 
     /// The board, for the power manager's actions (fan, governor).

@@ -130,27 +130,7 @@ async fn main() -> anyhow::Result<()> {
         }
         if only.contains('c') {
             let url = new_db("kafka").await?;
-            let mock;
-            let brokers = match &kafka {
-                Some(b) => {
-                    create_topics(b).await?;
-                    b.clone()
-                }
-                None => {
-                    mock = rdkafka::mocking::MockCluster::new(1)?;
-                    mock.create_topic(fleet_proto::topics::KAFKA_TELEMETRY, 8, 1)?;
-                    mock.create_topic(fleet_proto::topics::KAFKA_STATUS, 1, 1)?;
-                    mock.bootstrap_servers()
-                }
-            };
-            let c = ChildController::start(&url, Some(&brokers), mqtt.as_deref()).await?;
-            let (rate, rss) = c.measure(n as u64, || publish_kafka(brokers.clone(), all.clone())).await?;
-            let via = if kafka.is_some() { brokers.as_str() } else { "librdkafka mock cluster" };
-            println!(
-                "(c) agent batches -> Kafka ({via}) -> controller -> PostgreSQL: {n} rows, {rate:.0} rows/s; \
-                 controller peak RSS {rss} kB"
-            );
-            c.stop()?;
+            path_kafka(&url, kafka.as_deref(), mqtt.as_deref(), n, &all).await?;
         }
         if only.contains('d') {
             let c = ChildController::start("", None, mqtt.as_deref()).await?;
@@ -173,6 +153,37 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     result
+}
+
+/// (c): the batches through Kafka (a given cluster, else librdkafka's mock) into the controller.
+async fn path_kafka(
+    url: &str,
+    kafka: Option<&str>,
+    mqtt: Option<&str>,
+    n: usize,
+    all: &[Vec<TelemetryBatch>],
+) -> anyhow::Result<()> {
+    let mock;
+    let brokers = match kafka {
+        Some(b) => {
+            create_topics(b).await?;
+            b.to_owned()
+        }
+        None => {
+            mock = rdkafka::mocking::MockCluster::new(1)?;
+            mock.create_topic(fleet_proto::topics::KAFKA_TELEMETRY, 8, 1)?;
+            mock.create_topic(fleet_proto::topics::KAFKA_STATUS, 1, 1)?;
+            mock.bootstrap_servers()
+        }
+    };
+    let c = ChildController::start(url, Some(&brokers), mqtt).await?;
+    let (rate, rss) = c.measure(n as u64, || publish_kafka(brokers.clone(), all.to_vec())).await?;
+    let via = if kafka.is_some() { brokers.as_str() } else { "librdkafka mock cluster" };
+    println!(
+        "(c) agent batches -> Kafka ({via}) -> controller -> PostgreSQL: {n} rows, {rate:.0} rows/s; \
+         controller peak RSS {rss} kB"
+    );
+    c.stop()
 }
 
 /// (a): raw binary COPY into a twin of the raw table, one connection.

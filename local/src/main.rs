@@ -97,107 +97,24 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let controller_stop = CancellationToken::new();
     let agents_stop = CancellationToken::new();
-    let (mqtt_url, grpc_url, controller) = match &cli.mqtt_url {
-        Some(url) => {
-            let access = fleet_controller::ApiAccess {
-                url: cli.controller_url.clone(),
-                ca_pem: match &cli.ca {
-                    Some(p) => {
-                        Some(std::fs::read_to_string(p).with_context(|| format!("reading --ca {}", p.display()))?)
-                    }
-                    None => None,
-                },
-                ca_file: cli.ca.clone(),
-                token_file: cli.token_file.clone(),
-            };
-            (url.clone(), Some(access), None)
-        }
+    let (mqtt_url, access, controller) = match &cli.mqtt_url {
+        Some(url) => (url.clone(), existing_controller(&cli)?, None),
         None => {
-            let mut cfg = ControllerConfig {
-                data_dir: cli.data_dir.join("controller"),
-                grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen },
-                http: fleet_controller::http::HttpConfig { listen: cli.http_listen },
-                mqtt: fleet_controller::link::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
-                ..Default::default()
-            };
-            cfg.cloud.model_dir = cli.model_dir.clone().unwrap_or_default();
-            let c = fleet_controller::Controller::start(cfg, controller_stop.clone()).await?;
-            let grpc = c.api.url.clone();
-            println!("Spark Fleet on this machine");
-            println!(
-                "  gRPC API     {grpc}   (fleetctl nodes list: run from this directory, it finds the token and CA)"
-            );
-            if let (Some(ca), Some(token)) = (&c.api.ca_file, &c.api.token_file) {
-                println!("  TLS CA       {}   admin token {}", ca.display(), token.display());
-            }
-            println!("  metrics      http://{}/metrics", c.http_addr);
-            println!("  MQTT broker  {}", c.mqtt_url);
-            println!("  store        SQLite in {}", cli.data_dir.join("controller").display());
-            println!("  jobs         fleetctl jobs submit --model severity --text \"disk full\"");
-            let access = c.api.clone();
-            (c.mqtt_url.clone(), Some(access), Some(c))
+            let c = start_controller(&cli, controller_stop.clone()).await?;
+            (c.mqtt_url.clone(), c.api.clone(), Some(c))
         }
     };
-
-    if grpc_url.as_ref().is_some_and(|a| a.token_file.is_none()) {
+    if access.token_file.is_none() {
         println!(
             "  note         agents are not enrolled (no --token-file): the controller hears them only with \
              security.require_enrollment = false"
         );
     }
-    let agents = TaskTracker::new();
-    for i in 0..cli.agents {
-        let node_id = format!("{}-{i:03}", cli.node_prefix);
-        let mut cfg =
-            AgentConfig { data_dir: cli.data_dir.join("agents").join(&node_id), node_id, ..Default::default() };
-        cfg.mqtt.url = mqtt_url.clone();
-        cfg.telemetry.interval = cli.interval.into();
-        cfg.telemetry.flush_interval = cli.interval.into();
-        cfg.telemetry.status_interval = Duration::from_secs(10);
-        cfg.hardware.backend = HardwareBackend::Sim;
-        cfg.hardware.sim_seed = i as u64;
-        cfg.labels.insert("site".into(), format!("site-{}", i % 3));
-        cfg.inference.model_dir = cli.model_dir.clone().unwrap_or_default();
-        cfg.inference.sim_slowdown = cli.sim_slowdown;
-        if let Some(access) = &grpc_url
-            && access.token_file.is_some()
-        {
-            enroll_if_needed(access, &cfg).await?;
-        }
-        let stop = agents_stop.clone();
-        agents.spawn(async move {
-            if let Err(e) = fleet_agent::run(cfg, stop).await {
-                eprintln!("fleet-local: agent stopped: {e}");
-            }
-        });
-    }
-    agents.close();
+    let agents = start_agents(&cli, &mqtt_url, &access, &agents_stop).await?;
     println!("  agents       {} simulated ({}-000 ...), interval {}", cli.agents, cli.node_prefix, cli.interval);
     println!("Ctrl-C stops everything.");
-
     let started = Instant::now();
-    let deadline = cli.duration.map(|d| started + Duration::from(d));
-    let mut summary = tokio::time::interval(Duration::from_secs(5));
-    summary.tick().await;
-    let mut last = (Instant::now(), 0u64);
-    loop {
-        let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-        tokio::select! {
-            _ = fleet_controller::shutdown_signal() => break,
-            () = tokio::time::sleep(until_deadline) => break,
-            _ = summary.tick() => {
-                match fleet_summary(grpc_url.as_ref()).await {
-                    Ok((online, known, stored)) => {
-                        let dt = last.0.elapsed().as_secs_f64().max(1e-3);
-                        let rate = stored.saturating_sub(last.1) as f64 / dt;
-                        last = (Instant::now(), stored);
-                        println!("[{:>5}s] nodes online {online}/{known}, samples stored {stored} ({rate:.0}/s)", started.elapsed().as_secs());
-                    }
-                    Err(e) => println!("[{:>5}s] controller not answering: {e:#}", started.elapsed().as_secs()),
-                }
-            }
-        }
-    }
+    report_until_stopped(&cli, &access, started).await;
     println!("Stopping agents...");
     agents_stop.cancel();
     agents.wait().await;
@@ -211,12 +128,113 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How to reach a controller that runs elsewhere (`--mqtt-url`).
+fn existing_controller(cli: &Cli) -> anyhow::Result<fleet_controller::ApiAccess> {
+    let ca_pem = match &cli.ca {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --ca {}", p.display()))?),
+        None => None,
+    };
+    Ok(fleet_controller::ApiAccess {
+        url: cli.controller_url.clone(),
+        ca_pem,
+        ca_file: cli.ca.clone(),
+        token_file: cli.token_file.clone(),
+    })
+}
+
+/// Starts the controller on its embedded defaults and says where it is.
+async fn start_controller(cli: &Cli, stop: CancellationToken) -> anyhow::Result<fleet_controller::Controller> {
+    let mut cfg = ControllerConfig {
+        data_dir: cli.data_dir.join("controller"),
+        grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen },
+        http: fleet_controller::http::HttpConfig { listen: cli.http_listen },
+        mqtt: fleet_controller::link::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
+        ..Default::default()
+    };
+    cfg.cloud.model_dir = cli.model_dir.clone().unwrap_or_default();
+    let c = fleet_controller::Controller::start(cfg, stop).await?;
+    println!("Spark Fleet on this machine");
+    println!(
+        "  gRPC API     {}   (fleetctl nodes list: run from this directory, it finds the token and CA)",
+        c.api.url
+    );
+    if let (Some(ca), Some(token)) = (&c.api.ca_file, &c.api.token_file) {
+        println!("  TLS CA       {}   admin token {}", ca.display(), token.display());
+    }
+    println!("  metrics      http://{}/metrics", c.http_addr);
+    println!("  MQTT broker  {}", c.mqtt_url);
+    println!("  store        SQLite in {}", cli.data_dir.join("controller").display());
+    println!("  jobs         fleetctl jobs submit --model severity --text \"disk full\"");
+    Ok(c)
+}
+
+/// Starts the simulated agents, each enrolled first when there is a token to enroll with.
+async fn start_agents(
+    cli: &Cli,
+    mqtt_url: &str,
+    access: &fleet_controller::ApiAccess,
+    stop: &CancellationToken,
+) -> anyhow::Result<TaskTracker> {
+    let agents = TaskTracker::new();
+    for i in 0..cli.agents {
+        let node_id = format!("{}-{i:03}", cli.node_prefix);
+        let mut cfg =
+            AgentConfig { data_dir: cli.data_dir.join("agents").join(&node_id), node_id, ..Default::default() };
+        cfg.mqtt.url = mqtt_url.to_owned();
+        cfg.telemetry.interval = cli.interval.into();
+        cfg.telemetry.flush_interval = cli.interval.into();
+        cfg.telemetry.status_interval = Duration::from_secs(10);
+        cfg.hardware.backend = HardwareBackend::Sim;
+        cfg.hardware.sim_seed = i as u64;
+        cfg.labels.insert("site".into(), format!("site-{}", i % 3));
+        cfg.inference.model_dir = cli.model_dir.clone().unwrap_or_default();
+        cfg.inference.sim_slowdown = cli.sim_slowdown;
+        if access.token_file.is_some() {
+            enroll_if_needed(access, &cfg).await?;
+        }
+        let stop = stop.clone();
+        agents.spawn(async move {
+            if let Err(e) = fleet_agent::run(cfg, stop).await {
+                eprintln!("fleet-local: agent stopped: {e}");
+            }
+        });
+    }
+    agents.close();
+    Ok(agents)
+}
+
+/// Prints a summary every 5 s until Ctrl-C or `--duration`.
+async fn report_until_stopped(cli: &Cli, access: &fleet_controller::ApiAccess, started: Instant) {
+    let deadline = cli.duration.map(|d| started + Duration::from(d));
+    let mut summary = tokio::time::interval(Duration::from_secs(5));
+    summary.tick().await;
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = fleet_controller::shutdown_signal() => break,
+            () = tokio::time::sleep(until_deadline) => break,
+            _ = summary.tick() => {
+                match fleet_summary(access).await {
+                    Ok((online, known, stored)) => {
+                        let dt = last.0.elapsed().as_secs_f64().max(1e-3);
+                        let rate = stored.saturating_sub(last.1) as f64 / dt;
+                        last = (Instant::now(), stored);
+                        println!("[{:>5}s] nodes online {online}/{known}, samples stored {stored} ({rate:.0}/s)", started.elapsed().as_secs());
+                    }
+                    Err(e) => println!("[{:>5}s] controller not answering: {e:#}", started.elapsed().as_secs()),
+                }
+            }
+        }
+    }
+}
+
 /// Enrolls a simulated agent as a Pi would (`fleet-agent enroll`), unless
 /// the controller knows it already: a bootstrap token from the admin API,
 /// keys in the agent's data_dir, identity.toml; its messages are signed.
 async fn enroll_if_needed(access: &fleet_controller::ApiAccess, cfg: &AgentConfig) -> anyhow::Result<()> {
     use fleet_proto::v1::{CreateBootstrapTokenRequest, ListBootstrapTokensRequest};
-    let mut admin = access.admin_client().await.map_err(anyhow::Error::msg)?;
+    let mut admin = access.admin_client().await?;
     let enrolled_here = fleet_agent::enroll::load(&cfg.data_dir)?.is_some();
     if enrolled_here {
         // Known to this controller (its store may have been deleted since)?
@@ -238,9 +256,8 @@ async fn enroll_if_needed(access: &fleet_controller::ApiAccess, cfg: &AgentConfi
     Ok(())
 }
 
-async fn fleet_summary(access: Option<&fleet_controller::ApiAccess>) -> anyhow::Result<(usize, usize, u64)> {
-    let access = access.context("no controller")?;
-    let mut client = access.admin_client().await.map_err(anyhow::Error::msg)?;
+async fn fleet_summary(access: &fleet_controller::ApiAccess) -> anyhow::Result<(usize, usize, u64)> {
+    let mut client = access.admin_client().await?;
     let nodes = client.list_nodes(ListNodesRequest::default()).await?.into_inner().nodes;
     let online =
         nodes.iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Online as i32)).count();

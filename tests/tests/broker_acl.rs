@@ -56,6 +56,32 @@ fn batch(node: &str, marker: f64) -> TelemetryBatch {
     }
 }
 
+/// Subscribes to every node's telemetry with the admin's rights and passes on
+/// (topic, value) of each `acl.marker` batch that reaches subscribers.
+async fn watch_markers(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, tokio::sync::mpsc::Receiver<(String, f64)>)> {
+    let (watch, mut wev) = connect(options("watch", port, user, password)).await.expect("admin");
+    watch.subscribe("fleet/v1/nodes/+/telemetry", QoS::AtLeastOnce).await?;
+    suback(&mut wev).await?;
+    let (seen_tx, seen) = tokio::sync::mpsc::channel::<(String, f64)>(1024);
+    let watcher = tokio::spawn(async move {
+        let _keep = watch;
+        while let Ok(e) = wev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e
+                && let Ok(m) = fleet_proto::v1::SignedMessage::decode(p.payload.as_ref())
+                && let Ok(b) = TelemetryBatch::decode(m.payload.as_slice())
+                && let Some(s) = b.samples.first().filter(|s| s.metric == "acl.marker")
+            {
+                let _ = seen_tx.send((p.topic.clone(), s.value)).await;
+            }
+        }
+    });
+    Ok((watcher, seen))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_dynsec_keeps_each_node_to_its_own_topics() -> anyhow::Result<()> {
     let mq = DynsecMosquitto::start().await?;
@@ -99,21 +125,7 @@ async fn mosquitto_dynsec_keeps_each_node_to_its_own_topics() -> anyhow::Result<
     let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
 
     // A watcher with the admin's rights sees what reaches the broker's subscribers.
-    let (watch, mut wev) = connect(options("watch", port, &mq.admin_user, &mq.admin_password)).await.expect("admin");
-    watch.subscribe("fleet/v1/nodes/+/telemetry", QoS::AtLeastOnce).await?;
-    suback(&mut wev).await?;
-    let (seen_tx, mut seen) = tokio::sync::mpsc::channel::<(String, f64)>(1024);
-    let watcher = tokio::spawn(async move {
-        while let Ok(e) = wev.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = e
-                && let Ok(m) = fleet_proto::v1::SignedMessage::decode(p.payload.as_ref())
-                && let Ok(b) = TelemetryBatch::decode(m.payload.as_slice())
-                && let Some(s) = b.samples.first().filter(|s| s.metric == "acl.marker")
-            {
-                let _ = seen_tx.send((p.topic.clone(), s.value)).await;
-            }
-        }
-    });
+    let (watcher, mut seen) = watch_markers(port, &mq.admin_user, &mq.admin_password).await?;
     // A forges a batch for B on B's topic: Mosquitto does not pass it on.
     let forged = sign(&a_key, "acl-b", MessageKind::Telemetry, 1, 1, batch("acl-b", 1.0).encode_to_vec());
     intruder.publish(node_topic("acl-b", Channel::Telemetry), QoS::AtLeastOnce, false, forged.encode_to_vec()).await?;

@@ -12,6 +12,49 @@ use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(15);
 
+/// Queries one node's temperature raw and in hourly buckets (from the 1 h
+/// rollups, which cover the raw points a job interval later).
+async fn query_raw_and_bucketed(api: &fleet_net::client::FleetClient, node: &str) -> anyhow::Result<()> {
+    let raw = api
+        .clone()
+        .query_telemetry(QueryTelemetryRequest {
+            node_id: node.to_owned(),
+            metric: "soc.temp_c".into(),
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+            bucket_s: 0,
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    assert!(raw.points.len() >= 3, "raw temperature points: {}", raw.points.len());
+    assert!(raw.points.iter().all(|p| p.count == 1 && p.avg > -50.0 && p.avg < 150.0));
+    // Hourly buckets come from the 1 h rollups, a job interval behind the raw rows.
+    let want = raw.points.len() as u64;
+    let bucketed = wait_for(T, "the hourly rollup to cover the raw points", || {
+        let mut api = api.clone();
+        let node_id = node.to_owned();
+        async move {
+            let r = api
+                .query_telemetry(QueryTelemetryRequest {
+                    node_id,
+                    metric: "soc.temp_c".into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 0,
+                    bucket_s: 3600,
+                    limit: 0,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.points.iter().map(|p| p.count).sum::<u64>() >= want).then_some(r)
+        }
+    })
+    .await?;
+    assert!(bucketed.points.len() <= 2, "{bucketed:?}");
+    Ok(())
+}
+
 /// Controller + 3 agents: all online, rows for each, a clean stop loses
 /// nothing, a crash turns offline through the last will.
 async fn three_agent_fleet(cfg: ControllerConfig, prefix: &str) -> anyhow::Result<()> {
@@ -43,43 +86,7 @@ async fn three_agent_fleet(cfg: ControllerConfig, prefix: &str) -> anyhow::Resul
         .await?;
     }
 
-    // Query the API: raw and bucketed.
-    let raw = api
-        .query_telemetry(QueryTelemetryRequest {
-            node_id: format!("{prefix}2"),
-            metric: "soc.temp_c".into(),
-            start_unix_ms: 0,
-            end_unix_ms: 0,
-            bucket_s: 0,
-            limit: 0,
-        })
-        .await?
-        .into_inner();
-    assert!(raw.points.len() >= 3, "raw temperature points: {}", raw.points.len());
-    assert!(raw.points.iter().all(|p| p.count == 1 && p.avg > -50.0 && p.avg < 150.0));
-    // Hourly buckets come from the 1 h rollups, a job interval behind the raw rows.
-    let want = raw.points.len() as u64;
-    let bucketed = wait_for(T, "the hourly rollup to cover the raw points", || {
-        let mut api = api.clone();
-        let node_id = format!("{prefix}2");
-        async move {
-            let r = api
-                .query_telemetry(QueryTelemetryRequest {
-                    node_id,
-                    metric: "soc.temp_c".into(),
-                    start_unix_ms: 0,
-                    end_unix_ms: 0,
-                    bucket_s: 3600,
-                    limit: 0,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (r.points.iter().map(|p| p.count).sum::<u64>() >= want).then_some(r)
-        }
-    })
-    .await?;
-    assert!(bucketed.points.len() <= 2, "{bucketed:?}");
+    query_raw_and_bucketed(&api, &format!("{prefix}2")).await?;
 
     // A clean stop: every sample taken is acknowledged and stored exactly once.
     let a0 = agents.remove(0);

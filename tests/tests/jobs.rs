@@ -46,31 +46,27 @@ async fn get(client: &mut Client, id: &str) -> anyhow::Result<JobView> {
     Ok(client.get_job(GetJobRequest { job_id: id.into() }).await?.into_inner())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::Result<()> {
-    let Some(models) = model_dir() else { return Ok(()) };
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let mut ccfg = controller_config(dir.path(), "", "");
-    ccfg.cloud.model_dir.clone_from(&models);
-    let c = Controller::start(ccfg, stop.clone()).await?;
-
-    // One node on a draining battery (saver), one hot (its limit is 40 °C:
-    // the simulated SoC runs warmer), one well.
-    let mut saver = agent_config("saver-pi", &c.mqtt_url, dir.path());
+/// One node on a draining battery (saver), one hot (its limit is 30 °C: the
+/// simulated SoC runs warmer), one well; returns once the controller sees them so.
+async fn three_nodes(
+    c: &Controller,
+    dir: &std::path::Path,
+    models: &std::path::Path,
+) -> anyhow::Result<(Vec<AgentHandle>, Client)> {
+    let mut saver = agent_config("saver-pi", &c.mqtt_url, dir);
     saver.hardware.sim_mains = false;
     saver.hardware.sim_initial_soc_pct = 30.0;
-    let mut hot = agent_config("hot-pi", &c.mqtt_url, dir.path());
+    let mut hot = agent_config("hot-pi", &c.mqtt_url, dir);
     hot.power.hot_c = 30.0;
     hot.power.critical_c = 95.0;
-    let good = agent_config("good-pi", &c.mqtt_url, dir.path());
+    let good = agent_config("good-pi", &c.mqtt_url, dir);
     let mut agents = Vec::new();
     for mut cfg in [saver, hot, good] {
-        cfg.inference.model_dir.clone_from(&models);
+        cfg.inference.model_dir = models.to_owned();
         cfg.labels.insert("site".into(), format!("site-{}", cfg.node_id));
         agents.push(AgentHandle::spawn(cfg));
     }
-    let mut client = grpc(&c).await?;
+    let mut client = grpc(c).await?;
     ready(&mut client, &["saver-pi", "hot-pi", "good-pi"]).await?;
     // Their first statuses may precede the first power decision: wait until
     // the controller sees the saver saving and the hot node's temperature.
@@ -86,6 +82,50 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
         }
     })
     .await?;
+
+    Ok((agents, client))
+}
+
+/// Every job is listed newest first and recorded in the store once, the
+/// refused submission (UNAVAILABLE) too.
+async fn every_job_recorded_once(c: &Controller, client: &Client) -> anyhow::Result<()> {
+    let listed = wait_for(Duration::from_secs(10), "jobs recorded", || {
+        let mut client = client.clone();
+        async move {
+            let jobs = client.list_jobs(ListJobsRequest::default()).await.ok()?.into_inner().jobs;
+            (jobs.len() == 5).then_some(jobs)
+        }
+    })
+    .await?;
+    assert!(listed.windows(2).all(|w| w[0].submitted_unix_ms >= w[1].submitted_unix_ms));
+    // ListJobs also reads the in-memory recent jobs: the recorder writes its
+    // batch to the table a moment later.
+    let fleet_controller::store::Store::Sqlite(pool) = &c.store else { unreachable!("SQLite here") };
+    let count = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(pool).await.ok() };
+    let rows = wait_for(Duration::from_secs(10), "5 job rows", || async { count().await.filter(|n| *n >= 5) }).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        (rows, count().await),
+        (5, Some(5)),
+        "the refused submission (UNAVAILABLE) is recorded too, every job once"
+    );
+    assert_eq!(listed.iter().filter(|j| j.status == JobStatus::Failed as i32).count(), 1);
+    let metrics = http_get(c.http_addr, "/metrics").await?;
+    assert_eq!(metric_value(&metrics, "fleet_jobs_joint_total"), 1.0);
+
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::Result<()> {
+    let Some(models) = model_dir() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let mut ccfg = controller_config(dir.path(), "", "");
+    ccfg.cloud.model_dir.clone_from(&models);
+    let c = Controller::start(ccfg, stop.clone()).await?;
+
+    let (agents, mut client) = three_nodes(&c, dir.path(), &models).await?;
 
     for (model, text) in [("minilm", "The fan is spinning faster than usual."), ("severity", "disk full, data lost")] {
         let v = client.submit_job(job(model, text)).await?.into_inner();
@@ -133,30 +173,7 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
     let v = client.submit_job(in_cloud).await?.into_inner();
     assert_eq!((v.status, v.site, v.embedding.len()), (JobStatus::Succeeded as i32, Site::Cloud as i32, 384));
 
-    // Recorded for the dashboard and audit: listed, and readable from the store.
-    let listed = wait_for(Duration::from_secs(10), "jobs recorded", || {
-        let mut client = client.clone();
-        async move {
-            let jobs = client.list_jobs(ListJobsRequest::default()).await.ok()?.into_inner().jobs;
-            (jobs.len() == 5).then_some(jobs)
-        }
-    })
-    .await?;
-    assert!(listed.windows(2).all(|w| w[0].submitted_unix_ms >= w[1].submitted_unix_ms));
-    // ListJobs also reads the in-memory recent jobs: the recorder writes its
-    // batch to the table a moment later.
-    let fleet_controller::store::Store::Sqlite(pool) = &c.store else { unreachable!("SQLite here") };
-    let count = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(pool).await.ok() };
-    let rows = wait_for(Duration::from_secs(10), "5 job rows", || async { count().await.filter(|n| *n >= 5) }).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        (rows, count().await),
-        (5, Some(5)),
-        "the refused submission (UNAVAILABLE) is recorded too, every job once"
-    );
-    assert_eq!(listed.iter().filter(|j| j.status == JobStatus::Failed as i32).count(), 1);
-    let metrics = http_get(c.http_addr, "/metrics").await?;
-    assert_eq!(metric_value(&metrics, "fleet_jobs_joint_total"), 1.0);
+    every_job_recorded_once(&c, &client).await?;
 
     for a in agents {
         a.stop().await?;

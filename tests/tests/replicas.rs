@@ -63,6 +63,107 @@ async fn rows(pool: &sqlx::PgPool) -> u64 {
         .unwrap_or(0)
 }
 
+/// Both replicas up (each logs its MQTT connection); on Kafka, each holds
+/// some of the group's partitions before agents start.
+async fn replicas_ready(replicas: &[Proc], path: Path2) -> anyhow::Result<()> {
+    for r in replicas {
+        wait_for(Duration::from_secs(30), "a replica connected", || async {
+            r.log_text().contains("Controller connected to the MQTT broker.").then_some(())
+        })
+        .await
+        .with_context(|| r.log_text())?;
+        if let Path2::Kafka = path {
+            wait_for(Duration::from_secs(60), "a replica holding Kafka partitions", || async {
+                let log = r.log_text();
+                let last = log.lines().rev().find(|l| l.contains("Kafka partitions assigned"))?;
+                last.contains("fleet.telemetry/").then_some(())
+            })
+            .await
+            .with_context(|| r.log_text())?;
+        }
+    }
+    Ok(())
+}
+
+fn start_agents(path: Path2, kafka: Option<&str>, broker: &str, dir: &std::path::Path) -> Vec<AgentHandle> {
+    (0..AGENTS)
+        .map(|i| {
+            let mut cfg = agent_config(&format!("pi-{i:02}"), broker, dir);
+            cfg.telemetry.interval = Duration::from_millis(25);
+            cfg.telemetry.flush_interval = Duration::from_millis(100);
+            cfg.telemetry.shutdown_grace = Duration::from_secs(30);
+            if let (Path2::Kafka, Some(b)) = (path, kafka) {
+                cfg.uplink = UplinkKind::Kafka;
+                cfg.kafka.brokers = b.to_owned();
+            }
+            AgentHandle::spawn(cfg)
+        })
+        .collect()
+}
+
+/// Waits until every produced sample is stored. A killed consumer's
+/// partitions move to the survivor after the group's session timeout; wait
+/// for what it then reads. Tansu 0.6 sometimes leaves a partition unassigned
+/// after a member died; a member joining again makes it rebalance, so a
+/// replacement that sees no progress for 20 s is restarted (at most 4
+/// times), as an orchestrator's probe would.
+async fn all_produced_stored(
+    pool: &sqlx::PgPool,
+    produced: u64,
+    path: Path2,
+    replicas: &mut Vec<Proc>,
+    (dir, config): (&std::path::Path, &std::path::Path),
+) -> anyhow::Result<()> {
+    let mut restarts = 0;
+    loop {
+        let stalled = wait_for(Duration::from_secs(20), "every produced sample stored", || async {
+            (rows(pool).await >= produced).then_some(())
+        })
+        .await;
+        if stalled.is_ok() {
+            return Ok(());
+        }
+        let before = rows(pool).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if rows(pool).await > before {
+            continue; // still moving
+        }
+        ensure!(
+            matches!(path, Path2::Kafka) && restarts < 4,
+            "{path:?}: {} of {produced} samples stored; survivor's log:\n{}",
+            rows(pool).await,
+            replicas[0].log_text()
+        );
+        restarts += 1;
+        println!("{path:?}: no progress at {before} of {produced} rows; restarting the replacement replica");
+        if let Some(mut last) = replicas.pop() {
+            last.kill9();
+        }
+        replicas.push(start_controller(dir, &format!("replica-a{}", restarts + 2), config)?);
+    }
+}
+
+/// Every agent's run is in the store exactly once: every seq from 0, no duplicate.
+async fn each_run_exactly_once(db_url: &str, reports: &[fleet_agent::AgentReport], path: Path2) -> anyhow::Result<u64> {
+    let runs = runs_in_db(db_url).await?;
+    let mut total = 0;
+    for r in reports {
+        ensure!(r.batches_kept == 0, "{path:?}: {} left batches unacknowledged", r.node_id);
+        let key = (r.node_id.clone(), r.boot_id.clone());
+        let got = runs.get(&key).with_context(|| format!("{path:?}: no rows for {key:?}"))?;
+        let taken = r.counters.samples_taken;
+        ensure!(
+            got.rows == taken && got.distinct_seqs == taken && got.min_seq == 0 && got.max_seq + 1 == taken,
+            "{path:?}: {} produced {taken} samples, the store has {got:?}",
+            r.node_id
+        );
+        total += taken;
+    }
+    ensure!(runs.len() == AGENTS, "{path:?}: rows of {} runs, expected {AGENTS}", runs.len());
+    ensure!(total >= SAMPLES);
+    Ok(total)
+}
+
 async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
@@ -75,37 +176,8 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
         configs.push(cfg);
     }
     let pool = sqlx::PgPool::connect(&db.url).await?;
-    // Both replicas up: each logs its MQTT connection.
-    for r in &replicas {
-        wait_for(Duration::from_secs(30), "a replica connected", || async {
-            r.log_text().contains("Controller connected to the MQTT broker.").then_some(())
-        })
-        .await
-        .with_context(|| r.log_text())?;
-        // On Kafka, each holds some of the group's partitions before agents start.
-        if let Path2::Kafka = path {
-            wait_for(Duration::from_secs(60), "a replica holding Kafka partitions", || async {
-                let log = r.log_text();
-                let last = log.lines().rev().find(|l| l.contains("Kafka partitions assigned"))?;
-                last.contains("fleet.telemetry/").then_some(())
-            })
-            .await
-            .with_context(|| r.log_text())?;
-        }
-    }
-
-    let mut agents = Vec::new();
-    for i in 0..AGENTS {
-        let mut cfg = agent_config(&format!("pi-{i:02}"), &mosquitto.url, dir.path());
-        cfg.telemetry.interval = Duration::from_millis(25);
-        cfg.telemetry.flush_interval = Duration::from_millis(100);
-        cfg.telemetry.shutdown_grace = Duration::from_secs(30);
-        if let (Path2::Kafka, Some(b)) = (path, kafka) {
-            cfg.uplink = UplinkKind::Kafka;
-            cfg.kafka.brokers = b.to_owned();
-        }
-        agents.push(AgentHandle::spawn(cfg));
-    }
+    replicas_ready(&replicas, path).await?;
+    let agents = start_agents(path, kafka, &mosquitto.url, dir.path());
 
     // Kill replica A once a fifth of the samples are stored.
     let started = Instant::now();
@@ -143,55 +215,9 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     for a in agents {
         reports.push(a.stop().await?);
     }
-    // A killed consumer's partitions move to the survivor after the group's
-    // session timeout; wait for what it then reads. Tansu 0.6 sometimes
-    // leaves a partition unassigned after a member died; a member joining
-    // again makes it rebalance, so a replacement that sees no progress for
-    // 20 s is restarted (at most 4 times), as an orchestrator's probe would.
     let produced: u64 = reports.iter().map(|r| r.counters.samples_taken).sum();
-    let mut restarts = 0;
-    loop {
-        let stalled = wait_for(Duration::from_secs(20), "every produced sample stored", || async {
-            (rows(&pool).await >= produced).then_some(())
-        })
-        .await;
-        if stalled.is_ok() {
-            break;
-        }
-        let before = rows(&pool).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        if rows(&pool).await > before {
-            continue; // still moving
-        }
-        ensure!(
-            matches!(path, Path2::Kafka) && restarts < 4,
-            "{path:?}: {} of {produced} samples stored; survivor's log:\n{}",
-            rows(&pool).await,
-            replicas[0].log_text()
-        );
-        restarts += 1;
-        println!("{path:?}: no progress at {before} of {produced} rows; restarting the replacement replica");
-        if let Some(mut last) = replicas.pop() {
-            last.kill9();
-        }
-        replicas.push(start_controller(dir.path(), &format!("replica-a{}", restarts + 2), &configs[0])?);
-    }
-    let runs = runs_in_db(&db.url).await?;
-    let mut total = 0;
-    for r in &reports {
-        ensure!(r.batches_kept == 0, "{path:?}: {} left batches unacknowledged", r.node_id);
-        let key = (r.node_id.clone(), r.boot_id.clone());
-        let got = runs.get(&key).with_context(|| format!("{path:?}: no rows for {key:?}"))?;
-        let taken = r.counters.samples_taken;
-        ensure!(
-            got.rows == taken && got.distinct_seqs == taken && got.min_seq == 0 && got.max_seq + 1 == taken,
-            "{path:?}: {} produced {taken} samples, the store has {got:?}",
-            r.node_id
-        );
-        total += taken;
-    }
-    ensure!(runs.len() == AGENTS, "{path:?}: rows of {} runs, expected {AGENTS}", runs.len());
-    ensure!(total >= SAMPLES);
+    all_produced_stored(&pool, produced, path, &mut replicas, (dir.path(), &configs[0])).await?;
+    let total = each_run_exactly_once(&db.url, &reports, path).await?;
     println!(
         "replicas over {path:?}: {AGENTS} agents, {total} samples, each stored exactly once; replica A killed at \
          {at_kill} rows, {:.1} s in",

@@ -48,6 +48,41 @@ async fn audit_has(admin: &FleetClient, actor: &str, action: &str, result_prefix
     .await
 }
 
+/// Rate limit per token (20/s with bursts of 40), health open without a
+/// token, plain HTTP/2 or an untrusted certificate refused with what to do.
+async fn limits_health_and_tls(
+    c: &Controller,
+    operator: &mut FleetClient,
+    admin: &mut FleetClient,
+) -> anyhow::Result<()> {
+    // The operator's next 100 calls are not all served.
+    let mut limited = 0;
+    for _ in 0..100 {
+        if let Err(e) = operator.list_nodes(ListNodesRequest::default()).await {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no call was rate limited");
+    let metrics = http_get(c.http_addr, "/metrics").await?;
+    assert!(metric_value(&metrics, "fleet_api_rejected_total{reason=\"rate_limited\"}") >= 1.0);
+    // Other tokens are not slowed by it.
+    admin.list_nodes(ListNodesRequest::default()).await?;
+
+    // Health and reflection stay open (over TLS, no token).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(c).await?);
+    health.check(tonic_health::pb::HealthCheckRequest { service: "fleet.v1.FleetService".into() }).await?;
+
+    // Plain HTTP/2 to the TLS port, or TLS without the CA: refused with what to do.
+    let plain = c.api.url.replace("https://", "http://");
+    let mut p = fleet_client(&plain, None, None).await.map_err(anyhow::Error::msg)?;
+    assert!(p.list_nodes(ListNodesRequest::default()).await.is_err());
+    let Err(e) = fleet_client(&c.api.url, None, None).await else { anyhow::bail!("untrusted certificate accepted") };
+    assert!(e.to_string().contains("certificate"), "{e}");
+
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_roles_tls_and_audit_on_the_real_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -111,30 +146,7 @@ async fn tokens_roles_tls_and_audit_on_the_real_server() -> anyhow::Result<()> {
     admin.revoke_api_token(RevokeApiTokenRequest { name: "dashboard".into() }).await?;
     assert_eq!(viewer.list_nodes(ListNodesRequest::default()).await.unwrap_err().code(), Code::Unauthenticated);
 
-    // Rate limit per token: 20/s with bursts of 40; the operator's next 100 calls are not all served.
-    let mut limited = 0;
-    for _ in 0..100 {
-        if let Err(e) = operator.list_nodes(ListNodesRequest::default()).await {
-            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-            limited += 1;
-        }
-    }
-    assert!(limited > 0, "no call was rate limited");
-    let metrics = http_get(c.http_addr, "/metrics").await?;
-    assert!(metric_value(&metrics, "fleet_api_rejected_total{reason=\"rate_limited\"}") >= 1.0);
-    // Other tokens are not slowed by it.
-    admin.list_nodes(ListNodesRequest::default()).await?;
-
-    // Health and reflection stay open (over TLS, no token).
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&c).await?);
-    health.check(tonic_health::pb::HealthCheckRequest { service: "fleet.v1.FleetService".into() }).await?;
-
-    // Plain HTTP/2 to the TLS port, or TLS without the CA: refused with what to do.
-    let plain = c.api.url.replace("https://", "http://");
-    let mut p = fleet_client(&plain, None, None).await.map_err(anyhow::Error::msg)?;
-    assert!(p.list_nodes(ListNodesRequest::default()).await.is_err());
-    let Err(e) = fleet_client(&c.api.url, None, None).await else { anyhow::bail!("untrusted certificate accepted") };
-    assert!(e.to_string().contains("certificate"), "{e}");
+    limits_health_and_tls(&c, &mut operator, &mut admin).await?;
 
     // Restart: the same CA and admin token; no second admin token is made.
     stop.cancel();
@@ -149,6 +161,44 @@ async fn tokens_roles_tls_and_audit_on_the_real_server() -> anyhow::Result<()> {
     stop.cancel();
     c.wait().await;
     Ok(())
+}
+
+/// Every way an enrollment is refused, each saying why: enrolled already
+/// (no --force), a used, unknown, revoked or expired token, a node id that
+/// is taken (before the token is spent). Returns the revoked token's id.
+async fn every_refusal(
+    opts: &impl Fn(&str, &str) -> EnrollOptions,
+    admin: &mut FleetClient,
+    used_token: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    // Enrolled again without --force: refused on the node.
+    let err = enroll(&opts(used_token, "pi-a")).await.unwrap_err().to_string();
+    assert!(err.contains("enrolled already") && err.contains("--force"), "{err}");
+    // The used token, for another node: refused.
+    let err = enroll(&opts(used_token, "pi-b")).await.unwrap_err().to_string();
+    assert!(err.contains("PermissionDenied") && err.contains("already used"), "{err}");
+    // Unknown, revoked and expired tokens: refused, each saying so.
+    let err = enroll(&opts("fbt_nonsense", "pi-b")).await.unwrap_err().to_string();
+    assert!(err.contains("unknown bootstrap token"), "{err}");
+    let revoked = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner();
+    admin.revoke_bootstrap_token(RevokeBootstrapTokenRequest { token_id: revoked.token_id.clone() }).await?;
+    let err = enroll(&opts(&revoked.token, "pi-b")).await.unwrap_err().to_string();
+    assert!(err.contains("revoked"), "{err}");
+    let short = admin.create_bootstrap_token(CreateBootstrapTokenRequest { ttl_s: 1, ..Default::default() }).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = enroll(&opts(&short.into_inner().token, "pi-b")).await.unwrap_err().to_string();
+    assert!(err.contains("expired"), "{err}");
+    // A node id that is taken: refused before the token is spent.
+    let fresh = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner();
+    let mut taken = opts(&fresh.token, "pi-a");
+    taken.dir = dir.join("pi-a-copy");
+    let err = enroll(&taken).await.unwrap_err().to_string();
+    assert!(err.contains("AlreadyExists"), "{err}");
+    let e2 = enroll(&opts(&fresh.token, "pi-b")).await?;
+    assert_eq!(e2.overlay_address, "10.77.0.3");
+
+    Ok(revoked.token_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,37 +247,13 @@ async fn bootstrap_tokens_enroll_a_node_once() -> anyhow::Result<()> {
     assert_eq!(id.signing_key, keys.signing_public_base64());
     assert_ne!(id.broker_hash, e.broker_password);
 
-    // Enrolled again without --force: refused on the node.
-    let err = enroll(&opts(&t.token, "pi-a")).await.unwrap_err().to_string();
-    assert!(err.contains("enrolled already") && err.contains("--force"), "{err}");
-    // The used token, for another node: refused.
-    let err = enroll(&opts(&t.token, "pi-b")).await.unwrap_err().to_string();
-    assert!(err.contains("PermissionDenied") && err.contains("already used"), "{err}");
-    // Unknown, revoked and expired tokens: refused, each saying so.
-    let err = enroll(&opts("fbt_nonsense", "pi-b")).await.unwrap_err().to_string();
-    assert!(err.contains("unknown bootstrap token"), "{err}");
-    let revoked = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner();
-    admin.revoke_bootstrap_token(RevokeBootstrapTokenRequest { token_id: revoked.token_id.clone() }).await?;
-    let err = enroll(&opts(&revoked.token, "pi-b")).await.unwrap_err().to_string();
-    assert!(err.contains("revoked"), "{err}");
-    let short = admin.create_bootstrap_token(CreateBootstrapTokenRequest { ttl_s: 1, ..Default::default() }).await?;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let err = enroll(&opts(&short.into_inner().token, "pi-b")).await.unwrap_err().to_string();
-    assert!(err.contains("expired"), "{err}");
-    // A node id that is taken: refused before the token is spent.
-    let fresh = admin.create_bootstrap_token(CreateBootstrapTokenRequest::default()).await?.into_inner();
-    let mut taken = opts(&fresh.token, "pi-a");
-    taken.dir = dir.path().join("pi-a-copy");
-    let err = enroll(&taken).await.unwrap_err().to_string();
-    assert!(err.contains("AlreadyExists"), "{err}");
-    let e2 = enroll(&opts(&fresh.token, "pi-b")).await?;
-    assert_eq!(e2.overlay_address, "10.77.0.3");
+    let revoked = every_refusal(&opts, &mut admin, &t.token, dir.path()).await?;
 
     let tokens = admin.list_bootstrap_tokens(ListBootstrapTokensRequest {}).await?.into_inner().tokens;
     let used: Vec<_> = tokens.iter().filter(|t| t.used_unix_ms != 0).map(|t| t.used_by.as_str()).collect();
     assert_eq!(used.len(), 2, "{used:?}");
     assert!(used.contains(&"pi-a") && used.contains(&"pi-b"));
-    assert!(tokens.iter().any(|t| t.token_id == revoked.token_id && t.revoked_unix_ms != 0));
+    assert!(tokens.iter().any(|t| t.token_id == revoked && t.revoked_unix_ms != 0));
 
     // The enrolled agent runs on what it was given (node id, broker, labels).
     let mut acfg = agent_config("", &c.mqtt_url, dir.path());

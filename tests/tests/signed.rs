@@ -76,6 +76,41 @@ fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKe
     Ok(fleet_agent::identity::Identity::load(dir)?.signing_key().clone())
 }
 
+/// Revoking A: within 5 s its rows stop, B's go on, no job goes to A any more.
+async fn revoke_stops_rows_and_jobs(c: &Controller) -> anyhow::Result<()> {
+    let mut admin = grpc(c).await?;
+    let pinned = || SubmitJobRequest {
+        model: "severity".into(),
+        text: "disk full".into(),
+        constraints: Some(JobConstraints {
+            node_id: "sig-a".into(),
+            placement: Placement::EdgeOnly as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    wait_for(T, "a job pinned to A runs on A", || {
+        let mut admin = admin.clone();
+        async move {
+            let v = admin.submit_job(pinned()).await.ok()?.into_inner();
+            (v.status == JobStatus::Succeeded as i32 && v.node_id == "sig-a").then_some(())
+        }
+    })
+    .await?;
+    admin.revoke_node(RevokeNodeRequest { node_id: "sig-a".into() }).await?;
+    let e = admin.submit_job(pinned()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (a0, b0) = (c.store.count_samples(Some("sig-a")).await?, c.store.count_samples(Some("sig-b")).await?);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a1, b1) = (c.store.count_samples(Some("sig-a")).await?, c.store.count_samples(Some("sig-b")).await?);
+    assert_eq!(a0, a1, "rows of the revoked node kept arriving");
+    assert!(b1 > b0, "the other node's rows stopped: {b0} -> {b1}");
+    assert!(dropped(c, "revoked").await? >= 1.0);
+
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_unsigned_replayed_and_revoked_are_dropped_on_the_embedded_broker() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -151,36 +186,7 @@ async fn forged_unsigned_replayed_and_revoked_are_dropped_on_the_embedded_broker
     assert_eq!(forged_points(&c, "sig-b").await?, 0, "a forged row was stored");
     assert_eq!(forged_points(&c, "ghost").await?, 0);
 
-    // Revoke A: within 5 s its rows stop; B's go on; no job goes to A any more.
-    let mut admin = grpc(&c).await?;
-    let pinned = || SubmitJobRequest {
-        model: "severity".into(),
-        text: "disk full".into(),
-        constraints: Some(JobConstraints {
-            node_id: "sig-a".into(),
-            placement: Placement::EdgeOnly as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    wait_for(T, "a job pinned to A runs on A", || {
-        let mut admin = admin.clone();
-        async move {
-            let v = admin.submit_job(pinned()).await.ok()?.into_inner();
-            (v.status == JobStatus::Succeeded as i32 && v.node_id == "sig-a").then_some(())
-        }
-    })
-    .await?;
-    admin.revoke_node(RevokeNodeRequest { node_id: "sig-a".into() }).await?;
-    let e = admin.submit_job(pinned()).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (a0, b0) = (c.store.count_samples(Some("sig-a")).await?, c.store.count_samples(Some("sig-b")).await?);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (a1, b1) = (c.store.count_samples(Some("sig-a")).await?, c.store.count_samples(Some("sig-b")).await?);
-    assert_eq!(a0, a1, "rows of the revoked node kept arriving");
-    assert!(b1 > b0, "the other node's rows stopped: {b0} -> {b1}");
-    assert!(dropped(&c, "revoked").await? >= 1.0);
+    revoke_stops_rows_and_jobs(&c).await?;
 
     pump.abort();
     a.crash();

@@ -171,12 +171,12 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     let driver = tokio::spawn(drive(
         eventloop,
         client.clone(),
-        [
-            node_topic(node_id, Channel::Ack),
-            node_topic(node_id, Channel::Desired),
-            node_topic(node_id, Channel::Jobs),
-            node_topic(node_id, Channel::Key),
-        ],
+        Topics {
+            ack: node_topic(node_id, Channel::Ack),
+            desired: node_topic(node_id, Channel::Desired),
+            jobs: node_topic(node_id, Channel::Jobs),
+            key: node_topic(node_id, Channel::Key),
+        },
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
         ack_tx,
@@ -196,10 +196,52 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     }
 }
 
+/// The topics the controller sends this node.
+struct Topics {
+    ack: String,
+    desired: String,
+    jobs: String,
+    key: String,
+}
+
+/// What a publish from the controller is, if it is one the agent takes.
+/// Retained messages cleared (empty) and undecodable ones are ignored (logged).
+fn inbound(p: &rumqttc::Publish, t: &Topics) -> Option<UplinkEvent> {
+    let decoded = if p.topic == t.ack {
+        Ack::decode(p.payload.clone()).map(UplinkEvent::Ack)
+    } else if p.payload.is_empty() {
+        return None;
+    } else if p.topic == t.desired {
+        fleet_proto::v1::DesiredState::decode(p.payload.clone()).map(UplinkEvent::Desired)
+    } else if p.topic == t.key {
+        fleet_proto::v1::KeyRotation::decode(p.payload.clone()).map(UplinkEvent::KeyRotation)
+    } else if p.topic == t.jobs {
+        fleet_proto::v1::Job::decode(p.payload.clone()).map(|j| UplinkEvent::Job(Box::new(j)))
+    } else {
+        return None;
+    };
+    decoded
+        .map_err(|e| tracing::warn!(error = %e, topic = %p.topic, "Undecodable message from the controller ignored."))
+        .ok()
+}
+
+/// Hands an event to the agent loop without waiting; a full queue drops it
+/// (acks: a later one covers the same seqs; desired state and key rotation:
+/// retained, they come again; jobs: unanswered, the controller re-routes them).
+fn queue(tx: &mpsc::Sender<UplinkEvent>, ev: UplinkEvent) {
+    if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+        match ev {
+            UplinkEvent::Ack(_) => tracing::debug!("Ack queue full; the ack is dropped (a later one covers it)."),
+            UplinkEvent::Job(_) => tracing::warn!("Queue full; an inference job is dropped."),
+            _ => tracing::warn!("Queue full; a retained message is dropped (it comes again)."),
+        }
+    }
+}
+
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    [ack_topic, desired_topic, jobs_topic, key_topic]: [String; 4],
+    topics: Topics,
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
     ack_tx: mpsc::Sender<UplinkEvent>,
@@ -214,7 +256,7 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
-                for t in [&ack_topic, &desired_topic, &jobs_topic, &key_topic] {
+                for t in [&topics.ack, &topics.desired, &topics.jobs, &topics.key] {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
                     }
@@ -225,47 +267,9 @@ async fn drive(
                 });
                 tracing::info!("Connected to the MQTT broker.");
             }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match Ack::decode(p.payload) {
-                Ok(ack) => {
-                    if ack_tx.try_send(UplinkEvent::Ack(ack)).is_err() {
-                        tracing::debug!("Ack queue full; the ack is dropped (a later one covers it).");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Undecodable ack from the controller ignored.")
-                }
-            },
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic && !p.payload.is_empty() => {
-                match fleet_proto::v1::DesiredState::decode(p.payload) {
-                    Ok(d) => {
-                        if ack_tx.try_send(UplinkEvent::Desired(d)).is_err() {
-                            tracing::warn!("Queue full; a desired state is dropped (it is retained and comes again).");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Undecodable desired state ignored."),
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == key_topic && !p.payload.is_empty() => {
-                match fleet_proto::v1::KeyRotation::decode(p.payload) {
-                    Ok(k) => {
-                        if ack_tx.try_send(UplinkEvent::KeyRotation(k)).is_err() {
-                            tracing::warn!(
-                                "Queue full; a key rotation step is dropped (it is retained and comes again)."
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Undecodable key rotation ignored."),
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == jobs_topic => {
-                match fleet_proto::v1::Job::decode(p.payload) {
-                    Ok(j) => {
-                        if ack_tx.try_send(UplinkEvent::Job(Box::new(j))).is_err() {
-                            // Not answered: the controller gives the job to another node after its attempt timeout.
-                            tracing::warn!("Queue full; an inference job is dropped.");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Undecodable job ignored."),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(ev) = inbound(&p, &topics) {
+                    queue(&ack_tx, ev);
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
