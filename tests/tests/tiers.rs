@@ -155,3 +155,25 @@ async fn sqlite_and_postgres_answer_the_same_and_match_the_samples() -> anyhow::
     pool.close().await;
     db.cleanup().await
 }
+
+/// Replicas start at the same moment on a new database (a deployment rolls
+/// them out together): each opens the store, makes the schema and the days'
+/// partitions, and neither fails on what the other made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_opening_a_new_postgres_database_at_once_both_start() -> anyhow::Result<()> {
+    for round in 0..5 {
+        let db = TestDb::create().await?;
+        let cfg = StorageConfig { timescaledb: false, partitions_ahead_days: 5, ..Default::default() };
+        let (a, b, c) = tokio::join!(
+            Store::open_postgres(&db.url, &cfg),
+            Store::open_postgres(&db.url, &cfg),
+            Store::open_postgres(&db.url, &cfg)
+        );
+        for (name, s) in [("first", a), ("second", b), ("third", c)] {
+            let s = s.map_err(|e| anyhow::anyhow!("round {round}: the {name} replica failed to open: {e}"))?;
+            assert_eq!(s.backend(), "postgres");
+        }
+        db.cleanup().await?;
+    }
+    Ok(())
+}

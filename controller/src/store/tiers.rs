@@ -22,6 +22,8 @@ const ROLLUP_LOCK: i64 = 0x666c_6565_746a_6f62;
 /// the replica holding it runs partition upkeep, rollups and retention.
 pub const JOB_LOCK: i64 = 0x666c_6565_7470_7274;
 const DAY_MS: i64 = 86_400_000;
+/// PostgreSQL's SQLSTATE for a table that exists already.
+const DUPLICATE_TABLE: &str = "42P07";
 
 /// `[storage]`: rollups and retention.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -348,7 +350,7 @@ impl Store {
         let Store::Postgres(p, PgFlavour::Plain) = self else { return Ok(0) };
         let today = now_ms.div_euclid(DAY_MS) * DAY_MS;
         let mut made = 0;
-        for d in 0..=i64::from(cfg.partitions_ahead_days) {
+        'days: for d in 0..=i64::from(cfg.partitions_ahead_days) {
             let lo = today + d * DAY_MS;
             let (name, lo_lit, hi_lit): (String, String, String) = sqlx::query_as(
                 "SELECT 'telemetry_p' || to_char(d, 'YYYYMMDD'), to_char(d, 'YYYY-MM-DD') || ' 00:00:00+00', \
@@ -384,7 +386,16 @@ impl Store {
                 ),
                 format!("ALTER TABLE telemetry ATTACH PARTITION {name} FOR VALUES FROM ('{lo_lit}') TO ('{hi_lit}')"),
             ] {
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+                    Ok(_) => {}
+                    // Another replica made it a moment ago: the lock does not refresh this
+                    // session's view of the catalog, so the check above can miss it.
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DUPLICATE_TABLE) => {
+                        tracing::debug!(partition = %name, "Partition made by another replica meanwhile.");
+                        continue 'days;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             tx.commit().await?;
             tracing::info!(partition = %name, "Created a telemetry partition.");
