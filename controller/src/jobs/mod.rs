@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_inference::{Pool, Ran, RunError};
-use fleet_proto::v1::{JobResult, JobStatus, JobTimings, JobView, Placement, Site, SubmitJobRequest};
+use fleet_proto::v1::{JobResult, JobStatus, JobTimings, JobView, Node, Placement, Site, SubmitJobRequest};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -101,6 +101,8 @@ impl JobsConfig {
 pub struct JobTasks {
     manager: JobManager,
     registry: Registry,
+    /// The live view's changes since the router was seeded.
+    changes: tokio::sync::broadcast::Receiver<Node>,
     cloud_rx: mpsc::Receiver<CloudDone>,
     record_rx: mpsc::Receiver<JobView>,
 }
@@ -110,7 +112,7 @@ impl JobTasks {
     pub async fn run(self, shutdown: CancellationToken) {
         let m = self.manager;
         tokio::join!(
-            m.clone().follow(self.registry, shutdown.clone()),
+            m.clone().follow(self.registry, self.changes, shutdown.clone()),
             m.clone().sweep(shutdown.clone()),
             m.clone().cloud_answers(self.cloud_rx, shutdown.clone()),
             m.recorder(self.record_rx, shutdown),
@@ -197,6 +199,7 @@ impl JobManager {
         let (cloud_done, cloud_rx) = mpsc::channel(1024);
         let (record, record_rx) = mpsc::channel(cfg.record_queue.max(1));
         let mut router = Router::new(router);
+        let changes = registry.subscribe();
         for n in registry.list() {
             if let Some(s) = &n.status {
                 router.observe(s);
@@ -220,7 +223,7 @@ impl JobManager {
                 tasks: tasks.clone(),
             }),
         };
-        let run = JobTasks { manager: m.clone(), registry, cloud_rx, record_rx };
+        let run = JobTasks { manager: m.clone(), registry, changes, cloud_rx, record_rx };
         (m, run)
     }
 

@@ -14,9 +14,15 @@ use crate::registry::Registry;
 use crate::router::Target;
 
 impl JobManager {
-    /// Follows the live view: every status into the router; offline nodes lose their jobs.
-    pub(super) async fn follow(self, registry: Registry, shutdown: CancellationToken) {
-        let mut changes = registry.subscribe();
+    /// Follows the live view (`changes` taken when the router was seeded, so
+    /// nothing in between is missed): every status into the router; offline
+    /// nodes lose their jobs.
+    pub(super) async fn follow(
+        self,
+        registry: Registry,
+        mut changes: tokio::sync::broadcast::Receiver<Node>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let n: Node = tokio::select! {
                 () = shutdown.cancelled() => return,
