@@ -6,7 +6,7 @@ use fleet_proto::v1::{GetNodeRequest, ListNodesRequest, RevokeNodeRequest, Rotat
 
 use super::args::Output;
 use super::error::CtlError;
-use super::output::{node_json, node_table, pretty, state_name};
+use super::output::{node_json, node_table, pretty, watch_line};
 
 #[derive(Subcommand)]
 pub enum NodesCommand {
@@ -46,7 +46,7 @@ pub async fn run(client: &mut FleetClient, command: NodesCommand, out: Output) -
                 if out == Output::Json {
                     println!("{}", serde_json::to_string(&node_json(&n))?);
                 } else {
-                    println!("{} {:<24} {}", fleet_proto::now_unix_ms(), n.node_id, state_name(&n));
+                    println!("{}", watch_line(&n, fleet_proto::now_unix_ms()));
                 }
             }
         }

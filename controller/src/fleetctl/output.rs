@@ -96,6 +96,12 @@ pub fn node_table(nodes: &[Node], now_ms: i64) -> String {
     out
 }
 
+/// One line of `nodes watch`: when, which node, its state.
+#[must_use]
+pub fn watch_line(n: &Node, now_ms: i64) -> String {
+    format!("{} {:<24} {}", now_ms, n.node_id, state_name(n))
+}
+
 /// Bootstrap tokens with their state at `now_ms`.
 #[must_use]
 pub fn token_table(tokens: &[BootstrapTokenInfo], now_ms: i64) -> String {

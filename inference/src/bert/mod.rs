@@ -126,6 +126,28 @@ pub struct Bert {
     layers: Vec<Layer>,
 }
 
+/// The activation of a config this encoder implements; what it does not, named.
+fn supported(config: &BertConfig) -> Result<Activation, BertError> {
+    let h = config.hidden_size;
+    if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
+        return Err(BertError::Model(format!(
+            "hidden_size {h} is not a multiple of num_attention_heads {}",
+            config.num_attention_heads
+        )));
+    }
+    if config.position_embedding_type != "absolute" {
+        return Err(BertError::Model(format!(
+            "position_embedding_type {:?} is not supported (only \"absolute\")",
+            config.position_embedding_type
+        )));
+    }
+    match config.hidden_act.as_str() {
+        "gelu" => Ok(Activation::Gelu),
+        "relu" => Ok(Activation::Relu),
+        other => Err(BertError::Model(format!("hidden_act {other:?} is not supported (only \"gelu\" and \"relu\")"))),
+    }
+}
+
 impl Bert {
     /// Builds the encoder from a config and the model's tensors (names as in
     /// Hugging Face checkpoints, with or without a `bert.` prefix).
@@ -135,27 +157,7 @@ impl Bert {
     /// mis-shaped tensor, named in the message.
     pub fn new(config: &BertConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self, BertError> {
         let h = config.hidden_size;
-        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
-            return Err(BertError::Model(format!(
-                "hidden_size {h} is not a multiple of num_attention_heads {}",
-                config.num_attention_heads
-            )));
-        }
-        if config.position_embedding_type != "absolute" {
-            return Err(BertError::Model(format!(
-                "position_embedding_type {:?} is not supported (only \"absolute\")",
-                config.position_embedding_type
-            )));
-        }
-        let activation = match config.hidden_act.as_str() {
-            "gelu" => Activation::Gelu,
-            "relu" => Activation::Relu,
-            other => {
-                return Err(BertError::Model(format!(
-                    "hidden_act {other:?} is not supported (only \"gelu\" and \"relu\")"
-                )));
-            }
-        };
+        let activation = supported(config)?;
         let prefix = if tensors.keys().any(|k| k.starts_with("bert.")) { "bert." } else { "" };
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, BertError> {
             let full = format!("{prefix}{name}");

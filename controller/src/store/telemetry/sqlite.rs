@@ -2,10 +2,12 @@
 
 use fleet_proto::v1::TelemetryBatch;
 use sqlx::QueryBuilder;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::SqlitePool;
 
 use super::marks::{RunRange, STORED_RANGES, Written, apply_runs, run_keys, stored_marks};
 use crate::ControllerError;
+use crate::store::acks::RunMark;
 use crate::store::{i64_of, tiers};
 
 /// Rows per INSERT statement on SQLite (6 binds a row, well under its 32766 limit).
@@ -47,6 +49,17 @@ pub(super) async fn write(
         .execute(&mut *tx)
         .await?;
     }
+    let marks = read_marks(&mut tx, runs).await?;
+    save_marks(&mut tx, &marks, now).await?;
+    tx.commit().await?;
+    Ok(Written { inserted, marks })
+}
+
+/// Each run's stored mark with `runs` applied (the write lock is held: they cannot change meanwhile).
+async fn read_marks(
+    tx: &mut SqliteConnection,
+    runs: &[RunRange],
+) -> Result<Vec<(String, String, RunMark)>, ControllerError> {
     let keys = run_keys(runs);
     let mut state = Vec::with_capacity(keys.len());
     let mut ranges = Vec::new();
@@ -67,8 +80,16 @@ pub(super) async fn write(
         .await?;
         ranges.extend(r);
     }
-    let marks = apply_runs(&keys, stored_marks(state, ranges), runs);
-    for (n, b, m) in &marks {
+    Ok(apply_runs(&keys, stored_marks(state, ranges), runs))
+}
+
+/// Stores each run's new watermark and its ranges above it.
+async fn save_marks(
+    tx: &mut SqliteConnection,
+    marks: &[(String, String, RunMark)],
+    now: i64,
+) -> Result<(), ControllerError> {
+    for (n, b, m) in marks {
         sqlx::query(
             "INSERT INTO ack_state (node_id, boot_id, up_to_seq, updated_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (node_id, boot_id) DO UPDATE SET up_to_seq = excluded.up_to_seq, updated_ms = excluded.updated_ms",
@@ -94,6 +115,5 @@ pub(super) async fn write(
                 .await?;
         }
     }
-    tx.commit().await?;
-    Ok(Written { inserted, marks })
+    Ok(())
 }
