@@ -3,7 +3,6 @@
 //! runs from it (offline autonomy), say what runs (`Applier`); the agent
 //! applies what it accepts.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,17 +67,12 @@ pub fn load(data_dir: &Path) -> Option<DesiredState> {
     }
 }
 
-/// Keeps a desired state on disk, atomically (write, fsync, rename).
+/// Keeps a desired state on disk, durably (`durable::replace`).
 ///
 /// # Errors
 /// Disk errors.
 pub fn store(data_dir: &Path, d: &DesiredState) -> std::io::Result<()> {
-    let path = data_dir.join(DESIRED_FILE);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&d.encode_to_vec())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::durable::replace(&data_dir.join(DESIRED_FILE), &d.encode_to_vec(), 0o644)
 }
 
 /// What taking a desired state came to.

@@ -6,8 +6,7 @@
 //! Files: `wg.key` (base64, as `wg genkey` writes it) and `signing.key` (the
 //! 32-byte Ed25519 seed, base64), both mode 0600, written atomically.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -150,19 +149,10 @@ pub fn promote_next_wg(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Writes a secret file mode 0600 from the start (never briefly readable),
-/// flushed to disk, then renamed over the old one.
+/// durably (`durable::replace`).
 pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {
-    let io = |source| IdentityError::Io { path: path.into(), source };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
-    f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
+    crate::durable::replace(path, format!("{text}\n").as_bytes(), 0o600)
+        .map_err(|source| IdentityError::Io { path: path.into(), source })
 }
 
 pub(crate) fn read_secret(path: &Path) -> Result<String, IdentityError> {

@@ -16,6 +16,12 @@ use super::record;
 use super::segment::{self, HEADER_LEN, MAX_RECORD};
 use super::types::{Appended, Position, SpoolConfig, SpoolError, SpoolStats, io_err};
 
+/// The log target of one line per append and per fsync (`batch` numbers the
+/// appends of this process; `through_batch` says every append up to it is on
+/// disk): `RUST_LOG=fleet_agent::spool::durability=debug`. The power-cut tests
+/// read it to know what the agent had made durable before its power went.
+const DURABILITY: &str = "fleet_agent::spool::durability";
+
 /// One segment file and its length (valid bytes).
 #[derive(Debug, Clone)]
 pub(super) struct SegInfo {
@@ -100,7 +106,7 @@ pub(super) fn decode_cursor(b: &[u8]) -> Option<Position> {
 
 /// Makes a directory's entries durable (a new or renamed file in it).
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Creates (or opens) segment `id` for appends.
@@ -253,6 +259,8 @@ impl Log {
         self.unsynced += rec;
         self.pending += 1;
         self.stats.appended_batches += 1;
+        tracing::debug!(target: DURABILITY, batch = self.stats.appended_batches, boot_id = %batch.boot_id,
+            first_seq = batch.first_seq, samples = batch.samples.len(), bytes = rec, "spool appended");
         if self.cfg.fsync_interval.is_zero() || self.unsynced >= self.cfg.fsync_bytes {
             self.sync()?;
         }
@@ -278,6 +286,7 @@ impl Log {
         self.unsynced = 0;
         self.last_sync = Instant::now();
         self.stats.fsyncs += 1;
+        tracing::debug!(target: DURABILITY, through_batch = self.stats.appended_batches, "spool synced");
         Ok(())
     }
 
@@ -373,10 +382,8 @@ impl Log {
         if self.acked == self.durable && self.cursor_path.exists() {
             return Ok(());
         }
-        let tmp = self.cursor_path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&encode_cursor(self.acked)).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &self.cursor_path).map_err(io_err(&self.cursor_path))?;
+        crate::durable::replace(&self.cursor_path, &encode_cursor(self.acked), 0o644)
+            .map_err(io_err(&self.cursor_path))?;
         self.durable = self.acked;
         Ok(())
     }

@@ -30,16 +30,14 @@ fn quarantine(path: &Path, qdir: &Path, good: u64, file_len: u64, reason: &str) 
         moved_to = %dest.display(),
         "Spool: corrupt segment quarantined; batches in that byte range are lost, the rest is delivered.");
     fs::rename(path, &dest).map_err(io_err(path))?;
+    sync_dir(qdir)?;
     let mut src = File::open(&dest).map_err(io_err(&dest))?;
     let tmp = path.with_extension("salvage");
     let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
     std::io::copy(&mut std::io::Read::take(&mut src, good), &mut out).map_err(io_err(&tmp))?;
     out.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    crate::durable::sync_parent(path).map_err(io_err(path))
 }
 
 /// The segments left, and the intact records of each (by segment id).

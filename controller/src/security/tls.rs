@@ -8,7 +8,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use sha2::{Digest, Sha256};
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use super::files::write_private;
+use super::files::{create_dir, write_private, write_public};
 use super::{SecurityConfig, TlsMode};
 use crate::ControllerError;
 
@@ -85,7 +85,7 @@ pub fn server_tls(cfg: &SecurityConfig, data_dir: &Path) -> Result<Option<Server
 fn auto(cfg: &SecurityConfig, dir: &Path) -> Result<ServerTls, ControllerError> {
     let err =
         |e: rcgen::Error| ControllerError::Config(format!("making the TLS certificates in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    create_dir(dir).map_err(|e| io("cannot create", dir, e))?;
     let (ca_key_path, ca_path) = (dir.join("ca.key"), dir.join("ca.pem"));
     let ca_key = if ca_key_path.exists() {
         let pem = std::fs::read_to_string(&ca_key_path).map_err(|e| io("cannot read", &ca_key_path, e))?;
@@ -102,12 +102,25 @@ fn auto(cfg: &SecurityConfig, dir: &Path) -> Result<ServerTls, ControllerError> 
         k
     };
     let ca_params = ca_params().map_err(err)?;
-    let ca_pem = if ca_path.exists() {
-        std::fs::read_to_string(&ca_path).map_err(|e| io("cannot read", &ca_path, e))?
-    } else {
-        let cert = ca_params.self_signed(&ca_key).map_err(err)?;
-        std::fs::write(&ca_path, cert.pem()).map_err(|e| io("cannot write", &ca_path, e))?;
-        cert.pem()
+    let existing = match std::fs::read_to_string(&ca_path) {
+        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+        Ok(_) => {
+            // Only a crash while it was first written leaves it so (the key is
+            // written first): made again from the same key and names, every
+            // client that trusted it still does.
+            tracing::warn!(path = %ca_path.display(), "The CA certificate is empty or damaged: made again from ca.key.");
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("cannot read", &ca_path, e)),
+    };
+    let ca_pem = match existing {
+        Some(pem) => pem,
+        None => {
+            let cert = ca_params.self_signed(&ca_key).map_err(err)?;
+            write_public(&ca_path, cert.pem().as_bytes()).map_err(|e| io("cannot write", &ca_path, e))?;
+            cert.pem()
+        }
     };
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     // A fresh server certificate every start: names follow the config, and no
@@ -124,4 +137,30 @@ fn auto(cfg: &SecurityConfig, dir: &Path) -> Result<ServerTls, ControllerError> 
         ca_pem: Some(ca_pem),
         fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_ca_certificate_is_made_again_from_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SecurityConfig::default();
+        let first = auto(&cfg, dir.path()).unwrap();
+        let key = std::fs::read(dir.path().join("ca.key")).unwrap();
+        // What a power cut while the certificate was first written leaves.
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let second = auto(&cfg, dir.path()).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        assert!(pem.contains("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(second.ca_pem.as_deref(), Some(pem.as_str()));
+        assert_eq!(std::fs::read(dir.path().join("ca.key")).unwrap(), key, "the key is kept");
+        assert!(first.ca_pem.is_some());
+        // Same key, same subject: the public key inside both certificates is the same.
+        let k = KeyPair::from_pem(&String::from_utf8(key).unwrap()).unwrap();
+        let raw = k.public_key_raw();
+        let holds_key = |pem: &str| pem_der(pem).windows(raw.len()).any(|w| w == raw);
+        assert!(holds_key(first.ca_pem.as_deref().unwrap()) && holds_key(&pem));
+    }
 }

@@ -74,7 +74,10 @@ impl Store {
             .filename(data_dir.join("fleet.db"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk when it returns. The ack an agent gets
+            // after a commit makes it delete the rows; under NORMAL a power cut
+            // took back commits of the last moments (tests/powercut_controller.rs).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
