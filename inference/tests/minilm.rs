@@ -17,10 +17,21 @@ fn registry() -> Option<ModelRegistry> {
     let reg = ModelRegistry::open(&dir).ok().filter(|r| r.get("minilm").is_ok());
     if reg.is_none() {
         let why = format!("model minilm not in {} (run scripts/fetch-model)", dir.display());
-        assert!(std::env::var("FLEET_REQUIRE_MODEL").as_deref() != Ok("1"), "{why}");
-        println!("SKIPPED: {why}");
+        assert!(std::env::var("FLEET_REQUIRE_MODEL").as_deref() != Ok("1"), "{why} (FLEET_REQUIRE_MODEL = 1)");
+        skipped(&why);
     }
     reg
+}
+
+/// Says on stderr that a test skipped, and counts it in `FLEET_SKIP_LOG` (scripts/test
+/// prints the count); the same rule as `fleet_tests::need`, which this crate cannot use.
+fn skipped(why: &str) {
+    eprintln!("SKIPPED fleet-inference minilm: {why}");
+    if let Some(path) = std::env::var_os("FLEET_SKIP_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = std::io::Write::write_all(&mut f, format!("fleet-inference minilm: {why}\n").as_bytes());
+    }
 }
 
 fn embedder() -> Option<SentenceEmbedder> {
@@ -114,7 +125,8 @@ fn one_rayon_thread_serves_two_workers_on_their_own_threads() {
     // As a node runs jobs: RAYON_NUM_THREADS=1 and a worker thread per core.
     // nextest runs each test in its own process, so the global pool is ours.
     if rayon::ThreadPoolBuilder::new().num_threads(1).build_global().is_err() {
-        println!("SKIPPED: rayon's global pool was built by an earlier test in this process (run under nextest)");
+        // Only under `cargo test` (one process, many tests); nextest runs each test alone.
+        skipped("rayon's global pool was built by an earlier test in this process (run under nextest)");
         return;
     }
     let Some(e) = embedder() else { return };

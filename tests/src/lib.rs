@@ -9,7 +9,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+pub mod lazyfs;
+pub mod need;
 pub mod procs;
+pub mod spool_files;
 
 use anyhow::{Context, bail};
 use fleet_agent::board::HardwareBackend;
@@ -352,22 +356,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 }
 
 /// The model directory with `minilm` (scripts/fetch-model fills `target/models`;
-/// `FLEET_MODEL_DIR` overrides). `None`, after printing why, when it is missing
-/// and `FLEET_REQUIRE_MODEL` is not 1 (scripts/test sets it: missing fails there).
+/// `FLEET_MODEL_DIR` overrides). `None` when it is missing and not required
+/// (the skip is said and counted, `need::missing`).
 ///
-/// # Panics
-/// When the model is missing and required.
-#[must_use]
-pub fn model_dir() -> Option<std::path::PathBuf> {
+/// # Errors
+/// When the model is missing and `FLEET_REQUIRE_MODEL=1` (scripts/test sets it).
+pub fn model_dir(test: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
     let dir = std::env::var_os("FLEET_MODEL_DIR").map_or_else(
         || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models"),
         std::path::PathBuf::from,
     );
     if dir.join("minilm/model.toml").is_file() {
-        return Some(dir);
+        return Ok(Some(dir));
     }
     let why = format!("model minilm not in {} (run scripts/fetch-model)", dir.display());
-    assert!(std::env::var("FLEET_REQUIRE_MODEL").as_deref() != Ok("1"), "{why}");
-    println!("SKIPPED: {why}");
-    None
+    need::missing(need::Need::Model, test, &why)?;
+    Ok(None)
 }

@@ -55,6 +55,11 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no goodbye, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -278,19 +283,25 @@ pub struct RunRows {
     pub max_seq: u64,
 }
 
-/// Rows per (node, run) in a PostgreSQL store.
+const RUNS_SQL: &str = "SELECT node_id, boot_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM telemetry \
+                        GROUP BY node_id, boot_id";
+
+/// Rows per (node, run) in a store: PostgreSQL, or SQLite for a `sqlite:` URL.
 ///
 /// # Errors
 /// Database errors.
 pub async fn runs_in_db(database_url: &str) -> anyhow::Result<BTreeMap<(String, String), RunRows>> {
-    let pool = sqlx::PgPool::connect(database_url).await?;
-    let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT node_id, boot_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM telemetry \
-         GROUP BY node_id, boot_id",
-    )
-    .fetch_all(&pool)
-    .await?;
-    pool.close().await;
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = if database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(database_url).await?;
+        let rows = sqlx::query_as(RUNS_SQL).fetch_all(&pool).await?;
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        let rows = sqlx::query_as(RUNS_SQL).fetch_all(&pool).await?;
+        pool.close().await;
+        rows
+    };
     Ok(rows
         .into_iter()
         .map(|(n, b, c, d, lo, hi)| {
@@ -300,18 +311,30 @@ pub async fn runs_in_db(database_url: &str) -> anyhow::Result<BTreeMap<(String, 
         .collect())
 }
 
-/// Seqs of one run present in the store, in order.
+/// Seqs of one run present in the store (PostgreSQL, or SQLite for a `sqlite:` URL), in order.
 ///
 /// # Errors
 /// Database errors.
 pub async fn seqs_in_db(database_url: &str, node: &str, boot: &str) -> anyhow::Result<Vec<u64>> {
-    let pool = sqlx::PgPool::connect(database_url).await?;
-    let v: Vec<i64> = sqlx::query_scalar("SELECT seq FROM telemetry WHERE node_id = $1 AND boot_id = $2 ORDER BY seq")
-        .bind(node)
-        .bind(boot)
-        .fetch_all(&pool)
-        .await?;
-    pool.close().await;
+    let v: Vec<i64> = if database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(database_url).await?;
+        let v = sqlx::query_scalar("SELECT seq FROM telemetry WHERE node_id = ? AND boot_id = ? ORDER BY seq")
+            .bind(node)
+            .bind(boot)
+            .fetch_all(&pool)
+            .await?;
+        pool.close().await;
+        v
+    } else {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        let v = sqlx::query_scalar("SELECT seq FROM telemetry WHERE node_id = $1 AND boot_id = $2 ORDER BY seq")
+            .bind(node)
+            .bind(boot)
+            .fetch_all(&pool)
+            .await?;
+        pool.close().await;
+        v
+    };
     Ok(v.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
 }
 
@@ -328,12 +351,12 @@ pub struct TansuBroker {
 }
 
 impl Tansu {
-    /// The `tansu` program on PATH or in ~/.cargo/bin. Missing: `None` with a
-    /// printed reason, or an error when `FLEET_REQUIRE_TANSU=1` (scripts/test).
+    /// The `tansu` program on PATH or in ~/.cargo/bin, for `test`. Missing:
+    /// `None` (the skip said and counted), or an error when `FLEET_REQUIRE_TANSU=1`.
     ///
     /// # Errors
     /// When it is required and missing.
-    pub fn find() -> anyhow::Result<Option<Self>> {
+    pub fn find(test: &str) -> anyhow::Result<Option<Self>> {
         let mut dirs: Vec<PathBuf> =
             std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
         if let Some(home) = std::env::var_os("HOME") {
@@ -344,10 +367,7 @@ impl Tansu {
         }
         let why =
             "tansu is not installed (scripts/test installs it: cargo install tansu --features dynostore --locked)";
-        if std::env::var("FLEET_REQUIRE_TANSU").is_ok_and(|v| v == "1") {
-            bail!("{why}");
-        }
-        println!("SKIPPED: {why}");
+        crate::need::missing(crate::need::Need::Tansu, test, why)?;
         Ok(None)
     }
 

@@ -118,7 +118,9 @@ async fn every_job_recorded_once(c: &Controller, client: &Client) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::Result<()> {
-    let Some(models) = model_dir() else { return Ok(()) };
+    let Some(models) = model_dir("jobs::jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud")? else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let mut ccfg = controller_config(dir.path(), "", "");
@@ -185,7 +187,9 @@ async fn jobs_go_to_the_best_node_and_unsure_answers_to_the_cloud() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_node_dies_finishes_elsewhere_before_its_deadline() -> anyhow::Result<()> {
-    let Some(models) = model_dir() else { return Ok(()) };
+    let Some(models) = model_dir("jobs::a_job_whose_node_dies_finishes_elsewhere_before_its_deadline")? else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let mut ccfg = controller_config(dir.path(), "", "");

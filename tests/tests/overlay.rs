@@ -391,8 +391,11 @@ impl<'d> Scenario<'d> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolled_nodes_speak_only_through_the_tunnel() -> anyhow::Result<()> {
     if let Some(why) = missing_tools() {
-        println!("SKIPPED overlay namespace test: {why}");
-        return Ok(());
+        return fleet_tests::need::missing(
+            fleet_tests::need::Need::Root,
+            "overlay::enrolled_nodes_speak_only_through_the_tunnel",
+            &why,
+        );
     }
     let dir = tempfile::tempdir()?;
     let mut s = Scenario::start(dir.path()).await?;

@@ -236,7 +236,9 @@ async fn two_replicas_over_mqtt_shared_subscription() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_over_kafka_consumer_group() -> anyhow::Result<()> {
-    let Some(tansu) = fleet_tests::procs::Tansu::find()? else { return Ok(()) };
+    let Some(tansu) = fleet_tests::procs::Tansu::find("replicas::two_replicas_over_kafka_consumer_group")? else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let broker = tansu.start(dir.path(), &[("fleet.telemetry", 4), ("fleet.status", 1)]).await?;
     run(Path2::Kafka, Some(&broker.bootstrap)).await
