@@ -319,25 +319,54 @@ async fn grpc_bad_arguments_health_and_not_found() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    // Reflection lists our service, so grpcurl works without the .proto files.
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let channel = fleet_tests::channel(&c).await?;
-    let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    stop.cancel();
+    c.wait().await;
+    Ok(())
+}
+
+/// Reflection lists our service in both versions, so grpcurl (v1) and Python's
+/// grpcio-reflection (v1alpha) work without the .proto files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_v1_and_v1alpha() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let c = Controller::start(controller_config(dir.path(), "", ""), stop.clone()).await?;
+    let v1 = {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(fleet_tests::channel(&c).await?);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+        match answers.message().await?.and_then(|r| r.message_response) {
+            Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+            other => anyhow::bail!("reflection v1 did not list services: {other:?}"),
+        }
     };
-    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await?.and_then(|r| r.message_response)
-    else {
-        anyhow::bail!("reflection did not list services");
+    let v1alpha = {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(fleet_tests::channel(&c).await?);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+        match answers.message().await?.and_then(|r| r.message_response) {
+            Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+            other => anyhow::bail!("reflection v1alpha did not list services: {other:?}"),
+        }
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.iter().any(|n| n == "fleet.v1.FleetService"), "{names:?}");
-    assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+    for names in [&v1, &v1alpha] {
+        assert!(names.iter().any(|n| n == "fleet.v1.FleetService"), "{names:?}");
+        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+    }
     stop.cancel();
     c.wait().await;
     Ok(())

@@ -65,13 +65,11 @@ impl Server {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<Api>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1();
-        let reflection = match reflection {
-            Ok(r) => r,
-            Err(e) => {
+        // Both versions of reflection: grpcurl speaks v1, Python's grpcio-reflection and
+        // older tools v1alpha.
+        let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(error = %e, "gRPC reflection cannot be built; the API is not served.");
                 return;
             }
@@ -79,7 +77,8 @@ impl Server {
         let r = self
             .builder
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(v1)
+            .add_service(v1alpha)
             .add_service(EnrollmentServiceServer::new(self.enrollment))
             .add_service(Guarded::new(FleetServiceServer::new(self.api), self.guard))
             .serve_with_incoming_shutdown(
@@ -92,4 +91,11 @@ impl Server {
             tracing::error!(error = %e, "gRPC server stopped.");
         }
     }
+}
+
+/// What reflection describes: the API and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -22,6 +22,13 @@ pub fn when(ms: i64) -> String {
         .to_string()
 }
 
+/// An RFC 3339 time with milliseconds (a sample's time), UTC.
+#[must_use]
+pub fn when_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .to_string()
+}
+
 /// A node's state word.
 #[must_use]
 pub fn state_name(n: &Node) -> &'static str {
@@ -154,9 +161,17 @@ pub fn audit_json(records: &[AuditRecord]) -> Value {
 /// A telemetry answer as a table.
 #[must_use]
 pub fn telemetry_table(r: &QueryTelemetryResponse) -> String {
-    let mut out = format!("{:<15} {:>12} {:>12} {:>12} {:>8}\n", "TIME_MS", "AVG", "MIN", "MAX", "COUNT");
+    let mut out = format!("{:<24} {:>12} {:>12} {:>12} {:>8}\n", "TIME", "AVG", "MIN", "MAX", "COUNT");
     for p in &r.points {
-        let _ = writeln!(out, "{:<15} {:>12.3} {:>12.3} {:>12.3} {:>8}", p.time_unix_ms, p.avg, p.min, p.max, p.count);
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12.3} {:>12.3} {:>12.3} {:>8}",
+            when_ms(p.time_unix_ms),
+            p.avg,
+            p.min,
+            p.max,
+            p.count
+        );
     }
     out
 }
@@ -167,7 +182,7 @@ pub fn telemetry_json(r: &QueryTelemetryResponse) -> Value {
     let pts: Vec<_> = r
         .points
         .iter()
-        .map(|p| json!({"time_unix_ms": p.time_unix_ms, "avg": p.avg, "min": p.min, "max": p.max, "last": p.last, "count": p.count}))
+        .map(|p| json!({"time": when_ms(p.time_unix_ms), "time_unix_ms": p.time_unix_ms, "avg": p.avg, "min": p.min, "max": p.max, "last": p.last, "count": p.count}))
         .collect();
     json!({"node_id": r.node_id, "metric": r.metric, "bucket_s": r.bucket_s, "truncated": r.truncated, "points": pts})
 }
@@ -338,6 +353,22 @@ mod tests {
     fn times_are_rfc3339() {
         assert_eq!(when(0), "-");
         assert_eq!(when(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn telemetry_points_have_rfc3339_times() {
+        use fleet_proto::v1::TelemetryPoint;
+        let r = QueryTelemetryResponse {
+            node_id: "pi-1".into(),
+            metric: "cpu.usage_pct".into(),
+            points: vec![TelemetryPoint { time_unix_ms: 1_700_000_000_250, avg: 1.0, count: 2, ..Default::default() }],
+            ..Default::default()
+        };
+        let t = telemetry_table(&r);
+        assert!(t.lines().nth(1).is_some_and(|l| l.starts_with("2023-11-14T22:13:20.250Z")), "{t}");
+        let j = telemetry_json(&r);
+        assert_eq!(j["points"][0]["time"], "2023-11-14T22:13:20.250Z");
+        assert_eq!(j["points"][0]["time_unix_ms"], 1_700_000_000_250_i64);
     }
 
     #[test]

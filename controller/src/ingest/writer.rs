@@ -20,6 +20,9 @@ use crate::registry::Registry;
 use crate::store::acks::RunMark;
 use crate::store::{RunRange, Store};
 
+/// A telemetry write that takes this long is logged (one line, no SQL).
+const SLOW_WRITE: Duration = Duration::from_secs(1);
+
 /// Committed ranges above the watermark sent in each ack, at most.
 const ACK_RANGES: usize = 64;
 
@@ -129,7 +132,19 @@ impl Writer {
             }
         };
         self.optimistic.store(written.inserted == rows, Ordering::Relaxed);
-        self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.write_seconds.observe(took.as_secs_f64());
+        if took >= SLOW_WRITE {
+            // One short line; the statements themselves are never logged
+            // (thousands of placeholders under load).
+            tracing::warn!(
+                kind = "telemetry insert",
+                rows,
+                batches = group.len(),
+                took_ms = took.as_millis() as u64,
+                "Slow database write."
+            );
+        }
         self.metrics.rows_written.inc_by(written.inserted);
         self.metrics.rows_duplicate.inc_by(rows.saturating_sub(written.inserted));
         self.metrics.batches_written.inc_by(group.len() as u64);

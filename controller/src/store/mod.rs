@@ -7,7 +7,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::ControllerError;
@@ -78,7 +79,8 @@ impl Store {
             // after a commit makes it delete the rows; under NORMAL a power cut
             // took back commits of the last moments (tests/powercut_controller.rs).
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Store::Sqlite(pool))
@@ -91,10 +93,13 @@ impl Store {
     /// # Errors
     /// When the server cannot be reached or the schema cannot be migrated.
     pub async fn open_postgres(url: &str, cfg: &StorageConfig) -> Result<Self, ControllerError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| ControllerError::Config(format!("--database-url is not a PostgreSQL URL: {e}")))?
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(opts)
             .await
             .map_err(|e| ControllerError::Config(format!("cannot connect to --database-url: {e}")))?;
         let flavour = pg_flavour(&pool, cfg.timescaledb).await?;
