@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleet_proto::v1::{AgentCounters, Event, EventSeverity, JobResult, NodeState, NodeStatus, Sample};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::AgentConfig;
 use crate::delivery::Delivery;
@@ -24,7 +24,7 @@ use crate::signer::Signer;
 use crate::spool::Spool;
 use crate::telemetry::Batcher;
 use crate::uplink::{self, Uplink, UplinkEvent, UplinkKind};
-use crate::{AgentError, board, enroll};
+use crate::{AgentError, board, enroll, local};
 
 /// Which node and which run of it this is.
 pub struct Node {
@@ -52,7 +52,17 @@ pub struct Agent {
     /// The enrolled node's overlay and key rotation.
     overlay: Option<NodeOverlay>,
     samples_taken: u64,
+    /// What `fleet-agent status` reads (None: the socket could not be made).
+    local: Option<watch::Sender<local::Live>>,
+    /// When the agent last said it is not enrolled.
+    nagged: Option<std::time::Instant>,
 }
+
+/// Said at start and once a minute by a node that is not enrolled and hears no ack.
+const NOT_ENROLLED: &str = "This node is not enrolled: a controller that requires enrollment (the default) drops \
+    everything it sends, and its broker refuses its login. Enroll it: `fleet-agent enroll --controller \
+    https://CONTROLLER:50051 --token-file FILE` with a token from `fleetctl tokens create`, then restart the agent. \
+    Samples stay in the spool meanwhile.";
 
 /// The node id to use: the configured one, else the hostname.
 ///
@@ -154,14 +164,61 @@ impl Agent {
             jobs,
             overlay,
             samples_taken: 0,
+            local: None,
+            nagged: None,
             node,
             cfg,
         };
+        agent.local = agent.serve_local();
         if let Some(d) = desired::load(&agent.cfg.data_dir) {
             agent.apply_desired(&d, false);
         }
         tracing::info!(node_id = %agent.node.id, boot_id = %agent.node.boot_id, uplink = ?agent.cfg.uplink, "Agent started.");
+        agent.nag_unenrolled();
         Ok((agent, results))
+    }
+
+    fn serve_local(&self) -> Option<watch::Sender<local::Live>> {
+        let fixed = local::Fixed {
+            node_id: self.node.id.clone(),
+            boot_id: self.node.boot_id.clone(),
+            enrolled: self.out.signs(),
+            uplink: format!("{:?}", self.cfg.uplink).to_lowercase(),
+            broker: match self.cfg.uplink {
+                UplinkKind::Mqtt => self.cfg.mqtt.url.clone(),
+                UplinkKind::Kafka => self.cfg.kafka.brokers.clone(),
+            },
+            started_unix_ms: fleet_proto::now_unix_ms(),
+        };
+        local::serve(&self.cfg.data_dir, fixed)
+            .map_err(|e| tracing::warn!(error = %e, "No status socket: `fleet-agent status` cannot ask this agent."))
+            .ok()
+    }
+
+    /// Keeps what `fleet-agent status` answers up to date.
+    pub fn publish_local(&mut self) {
+        let Some(tx) = &self.local else { return };
+        let c = self.counters();
+        let live = local::Live {
+            link: self.out.link(),
+            last_ack_unix_ms: self.delivery.last_ack_unix_ms,
+            backlog_batches: c.batches_unacked,
+            spool_bytes: c.spool_bytes,
+            samples_taken: c.samples_taken,
+            samples_acked: c.samples_acked,
+        };
+        tx.send_if_modified(|l| std::mem::replace(l, live) != live);
+    }
+
+    /// Says that the node is not enrolled, at start and then once a minute
+    /// while nothing it sent was acknowledged (a lab controller that takes
+    /// unenrolled nodes acks, and the warning stops).
+    fn nag_unenrolled(&mut self) {
+        let due = self.nagged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if !self.out.signs() && self.delivery.last_ack_unix_ms == 0 && due {
+            self.nagged = Some(std::time::Instant::now());
+            tracing::warn!(node_id = %self.node.id, data_dir = %self.cfg.data_dir.display(), "{NOT_ENROLLED}");
+        }
     }
 
     /// What the agent counted so far.
@@ -202,6 +259,7 @@ impl Agent {
 
     /// Publishes the node's status (retained).
     pub fn publish_status(&mut self, state: NodeState) {
+        self.nag_unenrolled();
         let s = self.status(state);
         self.out.status(&s);
     }

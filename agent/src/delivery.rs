@@ -28,6 +28,8 @@ pub struct Delivery {
     batches_dropped: u64,
     samples_dropped: u64,
     samples_acked: u64,
+    /// When the last ack or delivery report came (0: not in this run).
+    pub last_ack_unix_ms: i64,
 }
 
 impl Delivery {
@@ -44,6 +46,7 @@ impl Delivery {
             batches_dropped: 0,
             samples_dropped: 0,
             samples_acked: 0,
+            last_ack_unix_ms: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl Delivery {
             UplinkEvent::Delivered(pos) => self.spool.ack_position(*pos),
             _ => return,
         };
+        self.last_ack_unix_ms = fleet_proto::now_unix_ms();
         match acked {
             Ok(n) => self.samples_acked += n,
             Err(e) => self.error(&e),

@@ -20,6 +20,7 @@ pub mod enroll;
 pub mod error;
 pub mod identity;
 pub mod jobs;
+pub mod local;
 pub mod outbox;
 pub mod overlay;
 pub mod power;
@@ -97,7 +98,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
                 }
             }
             _ = ticks.flush.tick() => a.flush(),
-            _ = ticks.deliver.tick() => a.delivery.tick(&mut a.out),
+            _ = ticks.deliver.tick() => {
+                a.delivery.tick(&mut a.out);
+                a.publish_local();
+            }
             _ = ticks.status.tick() => a.publish_status(NodeState::Online),
             () = a.jobs.loaded(), if a.jobs.is_loading() => a.publish_status(NodeState::Online),
             Some(r) = results.recv() => a.out.result(&r),

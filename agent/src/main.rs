@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Print the documented default configuration.
     GenerateConfig,
+    /// For a person at the node: enrollment, broker connection, last ack and
+    /// spool backlog of the agent running with this config (exit 3 if none runs).
+    Status,
     /// Enroll this node with a one-time bootstrap token (`fleetctl tokens create`):
     /// makes its keys here, and writes what the controller answers to identity.toml
     /// in data_dir. Then start the agent as usual.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
+    let status = matches!(cli.command, Some(Command::Status));
     let enroll_cmd = match cli.command {
         Some(Command::Enroll { controller, token, token_file, ca, force }) => {
             Some((controller, token, token_file, ca, force))
@@ -91,6 +95,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if status {
+        let (text, running) = rt.block_on(fleet_agent::local::status_text(&cfg.data_dir));
+        print!("{text}");
+        return if running { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    }
     if let Some((controller, token, token_file, ca, force)) = enroll_cmd {
         return match rt.block_on(enroll(cfg, controller, token, token_file, ca, force)) {
             Ok(()) => ExitCode::SUCCESS,

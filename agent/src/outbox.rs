@@ -34,6 +34,18 @@ impl Outbox {
         self.uplink.connected()
     }
 
+    /// The broker connection, or why there is none.
+    #[must_use]
+    pub fn link(&self) -> crate::local::Link {
+        self.uplink.link()
+    }
+
+    /// True when messages are signed (the node is enrolled).
+    #[must_use]
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
     /// True when this uplink carries jobs (MQTT).
     #[must_use]
     pub fn takes_jobs(&self) -> bool {

@@ -57,6 +57,15 @@ impl Uplink {
         }
     }
 
+    /// The broker connection, or why there is none (Kafka: always "connected").
+    #[must_use]
+    pub fn link(&self) -> crate::local::Link {
+        match self {
+            Uplink::Mqtt(l) => l.conn.borrow().link,
+            Uplink::Kafka(_) => crate::local::Link::Connected,
+        }
+    }
+
     /// Hands a batch over.
     ///
     /// # Errors

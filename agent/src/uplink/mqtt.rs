@@ -8,13 +8,14 @@ use std::time::Duration;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::Ack;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UplinkEvent;
 use crate::AgentError;
+use crate::local::Link;
 use crate::spool::{Outgoing, Position};
 
 /// `[mqtt]`: how the agent reaches its broker.
@@ -86,7 +87,12 @@ pub struct ConnState {
     pub connected: bool,
     /// Incremented at every successful connect.
     pub generation: u64,
+    /// Connected, or why not (for `fleet-agent status`).
+    pub link: Link,
 }
+
+/// A problem that lasts is said again at most this often.
+const NAG_EVERY: Duration = Duration::from_secs(60);
 
 /// What the agent holds of its MQTT connection.
 pub struct MqttLink {
@@ -176,6 +182,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
             desired: node_topic(node_id, Channel::Desired),
             jobs: node_topic(node_id, Channel::Jobs),
             key: node_topic(node_id, Channel::Key),
+            url: cfg.url.clone(),
         },
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
@@ -196,12 +203,13 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
     }
 }
 
-/// The topics the controller sends this node.
+/// The topics the controller sends this node, and the broker's URL (for messages).
 struct Topics {
     ack: String,
     desired: String,
     jobs: String,
     key: String,
+    url: String,
 }
 
 /// What a publish from the controller is, if it is one the agent takes.
@@ -248,6 +256,8 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let mut backoff = backoff_min;
+    // When, and about what, the last warning was: a new problem is said at once.
+    let mut nagged: Option<(tokio::time::Instant, Link)> = None;
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => break,
@@ -256,6 +266,7 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
+                nagged = None;
                 for t in [&topics.ack, &topics.desired, &topics.jobs, &topics.key] {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
@@ -263,6 +274,7 @@ async fn drive(
                 }
                 conn_tx.send_modify(|s| {
                     s.connected = true;
+                    s.link = Link::Connected;
                     s.generation += 1;
                 });
                 tracing::info!("Connected to the MQTT broker.");
@@ -275,12 +287,19 @@ async fn drive(
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
+                let link = refused_or_unreachable(&e);
                 if conn_tx.borrow().connected {
                     tracing::warn!(error = %e, "Lost the MQTT broker; reconnecting.");
+                } else if nagged.is_none_or(|(at, what)| what != link || at.elapsed() >= NAG_EVERY) {
+                    nagged = Some((tokio::time::Instant::now(), link));
+                    say_why(&e, link, &topics.url);
                 } else {
                     tracing::debug!(error = %e, retry_in = ?backoff, "MQTT connect failed.");
                 }
-                conn_tx.send_modify(|s| s.connected = false);
+                conn_tx.send_modify(|s| {
+                    s.connected = false;
+                    s.link = link;
+                });
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -290,4 +309,31 @@ async fn drive(
         }
     }
     conn_tx.send_modify(|s| s.connected = false);
+}
+
+/// Mosquitto refuses a login with a CONNACK code; the embedded broker
+/// (rumqttd) closes the connection at the login instead: both are a refusal
+/// when they come before the connection was accepted.
+fn refused_or_unreachable(e: &ConnectionError) -> Link {
+    match e {
+        ConnectionError::ConnectionRefused(_) | ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
+            Link::Refused
+        }
+        _ => Link::Unreachable,
+    }
+}
+
+/// Why this node cannot connect, with what fixes it (once a minute at most).
+fn say_why(e: &ConnectionError, link: Link, url: &str) {
+    if link == Link::Refused {
+        tracing::warn!(error = %e, broker = url,
+            "The MQTT broker refused this node's login: the controller's broker lets in enrolled nodes only. \
+             Enroll it: `fleet-agent enroll --controller https://CONTROLLER:50051 --token-file FILE` with a token \
+             from `fleetctl tokens create`, then restart the agent; if it is enrolled, check `mqtt.url`. \
+             Samples stay in the spool meanwhile.");
+    } else {
+        tracing::warn!(error = %e, broker = url,
+            "Cannot reach the MQTT broker; retrying. Check `mqtt.url`, the network and (enrolled nodes) the \
+             WireGuard tunnel. Samples stay in the spool meanwhile.");
+    }
 }
