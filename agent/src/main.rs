@@ -62,32 +62,16 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    let status = matches!(cli.command, Some(Command::Status));
-    let enroll_cmd = match cli.command {
-        Some(Command::Enroll { controller, token, token_file, ca, force }) => {
-            Some((controller, token, token_file, ca, force))
-        }
-        _ => None,
-    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let mut cfg = match cli.config.as_deref().map(AgentConfig::load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
+    let cfg = match config(&cli) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("fleet-agent: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(v) = cli.node_id {
-        cfg.node_id = v;
-    }
-    if let Some(v) = cli.mqtt_url {
-        cfg.mqtt.url = v;
-    }
-    if let Some(v) = cli.data_dir {
-        cfg.data_dir = v;
-    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -95,20 +79,42 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if status {
-        let (text, running) = rt.block_on(fleet_agent::local::status_text(&cfg.data_dir));
-        print!("{text}");
-        return if running { ExitCode::SUCCESS } else { ExitCode::from(3) };
-    }
-    if let Some((controller, token, token_file, ca, force)) = enroll_cmd {
-        return match rt.block_on(enroll(cfg, controller, token, token_file, ca, force)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fleet-agent enroll: {e}");
-                ExitCode::from(2)
+    match cli.command {
+        Some(Command::Status) => {
+            let (text, running) = rt.block_on(fleet_agent::local::status_text(&cfg.data_dir));
+            print!("{text}");
+            if running { ExitCode::SUCCESS } else { ExitCode::from(3) }
+        }
+        Some(Command::Enroll { controller, token, token_file, ca, force }) => {
+            match rt.block_on(enroll(cfg, controller, token, token_file, ca, force)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleet-agent enroll: {e}");
+                    ExitCode::from(2)
+                }
             }
-        };
+        }
+        Some(Command::GenerateConfig) | None => run(&rt, cfg),
     }
+}
+
+/// The config file (or the defaults) with the flags applied.
+fn config(cli: &Cli) -> Result<AgentConfig, fleet_agent::AgentError> {
+    let mut cfg = cli.config.as_deref().map(AgentConfig::load).transpose()?.unwrap_or_default();
+    if let Some(v) = &cli.node_id {
+        cfg.node_id.clone_from(v);
+    }
+    if let Some(v) = &cli.mqtt_url {
+        cfg.mqtt.url.clone_from(v);
+    }
+    if let Some(v) = &cli.data_dir {
+        cfg.data_dir.clone_from(v);
+    }
+    Ok(cfg)
+}
+
+/// Runs the agent until SIGINT or SIGTERM; prints what the run produced.
+fn run(rt: &tokio::runtime::Runtime, cfg: AgentConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
         let signals = shutdown.clone();

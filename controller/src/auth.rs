@@ -110,32 +110,6 @@ impl Role {
     }
 }
 
-/// When a token stops being valid, judged on two clocks so that a jump of
-/// the wall clock cannot stretch it: expired when the wall clock is past
-/// its end, or when this process's monotonic clock has seen its whole TTL
-/// pass since it was created here. A backward jump cannot keep a token
-/// alive; a forward jump can only end it early, the safe direction.
-#[derive(Debug, Clone, Copy)]
-pub struct Lifetime {
-    pub created_unix_ms: i64,
-    pub expires_unix_ms: i64,
-    /// When this process created it (None: created by another process or
-    /// before a restart; then the wall clock alone decides).
-    pub created_here: Option<std::time::Instant>,
-}
-
-impl Lifetime {
-    /// Whether the token has expired at wall time `now_unix_ms`.
-    #[must_use]
-    pub fn expired(&self, now_unix_ms: i64) -> bool {
-        if now_unix_ms >= self.expires_unix_ms {
-            return true;
-        }
-        let ttl_ms = self.expires_unix_ms.saturating_sub(self.created_unix_ms).max(0);
-        self.created_here.is_some_and(|t| i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX) >= ttl_ms)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,26 +135,5 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()).ok(), Some(r));
         }
         assert!(Role::parse("root").unwrap_err().to_string().contains("viewer, operator or admin"));
-    }
-
-    #[test]
-    fn expiry_survives_wall_clock_jumps() {
-        let day = 86_400_000;
-        let now = 1_800_000_000_000;
-        let hour = Lifetime { created_unix_ms: now, expires_unix_ms: now + 3_600_000, created_here: None };
-        assert!(!hour.expired(now + 1_000));
-        assert!(hour.expired(now + 3_600_000));
-        // Wall clock a day ahead: expired (early, the safe way).
-        assert!(hour.expired(now + day));
-        // Wall clock a day behind, created by this process an hour ago by the
-        // monotonic clock: still expired.
-        let started = std::time::Instant::now().checked_sub(std::time::Duration::from_millis(3_600_001));
-        if let Some(t) = started {
-            let here = Lifetime { created_here: Some(t), ..hour };
-            assert!(here.expired(now - day));
-            // Within the hour on both clocks: valid.
-            let fresh = Lifetime { created_here: Some(std::time::Instant::now()), ..hour };
-            assert!(!fresh.expired(now - day));
-        }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
 use crate::api::server::Server;
+use crate::clock::Clock;
 use crate::config::ControllerConfig;
 use crate::desired::DesiredStates;
 use crate::http::Http;
@@ -115,7 +116,9 @@ impl Controller {
         let cloud = jobs::cloud::load(&cfg.cloud).await?;
         let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone());
         let (jobs, job_tasks) = JobManager::new(cfg.jobs.clone(), cfg.router.router(), cloud, parts, &tasks);
-        let services = security_services(&cfg, &prepared, &mqtt_url, (&store, &link, &metrics), (&tasks, &shutdown));
+        let clock = Arc::new(Clock::new(store.clock_high_water().await?));
+        let parts = (&store, &link, &metrics, &clock);
+        let services = security_services(&cfg, &prepared, &mqtt_url, parts, (&tasks, &shutdown));
         let owners = Arc::new(Owners {
             ingest: queue,
             registry: registry.clone(),
@@ -133,6 +136,7 @@ impl Controller {
         let desired = DesiredStates::new(store.clone(), link);
         tasks.spawn(desired.clone().run(shutdown.clone()));
         tasks.spawn(Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
+        tasks.spawn(security::mark::keep(clock, store.clone(), shutdown.clone()));
         tasks.spawn(link::verify::keep_loaded(verifier, store.clone(), services.changes.subscribe(), shutdown.clone()));
         if cfg.wireguard.enabled {
             let iface = cfg.wireguard.interface.clone();
@@ -169,7 +173,7 @@ fn security_services(
     cfg: &ControllerConfig,
     prepared: &Prepared,
     mqtt_url: &str,
-    (store, link, metrics): (&Store, &Link, &Arc<Metrics>),
+    (store, link, metrics, clock): (&Store, &Link, &Arc<Metrics>, &Arc<Clock>),
     (tasks, shutdown): (&TaskTracker, &CancellationToken),
 ) -> Services {
     let s = &cfg.security;
@@ -179,7 +183,7 @@ fn security_services(
         wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
     };
     let dynsec_admin = cfg.mqtt.dynsec.then(|| cfg.mqtt.username.clone());
-    let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin };
+    let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin, clock: clock.clone() };
     Services::start(parts, tasks, shutdown)
 }
 

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod desired;

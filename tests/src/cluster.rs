@@ -82,7 +82,16 @@ impl ControllerProc {
     /// # Errors
     /// When it does not answer on its gRPC port within 20 s.
     pub async fn up(&mut self) -> anyhow::Result<()> {
+        self.up_with_env(&[]).await
+    }
+
+    /// Starts the process again with more environment (e.g. libfaketime's).
+    ///
+    /// # Errors
+    /// When it does not answer on its gRPC port within 20 s.
+    pub async fn up_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let mut cmd = Command::new(bin("fleet-controller")?);
+        cmd.envs(env.iter().copied());
         cmd.args(&self.args).env("RUST_LOG", "info,rumqttd=off").env("NO_COLOR", "1");
         self.proc = Some(Proc::spawn("fleet-controller", cmd, &self.log)?);
         let port = self.grpc;

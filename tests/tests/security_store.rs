@@ -1,52 +1,42 @@
 //! Enrollment and access records in both stores (docs/security.md): a
 //! bootstrap token enrolls once and is refused when unknown, used, revoked or
-//! expired (also when the wall clock was set back); API tokens resolve to their
+//! expired; the clock's high-water mark only rises; API tokens resolve to their
 //! role until revoked; overlay addresses are handed out in order and never
 //! twice, even to a re-enrolled node; the audit log reads back newest first —
 //! on SQLite and on the real PostgreSQL.
 
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
-
-use fleet_controller::auth::{self as security, Lifetime, Role};
+use fleet_controller::auth::{self as security, Role};
 use fleet_controller::store::security::{AuditEntry, TokenRefused};
 use fleet_controller::store::{StorageConfig, Store};
 use fleet_tests::TestDb;
+use std::net::Ipv4Addr;
 
 const NOW: i64 = 1_800_000_000_000;
 const HOUR: i64 = 3_600_000;
-
-fn wall_only(t: &fleet_controller::store::security::BootstrapToken) -> Lifetime {
-    Lifetime { created_unix_ms: t.created_unix_ms, expires_unix_ms: t.expires_unix_ms, created_here: None }
-}
 
 async fn check(s: &Store) -> anyhow::Result<()> {
     // Bootstrap tokens: one use each.
     let (token, hash) = security::new_token(security::BOOTSTRAP_PREFIX).map_err(anyhow::Error::msg)?;
     s.create_bootstrap_token("t1", &hash, "site=greenhouse", NOW, NOW + HOUR).await?;
-    let used = s.use_bootstrap_token(&security::hash_token(token.expose()), "pi-a", NOW + 1, wall_only).await?;
+    let used = s.use_bootstrap_token(&security::hash_token(token.expose()), "pi-a", NOW + 1).await?;
     let used = used.expect("a fresh token enrolls");
     assert_eq!((used.labels.as_str(), used.used_by.as_deref()), ("site=greenhouse", Some("pi-a")));
-    let again = s.use_bootstrap_token(&hash, "pi-b", NOW + 2, wall_only).await?;
+    let again = s.use_bootstrap_token(&hash, "pi-b", NOW + 2).await?;
     assert_eq!(again, Err(TokenRefused::Used("pi-a".into())));
-    assert_eq!(s.use_bootstrap_token("nope", "pi-b", NOW, wall_only).await?, Err(TokenRefused::Unknown));
+    assert_eq!(s.use_bootstrap_token("nope", "pi-b", NOW).await?, Err(TokenRefused::Unknown));
 
     s.create_bootstrap_token("t2", "h2", "", NOW, NOW + HOUR).await?;
-    assert_eq!(s.use_bootstrap_token("h2", "pi-b", NOW + HOUR, wall_only).await?, Err(TokenRefused::Expired));
-    // Created by this process two hours ago by the monotonic clock, with the
-    // wall clock set back a day: still expired.
-    if let Some(two_hours_ago) = Instant::now().checked_sub(Duration::from_secs(7_200)) {
-        let monotonic = |t: &fleet_controller::store::security::BootstrapToken| Lifetime {
-            created_here: Some(two_hours_ago),
-            ..wall_only(t)
-        };
-        assert_eq!(s.use_bootstrap_token("h2", "pi-b", NOW - 86_400_000, monotonic).await?, Err(TokenRefused::Expired));
-    }
+    assert_eq!(s.use_bootstrap_token("h2", "pi-b", NOW + HOUR).await?, Err(TokenRefused::Expired));
+    // The clock's high-water mark: read back, only ever raised.
+    assert_eq!(s.clock_high_water().await?, 0);
+    s.raise_clock_high_water(NOW).await?;
+    s.raise_clock_high_water(NOW - 86_400_000).await?;
+    assert_eq!(s.clock_high_water().await?, NOW, "a mark set back is ignored");
     s.create_bootstrap_token("t3", "h3", "", NOW, NOW + HOUR).await?;
     assert!(s.revoke_bootstrap_token("t3", NOW + 5).await?);
     assert!(!s.revoke_bootstrap_token("t3", NOW + 6).await?, "revoked once");
     assert!(!s.revoke_bootstrap_token("t1", NOW + 6).await?, "a used token cannot be revoked");
-    assert_eq!(s.use_bootstrap_token("h3", "pi-b", NOW + 7, wall_only).await?, Err(TokenRefused::Revoked));
+    assert_eq!(s.use_bootstrap_token("h3", "pi-b", NOW + 7).await?, Err(TokenRefused::Revoked));
     let listed = s.list_bootstrap_tokens().await?;
     assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|t| !t.token_id.is_empty()));

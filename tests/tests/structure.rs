@@ -24,7 +24,7 @@ const CONTROLLER_LAYERS: &[&[&str]] = &[
     &["link"],
     &["router", "registry"],
     &["store"],
-    &["metrics", "auth", "error"],
+    &["metrics", "auth", "clock", "error"],
 ];
 
 fn workspace() -> PathBuf {

@@ -40,10 +40,10 @@ impl Security {
             )));
         }
         let hash = hash_token(token);
-        let now = fleet_proto::now_unix_ms();
+        let now = self.clock.now_ms();
         let used = self
             .store
-            .use_bootstrap_token(&hash, &node_id, now, |t| self.lifetime(t))
+            .use_bootstrap_token(&hash, &node_id, now)
             .await
             .map_err(internal)?
             .map_err(|why| Status::permission_denied(why.to_string()))?;

@@ -10,6 +10,7 @@ pub mod dynsec;
 pub mod enroll;
 pub mod files;
 pub mod guard;
+pub mod mark;
 pub mod overlay;
 pub mod rotate;
 pub mod service;

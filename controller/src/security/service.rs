@@ -2,8 +2,7 @@
 //! audit log, node revocation (enrollment itself is in `enroll`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use fleet_proto::v1::{
     AuditRecord, BootstrapTokenInfo, CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest,
@@ -16,7 +15,8 @@ use tonic::{Request, Response, Status};
 use super::SecurityConfig;
 use super::audit::Auditor;
 use super::guard::{Caller, Guard};
-use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Lifetime, Role, new_token};
+use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Role, new_token};
+use crate::clock::Clock;
 use crate::store::Store;
 use crate::store::security::BootstrapToken;
 
@@ -24,8 +24,6 @@ use crate::store::security::BootstrapToken;
 pub const BROKER_PREFIX: &str = "fbp";
 /// Longest bootstrap token lifetime.
 const MAX_TTL_S: u32 = 30 * 86_400;
-/// Bootstrap tokens whose creation instant this process remembers, at most.
-const CREATED_HERE_MAX: usize = 100_000;
 
 /// What the controller tells enrolling nodes about itself.
 #[derive(Debug, Clone, Default)]
@@ -44,8 +42,8 @@ pub struct Security {
     pub audit: Auditor,
     pub cfg: SecurityConfig,
     pub facing: NodeFacing,
-    /// When this process made each bootstrap token (the monotonic half of expiry).
-    created_here: Mutex<HashMap<String, Instant>>,
+    /// The time expiry is judged at: never below what was seen (`crate::clock`).
+    pub clock: Arc<Clock>,
     /// Called with each node enrolled or revoked (signature keys, broker, WireGuard).
     pub on_change: tokio::sync::broadcast::Sender<String>,
     /// Mosquitto's dynamic security, when the controller manages it.
@@ -91,26 +89,6 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl Security {
-    /// The shared state.
-    #[must_use]
-    pub fn new(
-        store: Store,
-        guard: Arc<Guard>,
-        audit: Auditor,
-        cfg: SecurityConfig,
-        facing: NodeFacing,
-        dynsec: Option<super::dynsec::Dynsec>,
-        on_change: tokio::sync::broadcast::Sender<String>,
-    ) -> Self {
-        Self { store, guard, audit, cfg, facing, created_here: Mutex::new(HashMap::new()), on_change, dynsec }
-    }
-
-    pub(super) fn lifetime(&self, t: &BootstrapToken) -> Lifetime {
-        let here =
-            self.created_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&t.token_id).copied();
-        Lifetime { created_unix_ms: t.created_unix_ms, expires_unix_ms: t.expires_unix_ms, created_here: here }
-    }
-
     pub async fn create_bootstrap_token(
         &self,
         req: Request<CreateBootstrapTokenRequest>,
@@ -129,14 +107,12 @@ impl Security {
             let labels = labels_text(&q.labels.into_iter().collect())?;
             let (token, hash) = new_token(BOOTSTRAP_PREFIX).map_err(internal)?;
             let token_id = hash[..12].to_owned();
-            let now = fleet_proto::now_unix_ms();
+            let now = self.clock.now_ms();
             let expires = now.saturating_add(ttl_ms);
+            // The mark first: a restart right after with the clock set back cannot
+            // stretch this token.
+            self.store.raise_clock_high_water(now).await.map_err(internal)?;
             self.store.create_bootstrap_token(&token_id, &hash, &labels, now, expires).await.map_err(internal)?;
-            let mut here = self.created_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if here.len() >= CREATED_HERE_MAX {
-                here.clear();
-            }
-            here.insert(token_id.clone(), Instant::now());
             Ok(CreateBootstrapTokenResponse { token_id, token: token.expose().to_owned(), expires_unix_ms: expires })
         }
         .await;

@@ -100,6 +100,8 @@ pub struct ServiceParts<'a> {
     pub facing: NodeFacing,
     /// Mosquitto's dynamic security is driven, logged in as this admin.
     pub dynsec_admin: Option<String>,
+    /// The time token expiry is judged at.
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl Services {
@@ -117,15 +119,16 @@ impl Services {
             p.cfg.api_rate_per_s,
             p.metrics.clone(),
         ));
-        let security = Arc::new(Security::new(
-            p.store.clone(),
-            guard.clone(),
+        let security = Arc::new(Security {
+            store: p.store.clone(),
+            guard: guard.clone(),
             audit,
-            p.cfg.clone(),
-            p.facing,
-            dynsec.clone(),
-            changes.clone(),
-        ));
+            cfg: p.cfg.clone(),
+            facing: p.facing,
+            clock: p.clock,
+            on_change: changes.clone(),
+            dynsec: dynsec.clone(),
+        });
         Self { security, guard, rotation, dynsec, changes }
     }
 }

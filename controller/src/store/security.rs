@@ -4,7 +4,7 @@
 
 use super::Store;
 use crate::ControllerError;
-use crate::auth::{Lifetime, Role};
+use crate::auth::Role;
 
 /// Runs the same statement text on whichever pool the store has.
 macro_rules! on_pool {
@@ -71,6 +71,35 @@ fn token_of(r: TokenRow) -> BootstrapToken {
 }
 
 impl Store {
+    /// The clock's high-water mark (`crate::clock`): 0 before the first one.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn clock_high_water(&self) -> Result<i64, ControllerError> {
+        let sql = "SELECT at_ms FROM clock_high_water WHERE id = 1";
+        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_optional(p).await?);
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Raises the clock's high-water mark to `at_ms` (never lowers it: every
+    /// replica's clock counts).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn raise_clock_high_water(&self, at_ms: i64) -> Result<(), ControllerError> {
+        match self {
+            Store::Postgres(p, _) => {
+                let sql = "UPDATE clock_high_water SET at_ms = GREATEST(at_ms, $1) WHERE id = 1";
+                sqlx::query(sql).bind(at_ms).execute(p).await?;
+            }
+            Store::Sqlite(p) => {
+                let sql = "UPDATE clock_high_water SET at_ms = MAX(at_ms, $1) WHERE id = 1";
+                sqlx::query(sql).bind(at_ms).execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stores a new bootstrap token's hash.
     ///
     /// # Errors
@@ -98,7 +127,7 @@ impl Store {
     }
 
     /// Uses a bootstrap token once, for `node_id`: checks it (unknown, used,
-    /// revoked, expired by `lifetime_of`'s rule at `now_unix_ms`) and marks it
+    /// revoked, expired at `now_unix_ms`, the controller's `Clock`) and marks it
     /// used so that no second caller, even a concurrent one, can use it.
     ///
     /// # Errors
@@ -108,7 +137,6 @@ impl Store {
         hash: &str,
         node_id: &str,
         now_unix_ms: i64,
-        lifetime_of: impl Fn(&BootstrapToken) -> Lifetime,
     ) -> Result<Result<BootstrapToken, TokenRefused>, ControllerError> {
         let sql = "SELECT token_id, labels, created_ms, expires_ms, used_ms, used_by, revoked_ms \
                    FROM bootstrap_tokens WHERE hash = $1";
@@ -120,7 +148,7 @@ impl Store {
         if token.revoked_unix_ms.is_some() {
             return Ok(Err(TokenRefused::Revoked));
         }
-        if lifetime_of(&token).expired(now_unix_ms) {
+        if now_unix_ms >= token.expires_unix_ms {
             return Ok(Err(TokenRefused::Expired));
         }
         let mark = "UPDATE bootstrap_tokens SET used_ms = $1, used_by = $2 \
