@@ -159,3 +159,161 @@ fn read_all(brokers: &str) -> anyhow::Result<(Vec<TelemetryBatch>, usize)> {
     }
     Ok((batches, status))
 }
+
+/// Per partition of `fleet.telemetry`: the (node, boot, seq) of every sample
+/// at each offset, read from the beginning by a reader of its own.
+fn messages_by_offset(brokers: &str) -> anyhow::Result<Vec<Vec<Vec<(String, String, u64)>>>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "test-offsets").create()?;
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer.fetch_watermarks("fleet.telemetry", p, Duration::from_secs(5))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("fleet.telemetry", p, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let mut msgs = Vec::new();
+        let start = Instant::now();
+        while (msgs.len() as i64) < high && start.elapsed() < Duration::from_secs(30) {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m?;
+                let env = fleet_proto::v1::SignedMessage::decode(m.payload().unwrap_or_default());
+                let payload = env.map(|e| e.payload).unwrap_or_else(|_| m.payload().unwrap_or_default().to_vec());
+                let b = TelemetryBatch::decode(payload.as_slice()).unwrap_or_default();
+                msgs.push(
+                    (b.first_seq..b.first_seq + b.samples.len() as u64)
+                        .map(|s| (b.node_id.clone(), b.boot_id.clone(), s))
+                        .collect(),
+                );
+            }
+        }
+        out.push(msgs);
+    }
+    Ok(out)
+}
+
+/// The group's committed offset per partition (0 when none yet).
+fn committed(brokers: &str) -> anyhow::Result<Vec<i64>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "fleet-controller").create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("fleet.telemetry", p);
+    }
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(c.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).collect())
+}
+
+/// Every sample of every message below the committed offsets is in the store.
+async fn offsets_behind_rows(brokers: &str, pool: &sqlx::PgPool) -> anyhow::Result<usize> {
+    let b = brokers.to_owned();
+    let (offsets, msgs) =
+        tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>((committed(&b)?, messages_by_offset(&b)?)))
+            .await??;
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT node_id, boot_id, seq FROM telemetry").fetch_all(pool).await?;
+    let stored: std::collections::HashSet<(String, String, u64)> =
+        rows.into_iter().map(|(n, b, s)| (n, b, u64::try_from(s).unwrap_or(0))).collect();
+    let mut covered = 0;
+    for (p, c) in offsets.iter().enumerate() {
+        let below = usize::try_from(*c).unwrap_or(0);
+        anyhow::ensure!(
+            below <= msgs[p].len(),
+            "partition {p}: committed offset {c} past the {} messages read",
+            msgs[p].len()
+        );
+        for (offset, samples) in msgs[p][..below].iter().enumerate() {
+            let missing = samples.iter().find(|s| !stored.contains(*s));
+            anyhow::ensure!(
+                missing.is_none(),
+                "partition {p}: offset {offset} is committed, but {missing:?} is not in the store"
+            );
+            covered += 1;
+        }
+    }
+    Ok(covered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_holds_the_offsets_back_and_nothing_is_skipped() -> anyhow::Result<()> {
+    let mock = cluster()?;
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let db = TestDb::create().await?;
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let mut ccfg = controller_config(dir.path(), "", &db.url);
+    ccfg.kafka.brokers = brokers.clone();
+    ccfg.kafka.bridge = false;
+    ccfg.kafka.commit_every = 16;
+    let stop = CancellationToken::new();
+    let c = Controller::start(ccfg, stop.clone()).await?;
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let mut cfg = agent_config(&format!("kfail-{i}"), "mqtt://127.0.0.1:9", dir.path());
+        cfg.uplink = UplinkKind::Kafka;
+        cfg.kafka.brokers = brokers.clone();
+        cfg.telemetry.shutdown_grace = Duration::from_secs(15);
+        agents.push(AgentHandle::spawn(cfg));
+    }
+    let store = c.store.clone();
+    wait_for(Duration::from_secs(30), "rows before the failure", || {
+        let store = store.clone();
+        async move { (store.count_samples(None).await.ok()? > 100).then_some(()) }
+    })
+    .await?;
+    // Every insert into telemetry fails from now on.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$; \
+         CREATE TRIGGER fail_insert BEFORE INSERT ON telemetry FOR EACH STATEMENT EXECUTE FUNCTION fail_insert();",
+    )
+    .execute(&pool)
+    .await?;
+    let errors_before = c.metrics.write_errors.get();
+    // A round written just before the trigger may still commit its offsets.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stuck = committed(&brokers)?;
+    let total = |b: String| {
+        tokio::task::spawn_blocking(move || messages_by_offset(&b).map(|m| m.iter().map(Vec::len).sum::<usize>()))
+    };
+    let messages_then = total(brokers.clone()).await??;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        offsets_behind_rows(&brokers, &pool).await?;
+    }
+    assert!(c.metrics.write_errors.get() > errors_before, "the writes did fail");
+    assert_eq!(committed(&brokers)?, stuck, "no offset moved while nothing could be written");
+    let arrived = total(brokers.clone()).await??;
+    assert!(arrived > messages_then, "messages kept arriving during the failure ({messages_then} -> {arrived})");
+    sqlx::raw_sql("DROP TRIGGER fail_insert ON telemetry").execute(&pool).await?;
+    let mut reports = Vec::new();
+    for a in agents {
+        reports.push(a.stop().await?);
+    }
+    for r in &reports {
+        let (want, store, node) = (r.counters.samples_taken, c.store.clone(), r.node_id.clone());
+        wait_for(Duration::from_secs(30), &format!("all {want} samples of {node} after recovery"), || {
+            let (store, node) = (store.clone(), node.clone());
+            async move { (store.count_samples(Some(&node)).await.ok()? == want).then_some(()) }
+        })
+        .await?;
+    }
+    wait_for(Duration::from_secs(20), "offsets committed up to the end", || {
+        let b = brokers.clone();
+        async move {
+            let done: i64 = committed(&b).ok()?.iter().sum();
+            let high: i64 = (0..PARTITIONS)
+                .map(|p| {
+                    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().ok()?;
+                    c.fetch_watermarks("fleet.telemetry", p, Duration::from_secs(5)).ok().map(|w| w.1)
+                })
+                .sum::<Option<i64>>()?;
+            (done == high).then_some(())
+        }
+    })
+    .await?;
+    let covered = offsets_behind_rows(&brokers, &pool).await?;
+    println!("offsets held at {stuck:?} while inserts failed; after recovery all {covered} messages' rows stored");
+    stop.cancel();
+    c.wait().await;
+    pool.close().await;
+    db.cleanup().await
+}

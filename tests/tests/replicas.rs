@@ -1,8 +1,10 @@
 //! Two controller replicas against one PostgreSQL: 20 agents send at least
 //! 50,000 samples while one replica is killed (SIGKILL) mid-run; every sample
-//! is in the database exactly once. Run over MQTT (Mosquitto, shared
-//! subscription) and over Kafka (Tansu, a Kafka-protocol broker run as its
-//! own process, consumer group). The agents are not enrolled (the replicas
+//! is in the database exactly once, and every live replica holds every
+//! node's status (before the kill and at the end). Run over MQTT (Mosquitto,
+//! shared subscription) and over Kafka (Tansu, a Kafka-protocol broker run as
+//! its own process, consumer group; a replacement replica joins after the
+//! kill, as an orchestrator would start one, and is never restarted). The agents are not enrolled (the replicas
 //! run with `require_enrollment = false`): this suite is about shared
 //! ingest; signed messages under restarts are chaos 1-4's and `signed.rs`'s.
 
@@ -26,13 +28,20 @@ enum Path2 {
     Kafka,
 }
 
-/// A replica's config file and its metrics address.
-fn controller_toml(dir: &Path, name: &str, db: &str, mqtt_url: &str, kafka: Option<&str>) -> (PathBuf, SocketAddr) {
+/// A replica's config file, its metrics address and its gRPC port.
+fn controller_toml(
+    dir: &Path,
+    name: &str,
+    db: &str,
+    mqtt_url: &str,
+    kafka: Option<&str>,
+) -> (PathBuf, SocketAddr, u16) {
     let kafka = match kafka {
         Some(b) => format!("[kafka]\nbrokers = \"{b}\"\nbridge = false\n"),
         None => String::new(),
     };
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let grpc = free_port();
     let text = format!(
         "database_url = \"{db}\"\ndata_dir = \"{data}\"\n\
          [mqtt]\nurl = \"{mqtt_url}\"\nshared_group = \"fleet-ingest\"\n\
@@ -40,11 +49,10 @@ fn controller_toml(dir: &Path, name: &str, db: &str, mqtt_url: &str, kafka: Opti
          [storage]\njob_interval = \"500ms\"\n\
          [security]\nrequire_enrollment = false\n{kafka}",
         data = dir.join(name).display(),
-        grpc = free_port(),
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write controller config");
-    (path, http)
+    (path, http, grpc)
 }
 
 fn start_controller(dir: &Path, name: &str, config: &Path) -> anyhow::Result<Proc> {
@@ -101,46 +109,56 @@ fn start_agents(path: Path2, kafka: Option<&str>, broker: &str, dir: &std::path:
         .collect()
 }
 
-/// Waits until every produced sample is stored. A killed consumer's
-/// partitions move to the survivor after the group's session timeout; wait
-/// for what it then reads. Tansu 0.6 sometimes leaves a partition unassigned
-/// after a member died; a member joining again makes it rebalance, so a
-/// replacement that sees no progress for 20 s is restarted (at most 4
-/// times), as an orchestrator's probe would.
-async fn all_produced_stored(
-    pool: &sqlx::PgPool,
-    produced: u64,
+/// Waits until every produced sample is stored (a killed consumer's
+/// partitions move on after the group's session timeout; nothing here
+/// restarts a replica).
+async fn all_produced_stored(pool: &sqlx::PgPool, produced: u64, path: Path2, survivor: &Proc) -> anyhow::Result<()> {
+    wait_for(Duration::from_secs(120), "every produced sample stored", || async {
+        (rows(pool).await >= produced).then_some(())
+    })
+    .await
+    .with_context(|| format!("{path:?}: not all {produced} samples stored; a survivor's log:\n{}", survivor.log_text()))
+}
+
+/// Each live replica's live view holds every node's status from its last run
+/// (status is not shared out like telemetry: every replica hears all of it).
+fn each_replica_has_every_status(
+    dir: &Path,
+    live: &[(&Proc, u16)],
+    runs: &[(String, Option<String>)],
     path: Path2,
-    replicas: &mut Vec<Proc>,
-    (dir, config): (&std::path::Path, &std::path::Path),
 ) -> anyhow::Result<()> {
-    let mut restarts = 0;
-    loop {
-        let stalled = wait_for(Duration::from_secs(20), "every produced sample stored", || async {
-            (rows(pool).await >= produced).then_some(())
-        })
-        .await;
-        if stalled.is_ok() {
-            return Ok(());
-        }
-        let before = rows(pool).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        if rows(pool).await > before {
-            continue; // still moving
-        }
+    // Any replica's first admin token works for all: they share the database.
+    let token = ["replica-a", "replica-b"]
+        .iter()
+        .map(|n| dir.join(n).join("admin.token"))
+        .find(|p| p.exists())
+        .context("no replica wrote an admin token")?;
+    for (replica, grpc) in live {
+        let out = Command::new(bin("fleetctl")?)
+            .args(["--server", &format!("https://127.0.0.1:{grpc}"), "--ca"])
+            .arg(dir.join(&replica.name).join("tls/ca.pem"))
+            .arg("--token-file")
+            .arg(&token)
+            .args(["nodes", "list", "-o", "json"])
+            .output()?;
         ensure!(
-            matches!(path, Path2::Kafka) && restarts < 4,
-            "{path:?}: {} of {produced} samples stored; survivor's log:\n{}",
-            rows(pool).await,
-            replicas[0].log_text()
+            out.status.success(),
+            "{path:?}: fleetctl against {}: {}",
+            replica.name,
+            String::from_utf8_lossy(&out.stderr)
         );
-        restarts += 1;
-        println!("{path:?}: no progress at {before} of {produced} rows; restarting the replacement replica");
-        if let Some(mut last) = replicas.pop() {
-            last.kill9();
+        let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        for (node, boot) in runs {
+            let seen = nodes.iter().any(|n| {
+                let b = n["boot_id"].as_str().unwrap_or_default();
+                n["node_id"] == node.as_str() && boot.as_ref().map_or(!b.is_empty(), |want| b == want)
+            });
+            ensure!(seen, "{path:?}: {} has no status of {node} (run {boot:?})", replica.name);
         }
-        replicas.push(start_controller(dir, &format!("replica-a{}", restarts + 2), config)?);
     }
+    println!("{path:?}: each of {} live replicas holds the status of all {} nodes", live.len(), runs.len());
+    Ok(())
 }
 
 /// Every agent's run is in the store exactly once: every seq from 0, no duplicate.
@@ -168,12 +186,12 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let mosquitto = Mosquitto::start().await?;
-    let (mut replicas, mut metrics, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut replicas, mut metrics, mut grpcs) = (Vec::new(), Vec::new(), Vec::new());
     for name in ["replica-a", "replica-b"] {
-        let (cfg, http) = controller_toml(dir.path(), name, &db.url, &mosquitto.url, kafka);
+        let (cfg, http, grpc) = controller_toml(dir.path(), name, &db.url, &mosquitto.url, kafka);
         replicas.push(start_controller(dir.path(), name, &cfg)?);
         metrics.push(http);
-        configs.push(cfg);
+        grpcs.push(grpc);
     }
     let pool = sqlx::PgPool::connect(&db.url).await?;
     replicas_ready(&replicas, path).await?;
@@ -192,8 +210,17 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
         ensure!(written > 0.0, "{path:?}: {} wrote nothing before the kill; log:\n{}", r.name, r.log_text());
         println!("{path:?}: {} had written {written} rows before replica A was killed", r.name);
     }
+    // Before the kill: both replicas hear every node's status.
+    let nodes: Vec<_> = (0..AGENTS).map(|i| (format!("pi-{i:02}"), None)).collect();
+    let both: Vec<(&Proc, u16)> = replicas.iter().zip(grpcs.iter().copied()).collect();
+    wait_for(Duration::from_secs(30), "every status on both replicas", || async {
+        each_replica_has_every_status(dir.path(), &both, &nodes, path).ok()
+    })
+    .await
+    .or_else(|_| each_replica_has_every_status(dir.path(), &both, &nodes, path))?;
     let mut killed = replicas.remove(0);
     killed.kill9();
+    grpcs.remove(0);
     let at_kill = rows(&pool).await;
     // Kafka: Tansu 0.6 expires a dead member only when another member joins
     // or heartbeats, and the rebalance that follows still hands the survivor
@@ -204,7 +231,10 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
     // not committed to the database is read again (and deduplicated).
     if let Path2::Kafka = path {
         tokio::time::sleep(Duration::from_secs(13)).await;
-        replicas.push(start_controller(dir.path(), "replica-a2", &configs[0])?);
+        // Its own data directory and ports: the dead one's are not reused.
+        let (cfg, _, grpc) = controller_toml(dir.path(), "replica-a2", &db.url, &mosquitto.url, kafka);
+        replicas.push(start_controller(dir.path(), "replica-a2", &cfg)?);
+        grpcs.push(grpc);
     }
     wait_for(Duration::from_secs(180), "every sample stored", || async {
         (rows(&pool).await >= SAMPLES).then_some(())
@@ -216,8 +246,11 @@ async fn run(path: Path2, kafka: Option<&str>) -> anyhow::Result<()> {
         reports.push(a.stop().await?);
     }
     let produced: u64 = reports.iter().map(|r| r.counters.samples_taken).sum();
-    all_produced_stored(&pool, produced, path, &mut replicas, (dir.path(), &configs[0])).await?;
+    all_produced_stored(&pool, produced, path, &replicas[0]).await?;
     let total = each_run_exactly_once(&db.url, &reports, path).await?;
+    let live: Vec<(&Proc, u16)> = replicas.iter().zip(grpcs.iter().copied()).collect();
+    let runs: Vec<_> = reports.iter().map(|r| (r.node_id.clone(), Some(r.boot_id.clone()))).collect();
+    each_replica_has_every_status(dir.path(), &live, &runs, path)?;
     println!(
         "replicas over {path:?}: {AGENTS} agents, {total} samples, each stored exactly once; replica A killed at \
          {at_kill} rows, {:.1} s in",
