@@ -160,9 +160,12 @@ fn read_all(brokers: &str) -> anyhow::Result<(Vec<TelemetryBatch>, usize)> {
     Ok((batches, status))
 }
 
-/// Per partition of `fleet.telemetry`: the (node, boot, seq) of every sample
-/// at each offset, read from the beginning by a reader of its own.
-fn messages_by_offset(brokers: &str) -> anyhow::Result<Vec<Vec<Vec<(String, String, u64)>>>> {
+/// A sample's key in the store: node, boot, seq.
+type SampleKey = (String, String, u64);
+
+/// Per partition of `fleet.telemetry`: the samples of the message at each
+/// offset, read from the beginning by a reader of its own.
+fn messages_by_offset(brokers: &str) -> anyhow::Result<Vec<Vec<Vec<SampleKey>>>> {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "test-offsets").create()?;
     let mut out = Vec::new();
@@ -211,7 +214,7 @@ async fn offsets_behind_rows(brokers: &str, pool: &sqlx::PgPool) -> anyhow::Resu
             .await??;
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT node_id, boot_id, seq FROM telemetry").fetch_all(pool).await?;
-    let stored: std::collections::HashSet<(String, String, u64)> =
+    let stored: std::collections::HashSet<SampleKey> =
         rows.into_iter().map(|(n, b, s)| (n, b, u64::try_from(s).unwrap_or(0))).collect();
     let mut covered = 0;
     for (p, c) in offsets.iter().enumerate() {
