@@ -89,6 +89,26 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself.
+    ///
+    /// # Errors
+    /// When it does not (it is then killed).
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let Some(mut c) = self.child.take() else { bail!("{} is not running", self.name) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not exit within {timeout:?}; log:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The log so far.
     #[must_use]
     pub fn log_text(&self) -> String {
