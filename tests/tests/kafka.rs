@@ -174,21 +174,28 @@ fn messages_by_offset(brokers: &str) -> anyhow::Result<Vec<Vec<Vec<SampleKey>>>>
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("fleet.telemetry", p, Offset::Beginning)?;
         consumer.assign(&tpl)?;
-        let mut msgs = Vec::new();
+        // Indexed by the message's own offset: a message of the partition read
+        // before may still arrive after the new assignment, and is ignored.
+        let mut msgs: Vec<Option<Vec<SampleKey>>> = vec![None; usize::try_from(high).unwrap_or(0)];
         let start = Instant::now();
-        while (msgs.len() as i64) < high && start.elapsed() < Duration::from_secs(30) {
+        while msgs.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(30) {
             if let Some(m) = consumer.poll(Duration::from_millis(200)) {
                 let m = m?;
-                let env = fleet_proto::v1::SignedMessage::decode(m.payload().unwrap_or_default());
-                let payload = env.map(|e| e.payload).unwrap_or_else(|_| m.payload().unwrap_or_default().to_vec());
-                let b = TelemetryBatch::decode(payload.as_slice()).unwrap_or_default();
-                msgs.push(
+                let Some(slot) =
+                    usize::try_from(m.offset()).ok().filter(|_| m.partition() == p).and_then(|o| msgs.get_mut(o))
+                else {
+                    continue;
+                };
+                let raw = m.payload().unwrap_or_default();
+                let b = TelemetryBatch::decode(raw).unwrap_or_default();
+                *slot = Some(
                     (b.first_seq..b.first_seq + b.samples.len() as u64)
                         .map(|s| (b.node_id.clone(), b.boot_id.clone(), s))
                         .collect(),
                 );
             }
         }
+        let msgs: Vec<Vec<SampleKey>> = msgs.into_iter().map(Option::unwrap_or_default).collect();
         out.push(msgs);
     }
     Ok(out)

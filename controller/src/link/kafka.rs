@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use fleet_proto::topics::Channel;
 use fleet_proto::v1::TelemetryBatch;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -133,8 +133,16 @@ pub struct TelemetryConsumer {
     verifier: Arc<Verifier>,
 }
 
-/// Batches handed on in one round, each with the receiver of its outcome.
-type Waits = Vec<(TelemetryBatch, oneshot::Receiver<bool>)>;
+/// One message of a round, in the order consumed: where it is, and for a
+/// telemetry batch handed on, the batch and the receiver of its outcome.
+struct Taken {
+    partition: i32,
+    offset: i64,
+    batch: Option<(TelemetryBatch, oneshot::Receiver<bool>)>,
+}
+
+/// The messages of one round.
+type Waits = Vec<Taken>;
 
 impl TelemetryConsumer {
     /// Joins the group on `fleet.telemetry`.
@@ -150,6 +158,10 @@ impl TelemetryConsumer {
         let consumer: StreamConsumer<GroupContext> = client_config(cfg, true)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
+            // Offsets are stored by hand, each only once its message's rows are
+            // committed: an asynchronous commit sends whatever is stored when it
+            // runs, and by then the next round's messages are consumed already.
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .create_with_context(GroupContext)
@@ -208,7 +220,9 @@ impl TelemetryConsumer {
         waits: &mut Waits,
         limiter: &mut LogLimiter,
     ) -> Result<(), Closed> {
+        let mut taken = Taken { partition: m.partition(), offset: m.offset(), batch: None };
         if is_bridged(m) {
+            waits.push(taken);
             return Ok(());
         }
         match accept(m, Channel::Telemetry, self.max_payload, &self.verifier) {
@@ -216,7 +230,7 @@ impl TelemetryConsumer {
                 self.metrics.received.get_or_create(&ChannelLabel { channel: "kafka_telemetry" }).inc();
                 let (tx, rx) = oneshot::channel();
                 owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
-                waits.push((batch, rx));
+                taken.batch = Some((batch, rx));
             }
             Ok(_) => {}
             Err((reason, who)) => {
@@ -226,23 +240,36 @@ impl TelemetryConsumer {
                 }
             }
         }
+        waits.push(taken);
         Ok(())
     }
 
-    /// Waits until every batch of the round is committed, handing a failed
-    /// one on again every second until it lands (only what the database has
-    /// is committed to Kafka).
+    /// Waits, in the order consumed, until each message's batch is committed
+    /// (handing a failed one on again every second until it lands), and only
+    /// then stores its offset: what is committed to Kafka never passes a row
+    /// the database does not have.
     async fn committed(&self, waits: Waits, owner: &impl Deliver, shutdown: &CancellationToken) -> Result<(), Closed> {
-        for (batch, rx) in waits {
-            let mut ok = rx.await.unwrap_or(false);
-            while !ok {
-                tokio::select! {
-                    () = shutdown.cancelled() => return Err(Closed),
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        for t in waits {
+            if let Some((batch, rx)) = t.batch {
+                let mut ok = rx.await.unwrap_or(false);
+                while !ok {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Err(Closed),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
+                    ok = rx.await.unwrap_or(false);
                 }
-                let (tx, rx) = oneshot::channel();
-                owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
-                ok = rx.await.unwrap_or(false);
+            }
+            // The next offset to read. A partition taken away meanwhile refuses
+            // it: its new owner reads the message again (deduplicated).
+            let mut next = TopicPartitionList::new();
+            let stored = next
+                .add_partition_offset(fleet_proto::topics::KAFKA_TELEMETRY, t.partition, Offset::Offset(t.offset + 1))
+                .and_then(|()| self.consumer.store_offsets(&next));
+            if let Err(e) = stored {
+                tracing::debug!(error = %e, partition = t.partition, "Kafka offset not stored (partition revoked?).");
             }
         }
         Ok(())

@@ -178,9 +178,12 @@ pub fn mosquitto_conf(dir: &Path, underlay_too: bool) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
-pub fn agent_toml(dir: &Path, node: &str, wg_if: &str, fast: bool) -> anyhow::Result<PathBuf> {
-    let (interval, flush) = if fast { ("10ms", "50ms") } else { ("100ms", "100ms") };
-    let path = dir.join(format!("{node}{}.toml", if fast { "-fast" } else { "" }));
+/// An agent's config; `drain`: for the rate phase, replaying its backlog as
+/// fast as the link and the controller take it.
+pub fn agent_toml(dir: &Path, node: &str, wg_if: &str, drain: bool) -> anyhow::Result<PathBuf> {
+    let (interval, flush) = ("100ms", "100ms");
+    let spool = if drain { "[spool]\nreplay_batches_per_s = 100000\nmax_bytes = 1073741824\n" } else { "" };
+    let path = dir.join(format!("{node}{}.toml", if drain { "-drain" } else { "" }));
     std::fs::write(
         &path,
         format!(
@@ -189,7 +192,7 @@ pub fn agent_toml(dir: &Path, node: &str, wg_if: &str, fast: bool) -> anyhow::Re
              [telemetry]\ninterval = \"{interval}\"\nflush_interval = \"{flush}\"\nstatus_interval = \"2s\"\n\
              max_batch_samples = 2048\n\
              [hardware]\nbackend = \"sim\"\n[inference]\nenabled = false\n\
-             [overlay]\ninterface = \"{wg_if}\"\n",
+             [overlay]\ninterface = \"{wg_if}\"\n{spool}",
             data = dir.join(node).display()
         ),
     )?;
@@ -261,4 +264,44 @@ pub fn capture(topo: &Topology, ns: &str, iface: &str, filter: &str, secs: u32) 
     let out = run(&mut cmd)?;
     let _ = topo;
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" IP")).count())
+}
+
+/// Samples each agent drains in the rate phase: `FLEET_OVERLAY_BACKLOG`, default 200,000.
+#[must_use]
+pub fn backlog_size() -> u64 {
+    std::env::var("FLEET_OVERLAY_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+}
+
+/// Samples per batch of a backlog (a batch an agent that was offline cuts).
+const BACKLOG_BATCH: u64 = 1000;
+
+/// Puts `samples` samples of a new run into the spool of the (stopped) agent
+/// whose data is in `data_dir`, as an agent that was offline for a while
+/// holds them; returns the run's boot id.
+pub fn backlog(data_dir: &Path, node: &str, samples: u64) -> anyhow::Result<String> {
+    use fleet_agent::spool::{Spool, SpoolConfig};
+    use fleet_proto::v1::{Sample, TelemetryBatch};
+    let cfg = SpoolConfig { max_bytes: 1 << 30, ..SpoolConfig::default() };
+    let mut spool = Spool::open(&data_dir.join("spool"), cfg)?;
+    let boot_id = uuid::Uuid::new_v4().to_string();
+    let start_ms = fleet_proto::now_unix_ms() - 3_600_000;
+    for first in (0..samples).step_by(BACKLOG_BATCH as usize) {
+        let n = BACKLOG_BATCH.min(samples - first);
+        let batch = TelemetryBatch {
+            node_id: node.to_owned(),
+            boot_id: boot_id.clone(),
+            first_seq: first,
+            samples: (first..first + n)
+                .map(|i| Sample {
+                    metric: fleet_proto::metrics::TICK[(i % 11) as usize].into(),
+                    value: (i % 100) as f64,
+                    time_unix_ms: start_ms + i64::try_from(i / 11).unwrap_or(0) * 10,
+                })
+                .collect(),
+            low_water_seq: 0,
+        };
+        spool.append(&batch)?;
+    }
+    spool.close()?;
+    Ok(boot_id)
 }
