@@ -1,4 +1,6 @@
-//! The node's inference jobs: models loaded once off the event loop, jobs run
+//! The node's inference jobs: models listed at start off the event loop and
+//! each loaded the first time a job needs it (a node that never runs one never
+//! holds it in memory), jobs run
 //! on a bounded pool of blocking threads (fleet-inference's `Pool`), admitted
 //! only while the power profile allows (`max_jobs` running plus waiting) and
 //! only before their deadline, measured on the node's own monotonic clock
@@ -69,7 +71,7 @@ pub struct Jobs {
     workers: usize,
     queue: usize,
     slowdown: f64,
-    /// Models being loaded on a blocking thread; taken when done.
+    /// The model directory being read on a blocking thread; taken when done.
     loading: Option<JoinHandle<(Runtime, Vec<InferenceError>)>>,
     /// None until the models are loaded (or when jobs are disabled).
     pool: Option<Pool>,
@@ -94,7 +96,7 @@ impl Jobs {
     pub fn start(cfg: &InferenceConfig, node_id: &str, sim_hardware: bool) -> (Self, mpsc::Receiver<JobResult>) {
         let loading = cfg.enabled.then(|| {
             let dir = (!cfg.model_dir.as_os_str().is_empty()).then(|| cfg.model_dir.clone());
-            tokio::task::spawn_blocking(move || Runtime::load(dir.as_deref(), &[]))
+            tokio::task::spawn_blocking(move || Runtime::open(dir.as_deref(), &[]))
         });
         let (results_tx, results) = mpsc::channel(cfg.workers + cfg.queue + 1);
         let jobs = Self {
@@ -124,7 +126,7 @@ impl Jobs {
                 for e in errors {
                     tracing::error!(error = %e, "A model was not loaded; jobs for it go to other nodes.");
                 }
-                tracing::info!(models = ?rt.names(), "Inference models loaded.");
+                tracing::info!(models = ?rt.names(), "Inference models available (each loaded by its first job).");
                 self.pool = Some(Pool::new(Arc::new(rt), self.workers, self.queue).with_slowdown(self.slowdown));
             }
             Err(e) => tracing::error!(error = %e, "Loading the inference models failed; this node takes no jobs."),

@@ -62,9 +62,7 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -96,6 +94,24 @@ fn main() -> ExitCode {
         }
         Some(Command::GenerateConfig) | None => run(&rt, cfg),
     }
+}
+
+/// Logs to stdout (the journal) at `RUST_LOG`'s levels (`info` when unset):
+/// `level` or `target=level`, comma-separated. A plain target filter, not
+/// `EnvFilter`: the agent does without the regex engine that one runs on.
+fn logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let targets = match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(t) if !spec.trim().is_empty() => t,
+        Ok(_) => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO),
+        Err(e) => {
+            eprintln!("fleet-agent: RUST_LOG={spec:?} is not `level` or `target=level,...` ({e}); logging at info");
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        }
+    };
+    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer()).with(targets).init();
 }
 
 /// The config file (or the defaults) with the flags applied.

@@ -120,6 +120,8 @@ impl Place {
         let answer = tokio::task::spawn_blocking(move || {
             // Held by the thread, so a cancelled caller cannot start a second run on it.
             let _worker = worker;
+            // A model's first job loads it; the slowdown applies to the run alone.
+            rt.prepare(&model)?;
             let started = std::time::Instant::now();
             let r = rt.run(&model, &text);
             if slowdown > 1.0 {
