@@ -1,7 +1,8 @@
 # Shared by the bench scripts (sourced): a controller on its production
 # defaults (enrollment required, TLS, API tokens) and an agent enrolled with
 # it the way a Pi is (`fleetctl tokens create`, `fleet-agent enroll`).
-# Expects: $work (a scratch directory) and $bin (where the binaries are).
+# Expects: $work (a scratch directory), $bin (where fleet-controller and
+# fleetctl are) and $agent_bin (the fleet-agent binary).
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -25,7 +26,7 @@ enroll_agent() {
   local token
   token=$("$bin/fleetctl" --server "$grpc_url" --ca "$work/controller/tls/ca.pem" \
     --token-file "$work/controller/admin.token" tokens create --ttl 10m 2>/dev/null)
-  FLEET_BOOTSTRAP_TOKEN=$token "$bin/fleet-agent" --config "$1" enroll --controller "$grpc_url" \
+  FLEET_BOOTSTRAP_TOKEN=$token "$agent_bin" --config "$1" enroll --controller "$grpc_url" \
     --ca "$work/controller/tls/ca.pem" >/dev/null
 }
 
@@ -36,9 +37,9 @@ agent_config() {
   echo "$work/$1.toml"
 }
 
-# acked AGENT_PID CONFIG: fails unless the agent's own status shows an ack (it is enrolled and heard).
+# acked CONFIG: fails unless the agent's own status shows an ack (it is enrolled and heard).
 acked() {
-  "$bin/fleet-agent" --config "$2" status | grep -q "last ack    20" || {
+  "$agent_bin" --config "$1" status | grep -q "last ack    20" || {
     echo "the agent got no ack: it is not enrolled or not heard:" >&2
-    "$bin/fleet-agent" --config "$2" status >&2; return 1; }
+    "$agent_bin" --config "$1" status >&2; return 1; }
 }

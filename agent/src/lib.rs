@@ -8,7 +8,9 @@
 //! `run` is the whole agent: this file is its event loop; each part does its
 //! own work (`delivery`, `power`, `desired`, `overlay`, `jobs`, `outbox`),
 //! `agent` puts them together; `main.rs` only parses flags.
-#![forbid(unsafe_code)]
+// `trim` is the one place with unsafe code (one madvise call, its safety
+// argued there); everything else forbids it.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod board;
@@ -28,6 +30,7 @@ pub mod sampler;
 pub mod signer;
 pub mod spool;
 pub mod telemetry;
+pub mod trim;
 pub mod uplink;
 
 use std::time::Duration;
@@ -54,6 +57,8 @@ pub struct AgentReport {
 
 /// How often the delivery tick runs (replay is paced per tick).
 const DELIVER_TICK: Duration = Duration::from_millis(100);
+/// When start-up is over and its code pages are given back (`trim`).
+const TRIM_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping agent lets running jobs finish.
 const JOB_DRAIN: Duration = Duration::from_secs(2);
 
@@ -88,9 +93,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         status: ticker(t.status_interval, MissedTickBehavior::Delay),
         deliver: ticker(DELIVER_TICK, MissedTickBehavior::Delay),
     };
+    let trim = tokio::time::sleep(TRIM_AFTER);
+    tokio::pin!(trim);
+    let mut trimmed = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = &mut trim, if !trimmed => {
+                trimmed = true;
+                let t = trim::release_startup_pages();
+                tracing::debug!(mappings = t.mappings, bytes = t.bytes, "Start-up's code pages given back.");
+            }
             _ = ticks.sample.tick() => {
                 if let Some(every) = a.sample() {
                     ticks.sample = ticker(every, MissedTickBehavior::Skip);
