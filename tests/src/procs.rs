@@ -229,6 +229,27 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes the network namespaces named `{prefix}...-{pid}` whose test process
+/// is gone (a run killed before its clean-up), killing what still runs in them;
+/// their veths go with them. Left behind, their addresses would take this run's
+/// routes.
+pub fn clear_stale_namespaces(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with(prefix)) else { continue };
+        let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", p]).status();
+            }
+        }
+        let _ = ip(&["netns", "del", name]);
+    }
+}
+
 impl NetNs {
     /// Why namespaces cannot be used here, if they cannot.
     #[must_use]
@@ -257,6 +278,7 @@ impl NetNs {
             host_ip: format!("10.231.{tag}.1"),
             ns_ip: format!("10.231.{tag}.2"),
         };
+        clear_stale_namespaces("fleet-chaos-");
         let _ = ip(&["netns", "del", &name]);
         ip(&["netns", "add", &name])?;
         ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use fleet_net::client::{FleetClient, fleet_client};
 use fleet_proto::v1::ListNodesRequest;
-use fleet_tests::procs::{NetNs, Proc, bin};
+use fleet_tests::procs::{NetNs, Proc, bin, clear_stale_namespaces};
 use fleet_tests::{http_get, metric_value};
 
 pub const WG_PORT: u16 = 51820;
@@ -20,7 +20,7 @@ pub const CONTROLLER_HOST_SIDE: &str = "10.232.0.2";
 pub const CONTROLLER_OVERLAY: &str = "10.77.0.1";
 pub const T: Duration = Duration::from_secs(30);
 /// Debug logs of our code (the secrets check reads them all), quieter libraries.
-pub const LOG_LEVELS: &str = "debug,rumqttd=off,rumqttc=info,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info,\
+pub const LOG_LEVELS: &str = "debug,fleet_agent::spool::durability=info,rumqttd=off,rumqttc=info,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info,\
                           sqlx=info,tonic=info,librdkafka=info";
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
@@ -48,12 +48,14 @@ pub struct Topology {
 
 impl Topology {
     pub fn create() -> anyhow::Result<Self> {
-        let tag = std::process::id() % 10_000;
+        let pid = std::process::id();
+        let tag = pid % 10_000;
+        clear_stale_namespaces("fo-");
         let t = Self {
             tag,
-            c: format!("fo-c-{tag}"),
-            a: format!("fo-a-{tag}"),
-            b: format!("fo-b-{tag}"),
+            c: format!("fo-c-{pid}"),
+            a: format!("fo-a-{pid}"),
+            b: format!("fo-b-{pid}"),
             host_if: format!("foh{tag}"),
             procs: Vec::new(),
         };
