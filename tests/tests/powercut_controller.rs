@@ -125,17 +125,24 @@ impl Fleet {
         })
     }
 
-    /// Every node enrolled, heard again since this start, through fleetctl
-    /// with the saved CA and both saved tokens.
+    /// Samples stored per node, as fleetctl (saved CA, operator token) lists them.
+    fn stored(&self) -> Option<BTreeMap<String, u64>> {
+        let json = self.fleetctl("operator.token", &["nodes", "list", "-o", "json"]).ok()?;
+        let nodes: Vec<serde_json::Value> = serde_json::from_str(&json).ok()?;
+        let count = |n: &str| nodes.iter().find(|v| v["node_id"] == n).and_then(|v| v["samples_stored"].as_u64());
+        Some(NODES.iter().map(|&n| (n.to_owned(), count(n).unwrap_or(0))).collect())
+    }
+
+    /// Every node enrolled and heard again after this start (more samples
+    /// stored than at the first answer), through fleetctl with the saved CA
+    /// and both saved tokens.
     async fn goes_on(&self, cut: u32) -> anyhow::Result<()> {
+        let first = wait_for(Duration::from_secs(60), "fleetctl answers", || async move { self.stored() }).await?;
+        let first = &first;
         let what = format!("cut {cut}: both nodes' signed telemetry accepted again");
         wait_for(Duration::from_secs(60), &what, || async move {
-            let json = self.fleetctl("operator.token", &["nodes", "list", "-o", "json"]).ok()?;
-            let nodes: Vec<serde_json::Value> = serde_json::from_str(&json).ok()?;
-            let heard = |n: &str| {
-                nodes.iter().any(|v| v["node_id"] == n && v["samples_stored"].as_u64().is_some_and(|s| s > 0))
-            };
-            NODES.iter().all(|n| heard(n)).then_some(())
+            let now = self.stored()?;
+            now.iter().all(|(n, s)| *s > first.get(n).copied().unwrap_or(0)).then_some(())
         })
         .await
         .with_context(|| {

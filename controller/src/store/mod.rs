@@ -80,6 +80,11 @@ impl Store {
             // took back commits of the last moments (tests/powercut_controller.rs).
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
+            // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
+            // with the default, once the telemetry indexes outgrow it, every
+            // insert reads its index pages back and ingest fell tenfold over a
+            // few million rows (tests/tests/overlay.rs's drains).
+            .pragma("cache_size", "-16384")
             .disable_statement_logging();
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;

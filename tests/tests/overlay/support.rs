@@ -274,6 +274,11 @@ pub fn backlog_size() -> u64 {
     std::env::var("FLEET_OVERLAY_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
 }
 
+/// Rounds of tunnel, veth, veth, tunnel in the rate phase.
+pub fn overlay_rounds() -> u32 {
+    std::env::var("FLEET_OVERLAY_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|&r| r > 0).unwrap_or(1)
+}
+
 /// Samples per batch of a backlog (a batch an agent that was offline cuts).
 const BACKLOG_BATCH: u64 = 1000;
 
