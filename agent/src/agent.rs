@@ -4,6 +4,7 @@
 //! that part; here they only meet.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::v1::{AgentCounters, Event, EventSeverity, JobResult, NodeState, NodeStatus, Sample};
@@ -23,6 +24,7 @@ use crate::sampler::{Sampler, metric};
 use crate::signer::Signer;
 use crate::spool::Spool;
 use crate::telemetry::Batcher;
+use crate::uplink::trust::{Controller, Refusals, Trust};
 use crate::uplink::{self, Uplink, UplinkEvent, UplinkKind};
 use crate::{AgentError, board, enroll, local};
 
@@ -56,6 +58,8 @@ pub struct Agent {
     local: Option<watch::Sender<local::Live>>,
     /// When the agent last said it is not enrolled.
     nagged: Option<std::time::Instant>,
+    /// The controller's messages it did not believe.
+    refusals: Arc<Refusals>,
 }
 
 /// Said at start and once a minute by a node that is not enrolled and hears no ack.
@@ -76,24 +80,35 @@ pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
     Ok(id)
 }
 
+/// What enrollment gave this node: the overlay brought up, its signer, and
+/// whose word it takes for the controller's.
+type Enrolled = (Option<NodeOverlay>, Option<Signer>, Controller);
+
 /// The enrollment (applied to the config), the overlay brought up, and the signer.
-fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<(Option<NodeOverlay>, Option<Signer>), AgentError> {
+fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<Enrolled, AgentError> {
     let Some(e) = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))? else {
         *node_id = resolve_node_id(cfg)?;
-        return Ok((None, None));
+        return Ok((None, None, Controller::Lab));
     };
     cfg.apply_enrollment(&e)?;
+    let controller = e.controller();
+    if matches!(controller, Controller::Missing) {
+        tracing::warn!(
+            "This node was enrolled before the controller signed its messages: it believes none of them \
+            (no acks, jobs or desired state) until it enrolls again: `fleet-agent enroll --force` with a new token."
+        );
+    }
     *node_id = resolve_node_id(cfg)?;
     let keys = Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
     let overlay = NodeOverlay::new(e, cfg.data_dir.clone(), cfg.overlay.clone());
     overlay.bring_up(keys.wg_private()).map_err(|x| AgentError::Config(x.to_string()))?;
     let signer = Signer::start(keys.signing_key().clone(), node_id, &cfg.data_dir)
         .map_err(|x| AgentError::Config(x.to_string()))?;
-    Ok((Some(overlay), Some(signer)))
+    Ok((Some(overlay), Some(signer), controller))
 }
 
 /// The uplink the config names, with the signed last will on MQTT.
-fn connect(cfg: &AgentConfig, node: &Node, signer: Option<&Signer>) -> Result<Uplink, AgentError> {
+fn connect(cfg: &AgentConfig, node: &Node, signer: Option<&Signer>, trust: Trust) -> Result<Uplink, AgentError> {
     Ok(match cfg.uplink {
         UplinkKind::Mqtt => {
             let offline = NodeStatus {
@@ -106,7 +121,7 @@ fn connect(cfg: &AgentConfig, node: &Node, signer: Option<&Signer>) -> Result<Up
             }
             .encode_to_vec();
             let will = signer.map_or_else(|| offline.clone(), |s| s.will(offline.clone()));
-            Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node.id, will))
+            Uplink::Mqtt(uplink::mqtt::connect(&cfg.mqtt, &node.id, will, trust))
         }
         UplinkKind::Kafka => Uplink::Kafka(uplink::kafka::KafkaLink::connect(&cfg.kafka, &node.id)?),
     })
@@ -121,7 +136,7 @@ impl Agent {
     /// Bad configuration, or a data directory that cannot be used.
     pub fn start(mut cfg: AgentConfig) -> Result<(Self, mpsc::Receiver<JobResult>), AgentError> {
         let mut node_id = String::new();
-        let (overlay, signer) = identity(&mut cfg, &mut node_id)?;
+        let (overlay, signer, controller) = identity(&mut cfg, &mut node_id)?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             AgentError::Config(format!(
                 "cannot create data_dir {}: {e}; set `data_dir` to a writable directory",
@@ -141,7 +156,8 @@ impl Agent {
                 "Spool holds unacknowledged batches; they are sent first."
             );
         }
-        let uplink = connect(&cfg, &node, signer.as_ref())?;
+        let refusals = Arc::new(Refusals::default());
+        let uplink = connect(&cfg, &node, signer.as_ref(), Trust::new(&node.id, controller, refusals.clone()))?;
         let per_tick = (cfg.spool.replay_batches_per_s as usize / 10).max(1);
         let mut delivery = Delivery::new(spool, cfg.telemetry.ack_timeout, per_tick);
         if uplink.connected() {
@@ -166,6 +182,7 @@ impl Agent {
             samples_taken: 0,
             local: None,
             nagged: None,
+            refusals,
             node,
             cfg,
         };
@@ -228,6 +245,7 @@ impl Agent {
             samples_taken: self.samples_taken,
             batches_published: self.out.batches_published,
             publish_failures: self.out.failures,
+            controller_messages_refused: self.refusals.total(),
             ..Default::default()
         };
         self.delivery.count_into(&mut c);

@@ -48,6 +48,27 @@ pub struct Enrollment {
     pub broker_password: String,
     pub labels: BTreeMap<String, String>,
     pub enrolled_unix_ms: i64,
+    /// The controller's public signing key (base64) and its generation:
+    /// every message from the controller is checked with it. Empty in an
+    /// enrollment made before the controller signed (enroll again).
+    #[serde(default)]
+    pub controller_signing_key: String,
+    #[serde(default)]
+    pub controller_key_generation: u64,
+}
+
+impl Enrollment {
+    /// Whose word this node takes for the controller's.
+    #[must_use]
+    pub fn controller(&self) -> crate::uplink::trust::Controller {
+        use crate::uplink::trust::Controller;
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.controller_signing_key).unwrap_or_default();
+        match fleet_proto::signing::verifying_key(&bytes) {
+            Ok(key) if self.controller_key_generation > 0 => Controller::Key(self.controller_key_generation, key),
+            _ => Controller::Missing,
+        }
+    }
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -117,6 +138,9 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
         .map_err(|s| EnrollError::Refused(format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();
     let peer = r.controller.ok_or(EnrollError::Answer("no controller peer"))?;
+    if fleet_proto::signing::verifying_key(&r.controller_signing_key).is_err() || r.controller_key_generation == 0 {
+        return Err(EnrollError::Answer("no controller signing key"));
+    }
     let broker = r.broker.ok_or(EnrollError::Answer("no broker credentials"))?;
     let e = Enrollment {
         node_id: r.node_id,
@@ -131,6 +155,11 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
         broker_password: broker.password,
         labels: r.labels.into_iter().collect(),
         enrolled_unix_ms: fleet_proto::now_unix_ms(),
+        controller_signing_key: {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&r.controller_signing_key)
+        },
+        controller_key_generation: r.controller_key_generation,
     };
     save(&file, &e)?;
     Ok(e)

@@ -110,8 +110,15 @@ impl Controller {
 
         let verifier = Arc::new(Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
         verifier.set(&store.identities().await?);
-        let (link, readers, mqtt_url) =
-            link::start(&cfg.mqtt, &cfg.kafka, &verifier, cfg.security.require_enrollment, &metrics).await?;
+        let (link, readers, mqtt_url) = link::start(
+            &cfg.mqtt,
+            &cfg.kafka,
+            &verifier,
+            cfg.security.require_enrollment,
+            &metrics,
+            prepared.sealer.clone(),
+        )
+        .await?;
         let (queue, ingest) = Ingest::new(&cfg.ingest, &store, &registry, &metrics, &link);
         let cloud = jobs::cloud::load(&cfg.cloud).await?;
         let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone());
@@ -181,6 +188,8 @@ fn security_services(
         broker_url: if s.node_broker_url.is_empty() { mqtt_url.to_owned() } else { s.node_broker_url.clone() },
         wg_public_key: prepared.wg_public_key.clone(),
         wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
+        signing_key: prepared.sealer.public_key().to_vec(),
+        key_generation: prepared.sealer.generation(),
     };
     let dynsec_admin = cfg.mqtt.dynsec.then(|| cfg.mqtt.username.clone());
     let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin, clock: clock.clone() };

@@ -1,5 +1,7 @@
 //! Signed messages (docs/security.md): what a node signs, how the controller
-//! checks it, and the rule that refuses replays. Ed25519 from `ed25519-dalek`.
+//! checks it, and the rule that refuses replays; and the other direction,
+//! what the controller signs for a node and how the node checks it. Ed25519
+//! from `ed25519-dalek`.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
@@ -8,6 +10,9 @@ use crate::v1::{MessageKind, SignedMessage};
 
 /// Domain separation: these bytes open everything a node signs.
 const DOMAIN: &[u8] = b"fleet.v1.signed";
+/// ... and everything the controller signs, so that no signature of one
+/// side can pass for the other's.
+const CONTROLLER_DOMAIN: &[u8] = b"fleet.v1.controller-signed";
 
 /// Why a signed message was not believed (the ingest counter's `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +25,10 @@ pub enum Refused {
     Replay,
     #[error("unknown message kind")]
     UnknownKind,
+    #[error("meant for another node")]
+    WrongNode,
+    #[error("signed by a controller key this node does not hold")]
+    UnknownKey,
 }
 
 impl Refused {
@@ -31,16 +40,30 @@ impl Refused {
             Refused::Malformed => "malformed",
             Refused::Replay => "replay",
             Refused::UnknownKind => "unknown_kind",
+            Refused::WrongNode => "wrong_node",
+            Refused::UnknownKey => "unknown_key",
         }
     }
 }
 
-/// The bytes a signature covers: the domain, then each field with its length
-/// (so no two different messages share the same bytes).
+impl MessageKind {
+    /// True for the kinds the controller sends (16 and up), false for a node's.
+    #[must_use]
+    pub fn from_controller(self) -> bool {
+        self as i32 >= 16
+    }
+}
+
+/// The bytes a node's signature covers: the domain, then each field with its
+/// length (so no two different messages share the same bytes).
 #[must_use]
 pub fn signed_bytes(node_id: &str, kind: i32, boot_no: u64, msg_seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(DOMAIN.len() + node_id.len() + payload.len() + 40);
-    b.extend_from_slice(DOMAIN);
+    bytes_in(DOMAIN, node_id, kind, boot_no, msg_seq, payload)
+}
+
+fn bytes_in(domain: &[u8], node_id: &str, kind: i32, boot_no: u64, msg_seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(domain.len() + node_id.len() + payload.len() + 40);
+    b.extend_from_slice(domain);
     b.extend_from_slice(&(node_id.len() as u64).to_be_bytes());
     b.extend_from_slice(node_id.as_bytes());
     b.extend_from_slice(&kind.to_be_bytes());
@@ -65,17 +88,66 @@ pub fn sign(
     SignedMessage { node_id: node_id.into(), kind: kind as i32, boot_no, msg_seq, payload, signature }
 }
 
-/// Checks a message's signature against the node's public key.
+fn known_kind(m: &SignedMessage, from_controller: bool) -> Result<MessageKind, Refused> {
+    MessageKind::try_from(m.kind)
+        .ok()
+        .filter(|k| *k != MessageKind::Unspecified && k.from_controller() == from_controller)
+        .ok_or(Refused::UnknownKind)
+}
+
+fn check(key: &VerifyingKey, domain: &[u8], m: &SignedMessage) -> Result<(), Refused> {
+    let sig: [u8; 64] = m.signature.as_slice().try_into().map_err(|_| Refused::Malformed)?;
+    let bytes = bytes_in(domain, &m.node_id, m.kind, m.boot_no, m.msg_seq, &m.payload);
+    key.verify(&bytes, &Signature::from_bytes(&sig)).map_err(|_| Refused::BadSignature)
+}
+
+/// Checks a node's message's signature against the node's public key.
 ///
 /// # Errors
-/// A kind this build does not know, a signature of the wrong length, or one
-/// that does not verify.
+/// A kind this build does not know (or one only the controller sends), a
+/// signature of the wrong length, or one that does not verify.
 pub fn verify(key: &VerifyingKey, m: &SignedMessage) -> Result<MessageKind, Refused> {
-    let kind = MessageKind::try_from(m.kind).ok().filter(|k| *k != MessageKind::Unspecified);
-    let kind = kind.ok_or(Refused::UnknownKind)?;
-    let sig: [u8; 64] = m.signature.as_slice().try_into().map_err(|_| Refused::Malformed)?;
-    key.verify(&signed_bytes(&m.node_id, m.kind, m.boot_no, m.msg_seq, &m.payload), &Signature::from_bytes(&sig))
-        .map_err(|_| Refused::BadSignature)?;
+    let kind = known_kind(m, false)?;
+    check(key, DOMAIN, m)?;
+    Ok(kind)
+}
+
+/// Signs `payload` as the controller's message of `kind` for `node_id`,
+/// with the key of `generation`, at `time_ms` (Unix ms).
+#[must_use]
+pub fn sign_for_node(
+    key: &SigningKey,
+    generation: u64,
+    node_id: &str,
+    kind: MessageKind,
+    time_ms: u64,
+    payload: Vec<u8>,
+) -> SignedMessage {
+    let bytes = bytes_in(CONTROLLER_DOMAIN, node_id, kind as i32, generation, time_ms, &payload);
+    let signature = key.sign(&bytes).to_bytes().to_vec();
+    SignedMessage {
+        node_id: node_id.into(),
+        kind: kind as i32,
+        boot_no: generation,
+        msg_seq: time_ms,
+        payload,
+        signature,
+    }
+}
+
+/// Checks a message from the controller on node `own_id`: a controller's
+/// kind, meant for this node, signed by `key` (the controller key of the
+/// message's generation, `m.boot_no`).
+///
+/// # Errors
+/// A node's kind or an unknown one, another node's message, a signature of
+/// the wrong length, or one that does not verify.
+pub fn verify_from_controller(key: &VerifyingKey, own_id: &str, m: &SignedMessage) -> Result<MessageKind, Refused> {
+    let kind = known_kind(m, true)?;
+    if m.node_id != own_id {
+        return Err(Refused::WrongNode);
+    }
+    check(key, CONTROLLER_DOMAIN, m)?;
     Ok(kind)
 }
 
@@ -210,6 +282,35 @@ mod tests {
         );
         assert_eq!(verify(&public, &SignedMessage { kind: 0, ..m.clone() }), Err(Refused::UnknownKind));
         assert_eq!(verify(&public, &SignedMessage { kind: 99, ..m }), Err(Refused::UnknownKind));
+    }
+
+    #[test]
+    fn the_controllers_messages_verify_only_as_the_controllers_for_their_node() {
+        let (controller, node) = (key(1), key(2));
+        let m = sign_for_node(&controller, 3, "pi-a", MessageKind::Desired, 1_700_000_000_000, b"state".to_vec());
+        let public = controller.verifying_key();
+        assert_eq!(verify_from_controller(&public, "pi-a", &m), Ok(MessageKind::Desired));
+        assert_eq!(verify_from_controller(&public, "pi-b", &m), Err(Refused::WrongNode));
+        for c in [
+            SignedMessage { node_id: "pi-b".into(), ..m.clone() },
+            SignedMessage { kind: MessageKind::Job as i32, ..m.clone() },
+            SignedMessage { boot_no: 4, ..m.clone() },
+            SignedMessage { msg_seq: 1, ..m.clone() },
+            SignedMessage { payload: b"statE".to_vec(), ..m.clone() },
+        ] {
+            let own = c.node_id.clone();
+            assert_eq!(verify_from_controller(&public, &own, &c), Err(Refused::BadSignature), "{c:?}");
+        }
+        // A node's key, or a node's signature on a controller's kind: refused.
+        assert_eq!(verify_from_controller(&node.verifying_key(), "pi-a", &m), Err(Refused::BadSignature));
+        let by_node = sign(&node, "pi-a", MessageKind::Desired, 3, 1, b"state".to_vec());
+        assert_eq!(verify_from_controller(&node.verifying_key(), "pi-a", &by_node), Err(Refused::BadSignature));
+        assert_eq!(verify(&node.verifying_key(), &by_node), Err(Refused::UnknownKind), "not a node's kind");
+        // The two domains never share bytes: the controller's message is no node's.
+        let as_node = sign(&controller, "pi-a", MessageKind::Telemetry, 3, 1, b"state".to_vec());
+        let moved = SignedMessage { kind: MessageKind::Telemetry as i32, ..m.clone() };
+        assert_eq!(verify(&public, &moved), Err(Refused::BadSignature));
+        assert_eq!(verify_from_controller(&public, "pi-a", &as_node), Err(Refused::UnknownKind));
     }
 
     #[test]

@@ -205,7 +205,7 @@ async fn redelivery_is_deduplicated(cfg: ControllerConfig) -> anyhow::Result<()>
     client.publish(&topic, QoS::AtLeastOnce, false, b.clone()).await?;
     let ack = wait_for(T, "the controller's ack of the batch", || {
         let got = rx.try_recv().ok();
-        async move { got.and_then(|(_, p)| Ack::decode(p.as_slice()).ok()) }
+        async move { got.and_then(|(_, p)| ack_of(&p)) }
     })
     .await?;
     assert_eq!(ack, Ack { boot_id: "boot-1".into(), up_to_seq: 49, committed: vec![] });
@@ -477,7 +477,7 @@ async fn value_rules_refuse_non_finite_values_and_future_times() -> anyhow::Resu
             .await?;
         let ack = wait_for(T, "the ack of the whole batch", || {
             let got = rx.try_recv().ok();
-            async move { got.and_then(|(_, p)| Ack::decode(p.as_slice()).ok()) }
+            async move { got.and_then(|(_, p)| ack_of(&p)) }
         })
         .await?;
         assert_eq!(ack.up_to_seq, 3, "round {round}: the refused samples' seqs count as handled");
@@ -489,4 +489,11 @@ async fn value_rules_refuse_non_finite_values_and_future_times() -> anyhow::Resu
     stop.cancel();
     c.wait().await;
     Ok(())
+}
+
+/// The ack inside the controller's signed message.
+fn ack_of(body: &[u8]) -> Option<Ack> {
+    let m = fleet_proto::v1::SignedMessage::decode(body).ok()?;
+    (m.kind == fleet_proto::v1::MessageKind::Ack as i32).then_some(())?;
+    Ack::decode(m.payload.as_slice()).ok()
 }

@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod mqtt;
+pub mod trust;
 
 use fleet_proto::v1::Ack;
 

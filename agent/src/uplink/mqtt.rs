@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use fleet_proto::topics::{Channel, node_topic};
-use fleet_proto::v1::Ack;
-use prost::Message;
+use fleet_proto::v1::MessageKind;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UplinkEvent;
+use super::trust::Trust;
 use crate::AgentError;
 use crate::local::Link;
 use crate::spool::{Outgoing, Position};
@@ -156,7 +156,7 @@ impl MqttLink {
 
 /// Builds the client with its last will and starts the driver.
 #[must_use]
-pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> MqttLink {
+pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>, trust: Trust) -> MqttLink {
     let (host, port) = fleet_proto::parse_mqtt_url(&cfg.url).unwrap_or_else(|_| ("127.0.0.1".into(), 1883));
     let mut opts = MqttOptions::new(format!("fleet-agent-{node_id}"), host, port);
     opts.set_keep_alive(cfg.keep_alive);
@@ -186,7 +186,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>) -> Mqtt
         },
         (cfg.reconnect_min, cfg.reconnect_max),
         conn_tx,
-        ack_tx,
+        (ack_tx, trust),
         stop.clone(),
     ));
     MqttLink {
@@ -212,25 +212,24 @@ struct Topics {
     url: String,
 }
 
-/// What a publish from the controller is, if it is one the agent takes.
-/// Retained messages cleared (empty) and undecodable ones are ignored (logged).
-fn inbound(p: &rumqttc::Publish, t: &Topics) -> Option<UplinkEvent> {
-    let decoded = if p.topic == t.ack {
-        Ack::decode(p.payload.clone()).map(UplinkEvent::Ack)
-    } else if p.payload.is_empty() {
+/// What a publish from the controller is, if it is one the agent takes
+/// (`Trust` checks it). Retained messages cleared (empty) are ignored.
+fn inbound(p: &rumqttc::Publish, t: &Topics, trust: &mut Trust) -> Option<UplinkEvent> {
+    if p.payload.is_empty() {
         return None;
+    }
+    let kind = if p.topic == t.ack {
+        MessageKind::Ack
     } else if p.topic == t.desired {
-        fleet_proto::v1::DesiredState::decode(p.payload.clone()).map(UplinkEvent::Desired)
+        MessageKind::Desired
     } else if p.topic == t.key {
-        fleet_proto::v1::KeyRotation::decode(p.payload.clone()).map(UplinkEvent::KeyRotation)
+        MessageKind::KeyRotation
     } else if p.topic == t.jobs {
-        fleet_proto::v1::Job::decode(p.payload.clone()).map(|j| UplinkEvent::Job(Box::new(j)))
+        MessageKind::Job
     } else {
         return None;
     };
-    decoded
-        .map_err(|e| tracing::warn!(error = %e, topic = %p.topic, "Undecodable message from the controller ignored."))
-        .ok()
+    trust.open(kind, &p.payload, fleet_proto::now_unix_ms())
 }
 
 /// Hands an event to the agent loop without waiting; a full queue drops it
@@ -252,7 +251,7 @@ async fn drive(
     topics: Topics,
     (backoff_min, backoff_max): (Duration, Duration),
     conn_tx: watch::Sender<ConnState>,
-    ack_tx: mpsc::Sender<UplinkEvent>,
+    (ack_tx, mut trust): (mpsc::Sender<UplinkEvent>, Trust),
     stop: CancellationToken,
 ) {
     let mut backoff = backoff_min;
@@ -280,7 +279,7 @@ async fn drive(
                 tracing::info!("Connected to the MQTT broker.");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(ev) = inbound(&p, &topics) {
+                if let Some(ev) = inbound(&p, &topics, &mut trust) {
                     queue(&ack_tx, ev);
                 }
             }

@@ -15,6 +15,7 @@ mod log_limit;
 mod message;
 pub mod mqtt;
 mod outbound;
+pub mod seal;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -142,6 +143,7 @@ pub async fn start(
     verifier: &Arc<Verifier>,
     require_enrollment: bool,
     metrics: &Arc<Metrics>,
+    sealer: Arc<seal::Sealer>,
 ) -> Result<(Link, Readers, String), ControllerError> {
     let (mut user, mut pass) = (cfg.username.clone(), cfg.password.clone());
     let url = if cfg.url.is_empty() {
@@ -187,5 +189,5 @@ pub async fn start(
         shared_group: cfg.shared_group.clone(),
         dynsec: cfg.dynsec,
     };
-    Ok((Link::new(client, connected), Readers { mqtt: reader, telemetry, status }, url))
+    Ok((Link::new(client, connected, sealer), Readers { mqtt: reader, telemetry, status }, url))
 }

@@ -1,14 +1,17 @@
 //! What the controller sends its nodes: one typed send per message kind,
-//! with its topic, QoS and retain flag decided here and nowhere else.
+//! with its topic, QoS and retain flag decided here and nowhere else, and
+//! each signed for its node (`seal`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::topics::{Channel, node_topic};
-use fleet_proto::v1::{Ack, DesiredState, Job, KeyRotation};
+use fleet_proto::v1::{Ack, DesiredState, Job, KeyRotation, MessageKind};
 use prost::Message;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 
+use super::seal::Sealer;
 use crate::ControllerError;
 
 /// Mosquitto's dynamic-security plugin: its command topic, and where it answers.
@@ -23,6 +26,7 @@ pub struct Link {
     client: AsyncClient,
     /// True while the MQTT session is up with every subscription acknowledged.
     connected: watch::Receiver<bool>,
+    sealer: Arc<Sealer>,
 }
 
 fn busy(what: &'static str) -> ControllerError {
@@ -30,8 +34,14 @@ fn busy(what: &'static str) -> ControllerError {
 }
 
 impl Link {
-    pub(super) fn new(client: AsyncClient, connected: watch::Receiver<bool>) -> Self {
-        Self { client, connected }
+    pub(super) fn new(client: AsyncClient, connected: watch::Receiver<bool>, sealer: Arc<Sealer>) -> Self {
+        Self { client, connected, sealer }
+    }
+
+    /// The key nodes check the controller's messages with.
+    #[must_use]
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// Follows the MQTT session: true while connected and subscribed.
@@ -48,7 +58,8 @@ impl Link {
     /// `LinkBusy` when the client's queue is full; the agent resends the batches.
     pub fn ack(&self, node_id: &str, ack: &Ack) -> Result<(), ControllerError> {
         let topic = node_topic(node_id, Channel::Ack);
-        self.client.try_publish(topic, QoS::AtLeastOnce, true, ack.encode_to_vec()).map_err(|_| busy("ack"))
+        let body = self.sealer.seal(node_id, MessageKind::Ack, ack.encode_to_vec());
+        self.client.try_publish(topic, QoS::AtLeastOnce, true, body).map_err(|_| busy("ack"))
     }
 
     /// A job for a node: QoS 0, as the node's answer. A job's delivery
@@ -61,7 +72,8 @@ impl Link {
     /// `LinkBusy` when the client's queue is full.
     pub fn job(&self, node_id: &str, job: &Job) -> Result<(), ControllerError> {
         let topic = node_topic(node_id, Channel::Jobs);
-        self.client.try_publish(topic, QoS::AtMostOnce, false, job.encode_to_vec()).map_err(|_| busy("job"))
+        let body = self.sealer.seal(node_id, MessageKind::Job, job.encode_to_vec());
+        self.client.try_publish(topic, QoS::AtMostOnce, false, body).map_err(|_| busy("job"))
     }
 
     /// A node's desired state: QoS 1, retained. Waits up to 5 s for room.
@@ -71,7 +83,8 @@ impl Link {
     /// again at the next connect).
     pub async fn desired(&self, d: &DesiredState) -> Result<(), ControllerError> {
         let topic = node_topic(&d.node_id, Channel::Desired);
-        let publish = self.client.publish(topic, QoS::AtLeastOnce, true, d.encode_to_vec());
+        let body = self.sealer.seal(&d.node_id, MessageKind::Desired, d.encode_to_vec());
+        let publish = self.client.publish(topic, QoS::AtLeastOnce, true, body);
         match tokio::time::timeout(DESIRED_WAIT, publish).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(busy("desired state")),
@@ -79,12 +92,14 @@ impl Link {
     }
 
     /// A step of a node's WireGuard key rotation, QoS 1 retained; `None`
-    /// clears the retained step (the rotation is over).
+    /// clears the retained step (the rotation is over: an empty message,
+    /// which a node ignores).
     ///
     /// # Errors
     /// `LinkBusy` when the client's queue is full.
     pub fn key_rotation(&self, node_id: &str, k: Option<&KeyRotation>) -> Result<(), ControllerError> {
-        let body = k.map(Message::encode_to_vec).unwrap_or_default();
+        let body =
+            k.map(|k| self.sealer.seal(node_id, MessageKind::KeyRotation, k.encode_to_vec())).unwrap_or_default();
         let topic = node_topic(node_id, Channel::Key);
         self.client.try_publish(topic, QoS::AtLeastOnce, true, body).map_err(|_| busy("key rotation"))
     }

@@ -96,6 +96,8 @@ impl Security {
                 password: password.expose().to_owned(),
             }),
             labels: labels_map(&used.labels),
+            controller_signing_key: self.facing.signing_key.clone(),
+            controller_key_generation: self.facing.key_generation,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod overlay;
 pub mod rotate;
 pub mod service;
 pub mod setup;
+pub mod signing_key;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -33,6 +33,9 @@ pub struct NodeFacing {
     /// The controller's WireGuard public key (base64) and endpoint (empty: no overlay).
     pub wg_public_key: String,
     pub wg_endpoint: String,
+    /// The controller's public signing key (32 bytes) and its generation.
+    pub signing_key: Vec<u8>,
+    pub key_generation: u64,
 }
 
 /// Shared state of the access-control calls.

@@ -20,6 +20,7 @@ use super::tls::ServerTls;
 use super::{SecurityConfig, enroll, overlay, tls};
 use crate::ControllerError;
 use crate::link::Link;
+use crate::link::seal::Sealer;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -36,6 +37,8 @@ pub struct Prepared {
     pub wg_public_key: String,
     /// The first admin token's file, when API tokens are required.
     pub admin_token_file: Option<PathBuf>,
+    /// The controller's signing key, for everything it sends nodes.
+    pub sealer: Arc<Sealer>,
 }
 
 fn create_dir(dir: &Path) -> Result<(), ControllerError> {
@@ -74,7 +77,9 @@ pub async fn prepare(
     } else {
         String::new()
     };
-    Ok(Prepared { tls, wg_public_key, admin_token_file })
+    create_dir(data_dir)?;
+    let sealer = Arc::new(super::signing_key::load_or_make(data_dir)?);
+    Ok(Prepared { tls, wg_public_key, admin_token_file, sealer })
 }
 
 /// The running security services.

@@ -1,0 +1,192 @@
+//! What the agent believes of the controller (docs/security.md, "Both
+//! directions"). Every message the controller sends a node comes inside a
+//! `SignedMessage` for that node, signed with the controller's key of the
+//! generation enrollment handed out; the agent checks it before anything
+//! acts on it, and each kind's own replay rule: a job is taken once and not
+//! after its deadline, a desired state never moves back a version, a key
+//! rotation never moves back a generation. An ack needs no rule of its own:
+//! it only ever says what the controller holds, so an old one changes
+//! nothing. Refusals are counted by reason and said once a minute.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use fleet_proto::signing::{Refused, verify_from_controller};
+use fleet_proto::v1::{Ack, DesiredState, Job, KeyRotation, MessageKind, SignedMessage};
+use prost::Message;
+
+use super::UplinkEvent;
+
+/// How often refusals are said at most.
+const SAY_EVERY: Duration = Duration::from_secs(60);
+/// Job ids remembered (until each one's deadline); past this, the oldest
+/// deadlines go first.
+const JOBS_REMEMBERED: usize = 4096;
+
+/// Whose word the agent takes for the controller's.
+#[derive(Debug, Clone)]
+pub enum Controller {
+    /// Not enrolled: a lab controller that takes unenrolled nodes, on the
+    /// broker's word (the node signs nothing either).
+    Lab,
+    /// The controller's public key and its generation, from enrollment.
+    Key(u64, VerifyingKey),
+    /// Enrolled before the controller signed its messages: nothing is
+    /// believed until the node enrolls again.
+    Missing,
+}
+
+/// Refusals by reason (`Refused::as_str`), shared with the agent's counters.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: std::sync::Mutex<HashMap<&'static str, u64>>,
+    total: AtomicU64,
+}
+
+impl Refusals {
+    fn add(&self, r: Refused) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.counts.lock() {
+            *c.entry(r.as_str()).or_default() += 1;
+        }
+    }
+
+    /// Every refusal so far.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Refusals per reason, sorted.
+    #[must_use]
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self.counts.lock().map(|c| c.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The checks, one per node; owned by the uplink's driver.
+pub struct Trust {
+    node_id: String,
+    controller: Controller,
+    refusals: Arc<Refusals>,
+    jobs: HashMap<String, i64>,
+    desired_high: u64,
+    rotation_high: u64,
+    said: Option<Instant>,
+}
+
+impl Trust {
+    #[must_use]
+    pub fn new(node_id: &str, controller: Controller, refusals: Arc<Refusals>) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            controller,
+            refusals,
+            jobs: HashMap::new(),
+            desired_high: 0,
+            rotation_high: 0,
+            said: None,
+        }
+    }
+
+    /// The event a message of `kind` from the controller stands for, if it
+    /// passes every check; a refusal is counted and, once a minute, said.
+    pub fn open(&mut self, kind: MessageKind, body: &[u8], now_ms: i64) -> Option<UplinkEvent> {
+        match self.check(kind, body, now_ms) {
+            Ok(ev) => Some(ev),
+            Err(r) => {
+                self.refusals.add(r);
+                if self.said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                    self.said = Some(Instant::now());
+                    let hint = if matches!(self.controller, Controller::Missing) {
+                        "this node was enrolled before the controller signed its messages: enroll it again \
+                         (`fleet-agent enroll --force` with a new token)"
+                    } else {
+                        "a message on this node's topics that the controller did not sign for it: another \
+                         client of the broker, or a replay; nothing was done"
+                    };
+                    tracing::warn!(
+                        reason = r.as_str(),
+                        ?kind,
+                        refused_so_far = self.refusals.total(),
+                        "Message refused: {hint}."
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn check(&mut self, kind: MessageKind, body: &[u8], now_ms: i64) -> Result<UplinkEvent, Refused> {
+        let m = SignedMessage::decode(body).map_err(|_| Refused::Malformed)?;
+        if m.kind != kind as i32 {
+            return Err(Refused::UnknownKind);
+        }
+        match &self.controller {
+            Controller::Key(generation, key) if m.boot_no == *generation => {
+                verify_from_controller(key, &self.node_id, &m)?;
+            }
+            Controller::Key(..) | Controller::Missing => return Err(Refused::UnknownKey),
+            Controller::Lab if m.node_id != self.node_id => return Err(Refused::WrongNode),
+            Controller::Lab => {}
+        }
+        let payload = m.payload.as_slice();
+        match kind {
+            MessageKind::Ack => Ack::decode(payload).map(UplinkEvent::Ack).map_err(|_| Refused::Malformed),
+            MessageKind::Job => {
+                let job = Job::decode(payload).map_err(|_| Refused::Malformed)?;
+                self.fresh_job(&job, now_ms)?;
+                Ok(UplinkEvent::Job(Box::new(job)))
+            }
+            MessageKind::Desired => {
+                let d = DesiredState::decode(payload).map_err(|_| Refused::Malformed)?;
+                if d.node_id != self.node_id {
+                    return Err(Refused::WrongNode);
+                }
+                // The same version again is a retained copy after a reconnect.
+                if d.version < self.desired_high {
+                    return Err(Refused::Replay);
+                }
+                self.desired_high = d.version;
+                Ok(UplinkEvent::Desired(d))
+            }
+            MessageKind::KeyRotation => {
+                let k = KeyRotation::decode(payload).map_err(|_| Refused::Malformed)?;
+                if k.generation < self.rotation_high {
+                    return Err(Refused::Replay);
+                }
+                self.rotation_high = k.generation;
+                Ok(UplinkEvent::KeyRotation(k))
+            }
+            _ => Err(Refused::UnknownKind),
+        }
+    }
+
+    /// A job is taken once, and not after its deadline.
+    fn fresh_job(&mut self, job: &Job, now_ms: i64) -> Result<(), Refused> {
+        if job.deadline_unix_ms != 0 && job.deadline_unix_ms < now_ms {
+            return Err(Refused::Replay);
+        }
+        self.jobs.retain(|_, deadline| *deadline >= now_ms);
+        let id = format!("{}#{}", job.job_id, job.attempt);
+        if self.jobs.contains_key(&id) {
+            return Err(Refused::Replay);
+        }
+        if self.jobs.len() >= JOBS_REMEMBERED
+            && let Some(oldest) = self.jobs.iter().min_by_key(|(_, d)| **d).map(|(k, _)| k.clone())
+        {
+            self.jobs.remove(&oldest);
+        }
+        self.jobs.insert(id, if job.deadline_unix_ms == 0 { i64::MAX } else { job.deadline_unix_ms });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "trust_tests.rs"]
+mod tests;
