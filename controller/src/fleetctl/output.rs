@@ -74,6 +74,7 @@ pub fn node_json(n: &Node) -> Value {
             "samples_taken": c.samples_taken, "batches_published": c.batches_published,
             "publish_failures": c.publish_failures, "batches_dropped": c.batches_dropped,
             "batches_unacked": c.batches_unacked, "samples_acked": c.samples_acked,
+            "controller_messages_refused": c.controller_messages_refused,
         },
     })
 }
