@@ -26,7 +26,8 @@ const T: Duration = Duration::from_secs(30);
 struct Fleet {
     dir: tempfile::TempDir,
     ctl: ControllerProc,
-    agents: Vec<Proc>,
+    /// Killed on drop.
+    _agents: Vec<Proc>,
 }
 
 impl Fleet {
@@ -50,7 +51,7 @@ impl Fleet {
             enroll(&ctl, &conf)?;
             agents.push(start_agent(node, dir.path(), &conf, None, "info")?);
         }
-        Ok(Self { dir, ctl, agents })
+        Ok(Self { dir, ctl, _agents: agents })
     }
 
     fn fleetctl(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -154,11 +155,9 @@ async fn forged_and_replayed_messages_are_refused_by_the_target_node(broker: Bro
         intruder.publish(node_topic("fb", *channel), QoS::AtLeastOnce, false, body.clone()).await?;
     }
     let want = before + sends.len() as u64;
-    wait_for(
-        T,
-        "B counted every forged and replayed message",
-        || async move { (fleet.refused("fb") >= want).then_some(()) },
-    )
+    wait_for(T, "B counted every forged and replayed message", || async move {
+        (fleet.refused("fb") >= want).then_some(())
+    })
     .await
     .with_context(|| format!("B refused {} (before: {before}, want {want})", f.refused("fb")))?;
     println!("{url}: B refused all {} messages: {:?}", sends.len(), sends.iter().map(|s| s.2).collect::<Vec<_>>());
