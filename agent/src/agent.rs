@@ -91,7 +91,7 @@ fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<Enrolled, Age
         return Ok((None, None, Controller::Lab));
     };
     cfg.apply_enrollment(&e)?;
-    let controller = e.controller();
+    let controller = Controller::of(&e);
     if matches!(controller, Controller::Missing) {
         tracing::warn!(
             "This node was enrolled before the controller signed its messages: it believes none of them \

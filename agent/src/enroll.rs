@@ -57,20 +57,6 @@ pub struct Enrollment {
     pub controller_key_generation: u64,
 }
 
-impl Enrollment {
-    /// Whose word this node takes for the controller's.
-    #[must_use]
-    pub fn controller(&self) -> crate::uplink::trust::Controller {
-        use crate::uplink::trust::Controller;
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.controller_signing_key).unwrap_or_default();
-        match fleet_proto::signing::verifying_key(&bytes) {
-            Ok(key) if self.controller_key_generation > 0 => Controller::Key(self.controller_key_generation, key),
-            _ => Controller::Missing,
-        }
-    }
-}
-
 impl std::fmt::Debug for Enrollment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enrollment")

@@ -39,6 +39,19 @@ pub enum Controller {
     Missing,
 }
 
+impl Controller {
+    /// Whose word a node with enrollment `e` takes for the controller's.
+    #[must_use]
+    pub fn of(e: &crate::enroll::Enrollment) -> Self {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&e.controller_signing_key).unwrap_or_default();
+        match fleet_proto::signing::verifying_key(&bytes) {
+            Ok(key) if e.controller_key_generation > 0 => Controller::Key(e.controller_key_generation, key),
+            _ => Controller::Missing,
+        }
+    }
+}
+
 /// Refusals by reason (`Refused::as_str`), shared with the agent's counters.
 #[derive(Debug, Default)]
 pub struct Refusals {

@@ -78,12 +78,17 @@ impl Security {
             )));
         }
         let _ = self.on_change.send(node_id.clone());
-        let controller_ip = std::net::Ipv4Addr::from(u32::from(base) + 1);
         tracing::info!(node_id, %overlay, token_id = %used.token_id, "Node enrolled.");
-        Ok(EnrollResponse {
-            node_id: node_id.clone(),
-            overlay_address: overlay.to_string(),
-            overlay_prefix_len: u32::from(prefix),
+        let controller_ip = std::net::Ipv4Addr::from(u32::from(base) + 1);
+        let mut r = self.answer(node_id, password.expose().to_owned(), controller_ip);
+        (r.overlay_address, r.overlay_prefix_len, r.labels) =
+            (overlay.to_string(), u32::from(prefix), labels_map(&used.labels));
+        Ok(r)
+    }
+
+    /// What an enrolled node is told about this controller.
+    fn answer(&self, node_id: String, password: String, controller_ip: std::net::Ipv4Addr) -> EnrollResponse {
+        EnrollResponse {
             controller: Some(WireGuardPeer {
                 public_key: self.facing.wg_public_key.clone(),
                 endpoint: self.facing.wg_endpoint.clone(),
@@ -92,13 +97,14 @@ impl Security {
             }),
             broker: Some(BrokerCredentials {
                 url: self.facing.broker_url.clone(),
-                username: node_id,
-                password: password.expose().to_owned(),
+                username: node_id.clone(),
+                password,
             }),
-            labels: labels_map(&used.labels),
+            node_id,
             controller_signing_key: self.facing.signing_key.clone(),
             controller_key_generation: self.facing.key_generation,
-        })
+            ..Default::default()
+        }
     }
 }
 
