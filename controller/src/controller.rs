@@ -79,6 +79,8 @@ pub struct Controller {
     /// URL, CA and admin token of the API.
     pub api: ApiAccess,
     tasks: TaskTracker,
+    /// Its replay marks are saved once more after every task stopped.
+    verifier: Arc<Verifier>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, ControllerError> {
@@ -110,6 +112,7 @@ impl Controller {
 
         let verifier = Arc::new(Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
         verifier.set(&store.identities().await?);
+        verifier.resume(&store.replay_marks().await?);
         let (link, readers, mqtt_url) = link::start(
             &cfg.mqtt,
             &cfg.kafka,
@@ -144,7 +147,7 @@ impl Controller {
         tasks.spawn(desired.clone().run(shutdown.clone()));
         tasks.spawn(Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
         tasks.spawn(security::mark::keep(clock, store.clone(), shutdown.clone()));
-        tasks.spawn(link::verify::keep_loaded(verifier, store.clone(), services.changes.subscribe(), shutdown.clone()));
+        link::verify::spawn_keepers(&tasks, &verifier, &store, services.changes.subscribe(), &shutdown);
         if cfg.wireguard.enabled {
             let iface = cfg.wireguard.interface.clone();
             let changes = services.changes.subscribe();
@@ -166,12 +169,17 @@ impl Controller {
         tasks.spawn(Http::new(http, metrics.clone(), store.clone()).run(shutdown.clone()));
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks, verifier })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).
     pub async fn wait(&self) {
         self.tasks.wait().await;
+        // The readers have stopped: what they took last is saved too.
+        if let Err(e) = self.store.save_replay_marks(&self.verifier.marks()).await {
+            tracing::warn!(error = %e, "Replay marks not saved at shutdown; after the restart the last second's \
+                messages could be taken once more.");
+        }
     }
 }
 

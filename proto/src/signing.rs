@@ -186,6 +186,22 @@ impl ReplayGuard {
         self.boot
     }
 
+    /// What must outlive a restart: the newest boot and the highest `msg_seq`
+    /// taken in it (`None` before the first message).
+    #[must_use]
+    pub fn mark(&self) -> Option<(u64, u64)> {
+        Some((self.boot?, self.high.unwrap_or(0)))
+    }
+
+    /// A guard after a restart, from its last saved [`mark`](Self::mark):
+    /// older boots are refused, and in the marked boot every `msg_seq` up to
+    /// the marked one counts as seen (an out-of-order message from before
+    /// the restart is refused with the replays; telemetry is sent again).
+    #[must_use]
+    pub fn resume(boot_no: u64, high: u64) -> Self {
+        Self { boot: Some(boot_no), high: Some(high), seen: [u64::MAX; (REPLAY_WINDOW / 64) as usize] }
+    }
+
     fn bit(seq: u64) -> (usize, u64) {
         let i = seq % REPLAY_WINDOW;
         ((i / 64) as usize, 1u64 << (i % 64))
@@ -351,6 +367,24 @@ mod tests {
         assert_eq!(g.accept(1, 20 + REPLAY_WINDOW), Ok(()));
         assert_eq!(g.accept(1, 19 + REPLAY_WINDOW), Ok(()));
         assert_eq!(g.accept(1, 15 + REPLAY_WINDOW), Err(Refused::Replay));
+    }
+
+    #[test]
+    fn a_resumed_guard_refuses_what_was_taken_before_the_restart() {
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.mark(), None);
+        for s in [1, 2, 5] {
+            assert_eq!(g.accept(4, s), Ok(()));
+        }
+        let (boot, high) = g.mark().unwrap();
+        assert_eq!((boot, high), (4, 5));
+        let mut r = ReplayGuard::resume(boot, high);
+        for s in [1, 2, 3, 4, 5] {
+            assert_eq!(r.accept(4, s), Err(Refused::Replay), "{s}");
+        }
+        assert_eq!(r.accept(3, WILL_SEQ), Err(Refused::Replay), "an old boot's will");
+        assert_eq!(r.accept(4, 6), Ok(()));
+        assert_eq!(r.accept(5, 0), Ok(()), "a new boot");
     }
 
     #[test]

@@ -122,6 +122,18 @@ impl ControllerProc {
         }
     }
 
+    /// SIGTERM, waiting up to 30 s for a clean stop.
+    ///
+    /// # Errors
+    /// When it does not stop in time, or stops with an error.
+    pub fn term(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            let status = p.term(Duration::from_secs(30))?;
+            anyhow::ensure!(status.success(), "the controller stopped with {status}:\n{}", p.log_text());
+        }
+        Ok(())
+    }
+
     /// Whether the process still runs (it may have exited by itself).
     pub fn running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::running)

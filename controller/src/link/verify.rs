@@ -145,6 +145,22 @@ impl Verifier {
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
     }
 
+    /// Starts each node's replay guard from its saved mark (at start, before
+    /// any message is read): nothing taken before the restart is taken again.
+    pub fn resume(&self, marks: &[crate::store::replay::ReplayMark]) {
+        let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (node, boot, seq) in marks {
+            guards.insert(node.clone(), ReplayGuard::resume(*boot, *seq));
+        }
+    }
+
+    /// Every node's replay mark now (saved by [`keep_marks`]).
+    #[must_use]
+    pub fn marks(&self) -> Vec<crate::store::replay::ReplayMark> {
+        let guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guards.iter().filter_map(|(n, g)| g.mark().map(|(b, s)| (n.clone(), b, s))).collect()
+    }
+
     /// Node ids that were revoked.
     #[must_use]
     pub fn revoked(&self) -> Vec<String> {
@@ -188,6 +204,45 @@ impl Verifier {
         let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guards.entry(node_id.to_owned()).or_default().accept(m.boot_no, m.msg_seq).map_err(|_| Refusal::Replay)?;
         Ok(Cow::Owned(m.payload))
+    }
+}
+
+/// Starts [`keep_loaded`] and [`keep_marks`] on `tasks`.
+pub fn spawn_keepers(
+    tasks: &tokio_util::task::TaskTracker,
+    verifier: &Arc<Verifier>,
+    store: &Store,
+    changes: tokio::sync::broadcast::Receiver<String>,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(keep_loaded(verifier.clone(), store.clone(), changes, shutdown.clone()));
+    tasks.spawn(keep_marks(verifier.clone(), store.clone(), shutdown.clone()));
+}
+
+/// How often the replay marks that moved are saved.
+const MARKS_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the replay marks that moved, every [`MARKS_EVERY`] and once more at
+/// shutdown, so a restarted controller refuses what it took before: all of it
+/// after a clean stop; after a crash, all but what came in the last second.
+pub async fn keep_marks(verifier: Arc<Verifier>, store: Store, shutdown: CancellationToken) {
+    let mut saved: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval(MARKS_EVERY);
+    loop {
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let moved: Vec<_> = verifier.marks().into_iter().filter(|(n, b, s)| saved.get(n) != Some(&(*b, *s))).collect();
+        if !moved.is_empty() {
+            match store.save_replay_marks(&moved).await {
+                Ok(()) => saved.extend(moved.into_iter().map(|(n, b, s)| (n, (b, s)))),
+                Err(e) => tracing::warn!(error = %e, "Replay marks not saved; retrying in a second."),
+            }
+        }
+        if last {
+            break;
+        }
     }
 }
 

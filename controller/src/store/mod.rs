@@ -17,6 +17,7 @@ pub mod acks;
 mod desired;
 pub mod jobs;
 mod query;
+pub mod replay;
 pub mod security;
 mod telemetry;
 mod tiers;

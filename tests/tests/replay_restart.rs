@@ -1,0 +1,155 @@
+//! After the controller restarts, nothing a node sent before is taken again
+//! (docs/security.md, "Signed envelope"): an enrolled node A, logged in with
+//! its own credentials, captures node B's genuine signed messages off the
+//! embedded broker: B's last will when B is killed, then, from B's next boot,
+//! its telemetry, status, reported state and a job result. The controller
+//! stops cleanly and starts again while B keeps running; A replays every
+//! captured message. The controller refuses each as a replay (the messages of
+//! B's running boot only because its replay marks outlived the restart), and
+//! B's old will does not mark the running B offline.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_proto::signing::WILL_SEQ;
+use fleet_proto::topics::{Channel, node_topic};
+use fleet_proto::v1::SignedMessage;
+use fleet_tests::cluster::{Broker, ControllerProc, ControllerSetup, agent_config, enroll, output, start_agent};
+use fleet_tests::{free_port, http_get, metric_value, wait_for};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const T: Duration = Duration::from_secs(30);
+const CHANNELS: [Channel; 5] =
+    [Channel::Telemetry, Channel::Status, Channel::Reported, Channel::Events, Channel::Results];
+
+fn fleetctl(ctl: &ControllerProc, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = ctl.fleetctl()?;
+    cmd.args(args);
+    output(cmd, &format!("fleetctl {}", args.join(" ")))
+}
+
+fn node(ctl: &ControllerProc, id: &str) -> Option<serde_json::Value> {
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&fleetctl(ctl, &["nodes", "list", "-o", "json"]).ok()?).ok()?;
+    nodes.into_iter().find(|n| n["node_id"] == id)
+}
+
+async fn replays_refused(ctl: &ControllerProc) -> f64 {
+    let addr = format!("127.0.0.1:{}", ctl.http).parse().expect("address");
+    let text = http_get(addr, "/metrics").await.unwrap_or_default();
+    metric_value(&text, "fleet_messages_dropped_total{reason=\"replay\"}")
+}
+
+/// Adds the first message of each kind the intruder receives to `captured`
+/// until it holds every one of `wanted`.
+async fn capture(
+    rx: &mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    captured: &mut BTreeMap<String, (String, Vec<u8>)>,
+    wanted: &[&str],
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !wanted.iter().all(|w| captured.contains_key(*w)) {
+        anyhow::ensure!(start.elapsed() < T, "captured only {:?}", captured.keys().collect::<Vec<_>>());
+        let Ok(Some((topic, body))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else { continue };
+        let channel = CHANNELS.into_iter().find(|c| topic == node_topic("rb", *c)).context("topic")?;
+        if !body.is_empty() {
+            captured.entry(label(channel, &body)).or_insert((topic, body));
+        }
+    }
+    Ok(())
+}
+
+/// What a node's message is, by its channel (the will apart).
+fn label(channel: Channel, body: &[u8]) -> String {
+    let will = SignedMessage::decode(body).is_ok_and(|m| m.msg_seq == WILL_SEQ);
+    if will { "will".into() } else { format!("{channel:?}").to_lowercase() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let setup = ControllerSetup {
+        database_url: None,
+        broker: Broker::Embedded(port),
+        lab: false,
+        data: dir.path().join("controller"),
+        extra: String::new(),
+    };
+    let mut ctl = ControllerProc::start(dir.path(), &setup).await?;
+    let mut confs = BTreeMap::new();
+    let mut agents = BTreeMap::new();
+    for n in ["ra", "rb"] {
+        let conf = agent_config(n, dir.path(), &dir.path().join(n), &url, "1s", 1 << 20);
+        enroll(&ctl, &conf)?;
+        agents.insert(n, start_agent(n, dir.path(), &conf, None, "info")?);
+        confs.insert(n, conf);
+    }
+    // A's own login, listening on B's topics.
+    let e = fleet_agent::enroll::load(&dir.path().join("ra"))?.context("A is not enrolled")?;
+    let mut opts = MqttOptions::new("intruder-ra", "127.0.0.1", port);
+    opts.set_credentials(e.broker_username, e.broker_password);
+    let (intruder, mut eventloop) = AsyncClient::new(opts, 64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(1024);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.try_send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    for c in CHANNELS {
+        intruder.subscribe(node_topic("rb", c), QoS::AtLeastOnce).await?;
+    }
+    wait_for(T, "B heard", || async {
+        node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).filter(|s| *s > 0).map(|_| ())
+    })
+    .await?;
+    // B's will (boot 1), then B again (boot 2).
+    agents.get_mut("rb").context("B")?.kill9();
+    let mut captured: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+    capture(&mut rx, &mut captured, &["will"]).await?;
+    captured.retain(|k, _| k == "will");
+    agents.insert("rb", start_agent("rb", dir.path(), &confs["rb"], None, "info")?);
+    wait_for(T, "B online again", || async { node(&ctl, "rb").filter(|v| v["state"] == "online").map(|_| ()) }).await?;
+    while rx.try_recv().is_ok() {}
+    // One message of each kind from boot 2 (the first seen).
+    fleetctl(&ctl, &["desired", "set", "rb", "--telemetry-interval", "2s"])?;
+    fleetctl(&ctl, &["jobs", "submit", "--model", "severity", "--node", "rb", "--text", "fan failure"])?;
+    capture(&mut rx, &mut captured, &["telemetry", "status", "reported", "results", "will"]).await?;
+    ctl.term()?;
+    ctl.up().await?;
+    let stored = node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
+    wait_for(T, "B heard after the restart", || async {
+        node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).filter(|s| *s > stored).map(|_| ())
+    })
+    .await?;
+
+    let before = replays_refused(&ctl).await;
+    for (topic, body) in captured.values() {
+        intruder.publish(topic.clone(), QoS::AtLeastOnce, false, body.clone()).await?;
+    }
+    let want = before + captured.len() as f64;
+    let refused = wait_for(T, "every captured message refused as a replay", || async {
+        let now = replays_refused(&ctl).await;
+        (now >= want).then_some(now)
+    })
+    .await
+    .with_context(|| format!("replays refused before {before}, want {want}"))?;
+    println!(
+        "replayed after a clean restart, all refused: {:?} ({before} -> {refused})",
+        captured.keys().collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let state = node(&ctl, "rb").map(|v| v["state"].clone());
+    assert_eq!(state, Some(serde_json::json!("online")), "B's old will did not mark the new boot offline");
+    ctl.term()?;
+    Ok(())
+}
