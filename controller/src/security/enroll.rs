@@ -15,25 +15,8 @@ use crate::store::security::NodeIdentity;
 
 impl Security {
     pub(super) async fn enroll(&self, q: EnrollRequest) -> Result<EnrollResponse, Status> {
+        let (wg, signing, node_id) = check_request(&q)?;
         let token = q.token.trim();
-        if !token.starts_with("fbt_") {
-            return Err(Status::invalid_argument(
-                "token: give the bootstrap token from `fleetctl tokens create` (fbt_...)",
-            ));
-        }
-        let wg = wireguard_control::Key::from_base64(&q.wg_public_key)
-            .map_err(|_| Status::invalid_argument("wg_public_key: not a base64 WireGuard public key"))?;
-        let signing: [u8; 32] = q
-            .signing_public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("signing_public_key: an Ed25519 public key is 32 bytes"))?;
-        fleet_proto::signing::verifying_key(&signing)
-            .map_err(|_| Status::invalid_argument("signing_public_key: not a valid Ed25519 public key"))?;
-        let node_id = if q.requested_node_id.is_empty() { q.hostname.clone() } else { q.requested_node_id.clone() };
-        fleet_proto::validate_node_id(&node_id).map_err(|e| {
-            Status::invalid_argument(format!("requested_node_id: {e}; set node_id in the agent's config"))
-        })?;
         if self.store.identity(&node_id).await.map_err(internal)?.is_some() {
             return Err(Status::already_exists(format!(
                 "node id {node_id} is enrolled already (ids are never reused, even after revoke); give this node another node_id"
@@ -106,6 +89,33 @@ impl Security {
             ..Default::default()
         }
     }
+}
+
+/// The fields of an enrollment request, checked before anything is looked
+/// up: the WireGuard key, the signing key and the node id it asks for.
+/// Pure, so the fuzzer can throw anything at it.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the field and what to give.
+pub fn check_request(q: &EnrollRequest) -> Result<(wireguard_control::Key, [u8; 32], String), Status> {
+    if !q.token.trim().starts_with("fbt_") {
+        return Err(Status::invalid_argument(
+            "token: give the bootstrap token from `fleetctl tokens create` (fbt_...)",
+        ));
+    }
+    let wg = wireguard_control::Key::from_base64(&q.wg_public_key)
+        .map_err(|_| Status::invalid_argument("wg_public_key: not a base64 WireGuard public key"))?;
+    let signing: [u8; 32] = q
+        .signing_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("signing_public_key: an Ed25519 public key is 32 bytes"))?;
+    fleet_proto::signing::verifying_key(&signing)
+        .map_err(|_| Status::invalid_argument("signing_public_key: not a valid Ed25519 public key"))?;
+    let node_id = if q.requested_node_id.is_empty() { q.hostname.clone() } else { q.requested_node_id.clone() };
+    fleet_proto::validate_node_id(&node_id)
+        .map_err(|e| Status::invalid_argument(format!("requested_node_id: {e}; set node_id in the agent's config")))?;
+    Ok((wg, signing, node_id))
 }
 
 /// Makes the first admin API token when no live admin token exists, and
