@@ -129,8 +129,11 @@ pub fn enroll_request(data: &[u8]) {
     }
 }
 
-/// Every target by name (the corpus folders' names).
-pub const TARGETS: [(&str, fn(&[u8])); 12] = [
+/// A target: its name (its corpus folder's) and what it runs.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 12] = [
     ("signed_envelope", signed_envelope),
     ("controller_inbound", controller_inbound),
     ("telemetry_batch", telemetry_batch),
