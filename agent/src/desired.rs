@@ -72,7 +72,7 @@ pub fn load(data_dir: &Path) -> Option<DesiredState> {
 /// # Errors
 /// Disk errors.
 pub fn store(data_dir: &Path, d: &DesiredState) -> std::io::Result<()> {
-    crate::durable::replace(&data_dir.join(DESIRED_FILE), &d.encode_to_vec(), 0o644)
+    fleet_durable::replace(&data_dir.join(DESIRED_FILE), &d.encode_to_vec(), 0o644)
 }
 
 /// What taking a desired state came to.

@@ -149,9 +149,9 @@ pub fn promote_next_wg(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Writes a secret file mode 0600 from the start (never briefly readable),
-/// durably (`durable::replace`).
+/// durably (`fleet_durable::replace`).
 pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), IdentityError> {
-    crate::durable::replace(path, format!("{text}\n").as_bytes(), 0o600)
+    fleet_durable::replace(path, format!("{text}\n").as_bytes(), 0o600)
         .map_err(|source| IdentityError::Io { path: path.into(), source })
 }
 

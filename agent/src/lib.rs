@@ -17,7 +17,6 @@ pub mod board;
 pub mod config;
 pub mod delivery;
 pub mod desired;
-pub mod durable;
 pub mod enroll;
 pub mod error;
 pub mod identity;

@@ -37,6 +37,7 @@ fn crates() -> Vec<Crate> {
     let lib = |name: &str, dirs: &[&str]| Crate::load(&root.join(name), dirs);
     vec![
         lib("proto", &["src"]),
+        lib("durable", &["src"]),
         lib("net", &["src"]),
         lib("hardware", &["src", "tests"]),
         lib("inference", &["src", "tests", "benches"]),
@@ -44,6 +45,7 @@ fn crates() -> Vec<Crate> {
         lib("controller", &["src", "tests", "benches"]),
         lib("local", &["src"]),
         lib("tests", &["src", "tests", "benches"]),
+        lib("fuzz", &["src", "tests"]),
     ]
 }
 

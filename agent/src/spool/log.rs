@@ -106,7 +106,7 @@ pub(super) fn decode_cursor(b: &[u8]) -> Option<Position> {
 
 /// Makes a directory's entries durable (a new or renamed file in it).
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    crate::durable::sync_dir(dir).map_err(io_err(dir))
+    fleet_durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Creates (or opens) segment `id` for appends.
@@ -382,7 +382,7 @@ impl Log {
         if self.acked == self.durable && self.cursor_path.exists() {
             return Ok(());
         }
-        crate::durable::replace(&self.cursor_path, &encode_cursor(self.acked), 0o644)
+        fleet_durable::replace(&self.cursor_path, &encode_cursor(self.acked), 0o644)
             .map_err(io_err(&self.cursor_path))?;
         self.durable = self.acked;
         Ok(())

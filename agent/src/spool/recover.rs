@@ -37,7 +37,7 @@ fn quarantine(path: &Path, qdir: &Path, good: u64, file_len: u64, reason: &str) 
     std::io::copy(&mut std::io::Read::take(&mut src, good), &mut out).map_err(io_err(&tmp))?;
     out.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    crate::durable::sync_parent(path).map_err(io_err(path))
+    fleet_durable::sync_parent(path).map_err(io_err(path))
 }
 
 /// The segments left, and the intact records of each (by segment id).

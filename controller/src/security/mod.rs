@@ -8,7 +8,6 @@
 pub mod audit;
 pub mod dynsec;
 pub mod enroll;
-pub mod files;
 pub mod guard;
 pub mod mark;
 pub mod overlay;

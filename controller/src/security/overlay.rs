@@ -77,7 +77,7 @@ pub fn load_or_make_key(data_dir: &Path) -> Result<Key, ControllerError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let k = Key::generate_private();
-            super::files::write_private(&path, format!("{}\n", k.to_base64()).as_bytes())
+            fleet_durable::write_private(&path, format!("{}\n", k.to_base64()).as_bytes())
                 .map_err(|e| ControllerError::Io(format!("cannot write {}: {e}", path.display())))?;
             Ok(k)
         }

@@ -42,7 +42,7 @@ pub struct Prepared {
 }
 
 fn create_dir(dir: &Path) -> Result<(), ControllerError> {
-    super::files::create_dir(dir).map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", dir.display())))
+    fleet_durable::create_dir(dir).map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", dir.display())))
 }
 
 /// Makes the first admin token and the TLS files, and brings the overlay up

@@ -62,12 +62,13 @@ pub fn load_or_make(data_dir: &Path) -> Result<Sealer, ControllerError> {
     if let Some(&generation) = generations(&dir)?.last() {
         return Ok(Sealer::new(read(&file(&dir, generation))?, generation));
     }
-    super::files::create_dir(&dir).map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    fleet_durable::create_dir(&dir)
+        .map_err(|e| ControllerError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| ControllerError::Io(format!("the system's random source failed: {e}")))?;
     let path = file(&dir, 1);
     let text = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(seed));
-    super::files::write_private(&path, text.as_bytes())
+    fleet_durable::write_private(&path, text.as_bytes())
         .map_err(|e| ControllerError::Io(format!("cannot write {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "Controller signing key made (mode 0600); nodes receive its public half when they enroll.");
     Ok(Sealer::new(SigningKey::from_bytes(&seed), 1))

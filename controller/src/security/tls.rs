@@ -8,9 +8,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use sha2::{Digest, Sha256};
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use super::files::{create_dir, write_private, write_public};
 use super::{SecurityConfig, TlsMode};
 use crate::ControllerError;
+use fleet_durable::{create_dir, write_private, write_public};
 
 /// What the gRPC server serves with, and what clients need to trust it.
 pub struct ServerTls {
