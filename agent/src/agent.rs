@@ -24,7 +24,7 @@ use crate::sampler::{Sampler, metric};
 use crate::signer::Signer;
 use crate::spool::Spool;
 use crate::telemetry::Batcher;
-use crate::uplink::trust::{Controller, Refusals, Trust};
+use crate::uplink::trust::{Controller, Trust, TrustReport};
 use crate::uplink::{self, Uplink, UplinkEvent, UplinkKind};
 use crate::{AgentError, board, enroll, local};
 
@@ -59,7 +59,7 @@ pub struct Agent {
     /// When the agent last said it is not enrolled.
     nagged: Option<std::time::Instant>,
     /// The controller's messages it did not believe.
-    refusals: Arc<Refusals>,
+    trust: Arc<TrustReport>,
 }
 
 /// Said at start and once a minute by a node that is not enrolled and hears no ack.
@@ -156,8 +156,9 @@ impl Agent {
                 "Spool holds unacknowledged batches; they are sent first."
             );
         }
-        let refusals = Arc::new(Refusals::default());
-        let uplink = connect(&cfg, &node, signer.as_ref(), Trust::new(&node.id, controller, refusals.clone()))?;
+        let trust = Arc::new(TrustReport::default());
+        let checks = Trust::new(&node.id, controller, trust.clone(), Some(cfg.data_dir.clone()));
+        let uplink = connect(&cfg, &node, signer.as_ref(), checks)?;
         let per_tick = (cfg.spool.replay_batches_per_s as usize / 10).max(1);
         let mut delivery = Delivery::new(spool, cfg.telemetry.ack_timeout, per_tick);
         if uplink.connected() {
@@ -182,7 +183,7 @@ impl Agent {
             samples_taken: 0,
             local: None,
             nagged: None,
-            refusals,
+            trust,
             node,
             cfg,
         };
@@ -245,7 +246,7 @@ impl Agent {
             samples_taken: self.samples_taken,
             batches_published: self.out.batches_published,
             publish_failures: self.out.failures,
-            controller_messages_refused: self.refusals.total(),
+            controller_messages_refused: self.trust.total(),
             ..Default::default()
         };
         self.delivery.count_into(&mut c);
@@ -272,6 +273,7 @@ impl Agent {
             models: if self.out.takes_jobs() { self.jobs.models(self.desired.models()) } else { Vec::new() },
             jobs_active: self.jobs.active(),
             thermal_limit_c: Some(self.power.policy().hot_c),
+            controller_key_generation: self.trust.controller_key_generation(),
         }
     }
 

@@ -32,7 +32,7 @@ pub enum EnrollError {
 
 /// The node's enrollment: its id, overlay address, the controller's
 /// WireGuard peer and the broker credentials.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Enrollment {
     pub node_id: String,
@@ -55,6 +55,12 @@ pub struct Enrollment {
     pub controller_signing_key: String,
     #[serde(default)]
     pub controller_key_generation: u64,
+    /// During a rotation of the controller's key: the newest key (base64)
+    /// and generation, taken from the controller's `ControllerKeys`.
+    #[serde(default)]
+    pub controller_next_signing_key: String,
+    #[serde(default)]
+    pub controller_next_key_generation: u64,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -146,15 +152,38 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
             base64::engine::general_purpose::STANDARD.encode(&r.controller_signing_key)
         },
         controller_key_generation: r.controller_key_generation,
+        controller_next_signing_key: String::new(),
+        controller_next_key_generation: 0,
     };
     save(&file, &e)?;
     Ok(e)
 }
 
-fn save(path: &Path, e: &Enrollment) -> Result<(), EnrollError> {
+pub(crate) fn save(path: &Path, e: &Enrollment) -> Result<(), EnrollError> {
     let text = toml::to_string(e).map_err(|x| EnrollError::File { path: path.into(), why: x.to_string() })?;
     let text = format!("# Written by `fleet-agent enroll`; holds the broker password (mode 0600).\n{text}");
     Ok(crate::identity::write_secret(path, &text)?)
+}
+
+/// Keeps the controller's keys the node holds (the one that signs, and the
+/// newest during a rotation) in the enrollment in `dir`.
+///
+/// # Errors
+/// No enrollment, or one that cannot be read or written.
+pub fn keep_controller_keys(
+    dir: &Path,
+    current: (u64, [u8; 32]),
+    next: Option<(u64, [u8; 32])>,
+) -> Result<(), EnrollError> {
+    use base64::Engine;
+    let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    let path = dir.join(ENROLLMENT_FILE);
+    let mut e = load(dir)?.ok_or_else(|| EnrollError::File { path: path.clone(), why: "missing".into() })?;
+    e.controller_key_generation = current.0;
+    e.controller_signing_key = b64(&current.1);
+    e.controller_next_key_generation = next.map_or(0, |(g, _)| g);
+    e.controller_next_signing_key = next.map_or_else(String::new, |(_, k)| b64(&k));
+    save(&path, &e)
 }
 
 /// The enrollment in `dir`, if the node is enrolled.

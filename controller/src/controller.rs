@@ -127,7 +127,7 @@ impl Controller {
         let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone());
         let (jobs, job_tasks) = JobManager::new(cfg.jobs.clone(), cfg.router.router(), cloud, parts, &tasks);
         let clock = Arc::new(Clock::new(store.clock_high_water().await?));
-        let parts = (&store, &link, &metrics, &clock);
+        let parts = (&store, &link, &metrics, &clock, &registry);
         let services = security_services(&cfg, &prepared, &mqtt_url, parts, (&tasks, &shutdown));
         let owners = Arc::new(Owners {
             ingest: queue,
@@ -161,6 +161,7 @@ impl Controller {
             jobs: jobs.clone(),
             security: services.security.clone(),
             rotation: services.rotation,
+            controller_key: services.controller_key,
         };
         let access = api_access(&cfg, &prepared, grpc_addr);
         let tls = prepared.tls.map(|t| t.config);
@@ -188,7 +189,7 @@ fn security_services(
     cfg: &ControllerConfig,
     prepared: &Prepared,
     mqtt_url: &str,
-    (store, link, metrics, clock): (&Store, &Link, &Arc<Metrics>, &Arc<Clock>),
+    (store, link, metrics, clock, registry): (&Store, &Link, &Arc<Metrics>, &Arc<Clock>, &Registry),
     (tasks, shutdown): (&TaskTracker, &CancellationToken),
 ) -> Services {
     let s = &cfg.security;
@@ -196,11 +197,12 @@ fn security_services(
         broker_url: if s.node_broker_url.is_empty() { mqtt_url.to_owned() } else { s.node_broker_url.clone() },
         wg_public_key: prepared.wg_public_key.clone(),
         wg_endpoint: if cfg.wireguard.enabled { cfg.wireguard.endpoint.clone() } else { String::new() },
-        signing_key: prepared.sealer.public_key().to_vec(),
-        key_generation: prepared.sealer.generation(),
+        sealer: prepared.sealer.clone(),
     };
     let dynsec_admin = cfg.mqtt.dynsec.then(|| cfg.mqtt.username.clone());
-    let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin, clock: clock.clone() };
+    let clock = clock.clone();
+    let data_dir = &cfg.data_dir;
+    let parts = ServiceParts { cfg: s, store, link, metrics, facing, dynsec_admin, clock, registry, data_dir };
     Services::start(parts, tasks, shutdown)
 }
 

@@ -5,7 +5,7 @@
 //! functions as an ordinary test. None may panic, whatever the bytes.
 
 use ed25519_dalek::SigningKey;
-use fleet_agent::uplink::trust::{Controller, Refusals, Trust};
+use fleet_agent::uplink::trust::{Controller, Held, Trust, TrustReport};
 use fleet_controller::link::classify;
 use fleet_controller::link::verify::Verifier;
 use fleet_controller::store::security::NodeIdentity;
@@ -98,8 +98,8 @@ pub fn event(data: &[u8]) {
 /// `payload` as the controller's genuine message of `kind` for [`NODE`],
 /// through the agent's checks (its decoder and replay rules).
 fn through_agent(kind: MessageKind, payload: &[u8]) {
-    let controller = Controller::Key(1, controller_key().verifying_key());
-    let mut trust = Trust::new(NODE, controller, Arc::new(Refusals::default()));
+    let controller = Controller::Keys(Box::new(Held { current: (1, controller_key().verifying_key()), next: None }));
+    let mut trust = Trust::new(NODE, controller, Arc::new(TrustReport::default()), None);
     let m = sign_for_node(&controller_key(), 1, NODE, kind, 1, payload.to_vec()).encode_to_vec();
     let _ = trust.open(kind, &m, NOW_MS);
     // And the bytes as an envelope themselves.
@@ -122,6 +122,12 @@ pub fn key_rotation(data: &[u8]) {
     through_agent(MessageKind::KeyRotation, data);
 }
 
+/// The controller's keys handed over in a rotation of its key, through the
+/// agent's checks and the rules of `Held`.
+pub fn controller_keys(data: &[u8]) {
+    through_agent(MessageKind::ControllerKeys, data);
+}
+
 /// An enrollment request as the controller's `Enroll` checks it before any lookup.
 pub fn enroll_request(data: &[u8]) {
     if let Ok(q) = EnrollRequest::decode(data) {
@@ -133,7 +139,7 @@ pub fn enroll_request(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 12] = [
+pub const TARGETS: [Target; 13] = [
     ("signed_envelope", signed_envelope),
     ("controller_inbound", controller_inbound),
     ("telemetry_batch", telemetry_batch),
@@ -145,5 +151,6 @@ pub const TARGETS: [Target; 12] = [
     ("ack", ack),
     ("desired_state", desired_state),
     ("key_rotation", key_rotation),
+    ("controller_keys", controller_keys),
     ("enroll_request", enroll_request),
 ];

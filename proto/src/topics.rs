@@ -37,11 +37,13 @@ pub enum Channel {
     Results,
     /// controller -> agent, QoS 1 retained, `KeyRotation`.
     Key,
+    /// controller -> agent, QoS 1 retained, `ControllerKeys`.
+    ControllerKeys,
 }
 
 impl Channel {
     /// Every channel, in wire-contract order.
-    pub const ALL: [Channel; 9] = [
+    pub const ALL: [Channel; 10] = [
         Channel::Telemetry,
         Channel::Status,
         Channel::Reported,
@@ -51,6 +53,7 @@ impl Channel {
         Channel::Jobs,
         Channel::Results,
         Channel::Key,
+        Channel::ControllerKeys,
     ];
 
     /// The last topic level of this channel.
@@ -66,6 +69,7 @@ impl Channel {
             Channel::Jobs => "jobs",
             Channel::Results => "results",
             Channel::Key => "key",
+            Channel::ControllerKeys => "controller-keys",
         }
     }
 

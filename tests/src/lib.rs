@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod enrolled;
 pub mod lazyfs;
 pub mod need;
 pub mod procs;

@@ -15,77 +15,11 @@ use anyhow::Context;
 use fleet_proto::signing::sign_for_node;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::{DesiredState, Job, KeyRotation, MessageKind};
-use fleet_tests::cluster::{Broker, ControllerProc, ControllerSetup, agent_config, enroll, output, start_agent};
-use fleet_tests::procs::Proc;
+use fleet_tests::cluster::Broker;
+use fleet_tests::enrolled::{EnrolledFleet, T};
 use fleet_tests::{Mosquitto, free_port, wait_for};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-const T: Duration = Duration::from_secs(30);
-
-struct Fleet {
-    dir: tempfile::TempDir,
-    ctl: ControllerProc,
-    /// Killed on drop.
-    _agents: Vec<Proc>,
-}
-
-impl Fleet {
-    async fn start(broker: Broker) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let setup = ControllerSetup {
-            database_url: None,
-            broker: broker.clone(),
-            lab: false,
-            data: dir.path().join("controller"),
-            extra: String::new(),
-        };
-        let ctl = ControllerProc::start(dir.path(), &setup).await?;
-        let url = match &broker {
-            Broker::Embedded(port) => format!("mqtt://127.0.0.1:{port}"),
-            Broker::External(url) => url.clone(),
-        };
-        let mut agents = Vec::new();
-        for node in ["fa", "fb"] {
-            let conf = agent_config(node, dir.path(), &dir.path().join(node), &url, "1s", 1 << 20);
-            enroll(&ctl, &conf)?;
-            agents.push(start_agent(node, dir.path(), &conf, None, "info")?);
-        }
-        Ok(Self { dir, ctl, _agents: agents })
-    }
-
-    fn fleetctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = self.ctl.fleetctl()?;
-        cmd.args(args);
-        output(cmd, &format!("fleetctl {}", args.join(" ")))
-    }
-
-    fn node(&self, id: &str) -> Option<serde_json::Value> {
-        let nodes: Vec<serde_json::Value> =
-            serde_json::from_str(&self.fleetctl(&["nodes", "list", "-o", "json"]).ok()?).ok()?;
-        nodes.into_iter().find(|n| n["node_id"] == id)
-    }
-
-    fn refused(&self, id: &str) -> u64 {
-        self.node(id).and_then(|n| n["counters"]["controller_messages_refused"].as_u64()).unwrap_or(0)
-    }
-
-    fn applied(&self, id: &str) -> u64 {
-        self.fleetctl(&["desired", "get", id])
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["reported"]["applied_version"].as_u64())
-            .unwrap_or(0)
-    }
-
-    async fn set_desired(&self, node: &str, interval: &str, version: u64) -> anyhow::Result<()> {
-        self.fleetctl(&["desired", "set", node, "--telemetry-interval", interval])?;
-        wait_for(T, &format!("{node} applied version {version}"), || async move {
-            (self.applied(node) >= version).then_some(())
-        })
-        .await
-    }
-}
 
 /// A's own broker login, from its enrollment, and what it receives.
 async fn login_as(data_dir: &Path, url: &str) -> anyhow::Result<(AsyncClient, tokio::sync::mpsc::Receiver<Vec<u8>>)> {
@@ -110,18 +44,12 @@ async fn login_as(data_dir: &Path, url: &str) -> anyhow::Result<(AsyncClient, to
 }
 
 async fn forged_and_replayed_messages_are_refused_by_the_target_node(broker: Broker, url: &str) -> anyhow::Result<()> {
-    let f = Fleet::start(broker).await?;
+    let f = EnrolledFleet::start(broker, &["fa", "fb"]).await?;
     let fleet = &f;
-    wait_for(T, "both nodes heard", || async move {
-        ["fa", "fb"]
-            .iter()
-            .all(|n| fleet.node(n).is_some_and(|v| v["samples_stored"].as_u64().unwrap_or(0) > 0))
-            .then_some(())
-    })
-    .await?;
+    f.wait_heard(&["fa", "fb"]).await?;
     // B's genuine desired state, version 1, captured off the broker by A.
     f.set_desired("fb", "2s", 1).await?;
-    let (intruder, mut got) = login_as(&f.dir.path().join("fa"), url).await?;
+    let (intruder, mut got) = login_as(&f.data_dir("fa"), url).await?;
     intruder.subscribe(node_topic("fb", Channel::Desired), QoS::AtLeastOnce).await?;
     let old = wait_for(T, "B's retained desired state", || {
         let m = got.try_recv().ok();
@@ -131,7 +59,7 @@ async fn forged_and_replayed_messages_are_refused_by_the_target_node(broker: Bro
     f.set_desired("fb", "3s", 2).await?;
     let before = f.refused("fb");
 
-    let a_key = fleet_agent::identity::Identity::load(&f.dir.path().join("fa"))?.signing_key().clone();
+    let a_key = fleet_agent::identity::Identity::load(&f.data_dir("fa"))?.signing_key().clone();
     let now = u64::try_from(fleet_proto::now_unix_ms())?;
     let forged_desired = DesiredState { node_id: "fb".into(), version: 99, ..Default::default() }.encode_to_vec();
     let job = Job {

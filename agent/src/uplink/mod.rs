@@ -3,6 +3,7 @@
 //! over MQTT the controller's end-to-end `Ack`, over Kafka the delivery report
 //! of an idempotent `acks=all` producer (the Kafka log is durable).
 
+pub mod held;
 pub mod kafka;
 pub mod mqtt;
 pub mod trust;

@@ -182,6 +182,7 @@ pub fn connect(cfg: &MqttConfig, node_id: &str, offline_status: Vec<u8>, trust: 
             desired: node_topic(node_id, Channel::Desired),
             jobs: node_topic(node_id, Channel::Jobs),
             key: node_topic(node_id, Channel::Key),
+            controller_keys: node_topic(node_id, Channel::ControllerKeys),
             url: cfg.url.clone(),
         },
         (cfg.reconnect_min, cfg.reconnect_max),
@@ -209,6 +210,7 @@ struct Topics {
     desired: String,
     jobs: String,
     key: String,
+    controller_keys: String,
     url: String,
 }
 
@@ -226,6 +228,8 @@ fn inbound(p: &rumqttc::Publish, t: &Topics, trust: &mut Trust) -> Option<Uplink
         MessageKind::KeyRotation
     } else if p.topic == t.jobs {
         MessageKind::Job
+    } else if p.topic == t.controller_keys {
+        MessageKind::ControllerKeys
     } else {
         return None;
     };
@@ -266,7 +270,8 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = backoff_min;
                 nagged = None;
-                for t in [&topics.ack, &topics.desired, &topics.jobs, &topics.key] {
+                // The controller's keys first: a node back from a rotation takes them before the rest.
+                for t in [&topics.controller_keys, &topics.ack, &topics.desired, &topics.jobs, &topics.key] {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(error = %e, topic = %t, "Could not subscribe.");
                     }

@@ -7,13 +7,14 @@ pub mod server;
 
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
-    CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest, CreateBootstrapTokenResponse,
-    DesiredState, DesiredStateView, GetDesiredStateRequest, GetJobRequest, GetNodeRequest, JobView,
-    ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensRequest, ListBootstrapTokensResponse,
-    ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node, QueryTelemetryRequest,
-    QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse, RevokeBootstrapTokenRequest,
-    RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, RotateNodeKeyRequest, RotateNodeKeyResponse,
-    SetDesiredStateRequest, SubmitJobRequest, WatchNodesRequest,
+    ControllerKeyStatus, CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest,
+    CreateBootstrapTokenResponse, DesiredState, DesiredStateView, GetControllerKeyRequest, GetDesiredStateRequest,
+    GetJobRequest, GetNodeRequest, JobView, ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensRequest,
+    ListBootstrapTokensResponse, ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node,
+    QueryTelemetryRequest, QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse,
+    RevokeBootstrapTokenRequest, RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse,
+    RotateControllerKeyRequest, RotateNodeKeyRequest, RotateNodeKeyResponse, SetDesiredStateRequest, SubmitJobRequest,
+    WatchNodesRequest,
 };
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -47,6 +48,8 @@ pub struct Api {
     pub security: std::sync::Arc<crate::security::service::Security>,
     /// WireGuard key rotations.
     pub rotation: std::sync::Arc<crate::security::rotate::Rotation>,
+    /// Rotations of the controller's own signing key.
+    pub controller_key: std::sync::Arc<crate::security::controller_key::ControllerKey>,
 }
 
 /// The API token name the guard put on the call.
@@ -254,6 +257,25 @@ impl FleetService for Api {
         let r = self.rotation.start(&id).await;
         self.security.audit.record_result(&actor, "RotateNodeKey", &id, &r).await;
         r.map(|generation| Response::new(RotateNodeKeyResponse { generation }))
+    }
+
+    async fn get_controller_key(
+        &self,
+        _req: Request<GetControllerKeyRequest>,
+    ) -> Result<Response<ControllerKeyStatus>, Status> {
+        self.controller_key.status().await.map(Response::new)
+    }
+
+    async fn rotate_controller_key(
+        &self,
+        req: Request<RotateControllerKeyRequest>,
+    ) -> Result<Response<ControllerKeyStatus>, Status> {
+        let actor = who(&req);
+        let finish_now = req.into_inner().finish_now;
+        let r = self.controller_key.rotate(finish_now).await;
+        let what = if finish_now { "finish now" } else { "open" };
+        self.security.audit.record_result(&actor, "RotateControllerKey", what, &r).await;
+        r.map(Response::new)
     }
 }
 

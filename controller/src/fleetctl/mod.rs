@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod audit;
+pub mod controller_key;
 pub mod desired;
 pub mod error;
 pub mod jobs;
@@ -78,6 +79,11 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Telemetry of one node.
     Telemetry(telemetry::TelemetryArgs),
+    /// The controller's own signing key and its rotation (admin).
+    ControllerKey {
+        #[command(subcommand)]
+        command: controller_key::ControllerKeyCommand,
+    },
 }
 
 /// Runs the command `cli` names against the controller.
@@ -97,5 +103,6 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::ApiTokens { command } => tokens::run_api(&mut client, command).await,
         Command::Audit(a) => audit::run(&mut client, a, out).await,
         Command::Telemetry(t) => telemetry::run(&mut client, t, out).await,
+        Command::ControllerKey { command } => controller_key::run(&mut client, command, out).await,
     }
 }

@@ -38,9 +38,9 @@ impl Link {
         Self { client, connected, sealer }
     }
 
-    /// The key nodes check the controller's messages with.
+    /// The keys nodes check the controller's messages with.
     #[must_use]
-    pub fn sealer(&self) -> &Sealer {
+    pub fn sealer(&self) -> &Arc<Sealer> {
         &self.sealer
     }
 
@@ -102,6 +102,22 @@ impl Link {
             k.map(|k| self.sealer.seal(node_id, MessageKind::KeyRotation, k.encode_to_vec())).unwrap_or_default();
         let topic = node_topic(node_id, Channel::Key);
         self.client.try_publish(topic, QoS::AtLeastOnce, true, body).map_err(|_| busy("key rotation"))
+    }
+
+    /// The controller's keys for a node that holds generation `held`, QoS 1
+    /// retained (a node that comes back hears them first), signed with that
+    /// generation's key (`Sealer::announcement`); `held` 0 clears the
+    /// retained keys (an empty message, which a node ignores). `Ok(false)`
+    /// when that generation's key is no longer kept.
+    ///
+    /// # Errors
+    /// `LinkBusy` when the client's queue is full.
+    pub fn controller_keys(&self, node_id: &str, held: u64) -> Result<bool, ControllerError> {
+        let body = if held == 0 { Some(Vec::new()) } else { self.sealer.announcement(node_id, held) };
+        let Some(body) = body else { return Ok(false) };
+        let topic = node_topic(node_id, Channel::ControllerKeys);
+        self.client.try_publish(topic, QoS::AtLeastOnce, true, body).map_err(|_| busy("controller keys"))?;
+        Ok(true)
     }
 
     /// Commands for Mosquitto's dynamic-security plugin (JSON), QoS 1;

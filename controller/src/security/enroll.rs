@@ -84,8 +84,8 @@ impl Security {
                 password,
             }),
             node_id,
-            controller_signing_key: self.facing.signing_key.clone(),
-            controller_key_generation: self.facing.key_generation,
+            controller_signing_key: self.facing.sealer.public_key(),
+            controller_key_generation: self.facing.sealer.generation(),
             ..Default::default()
         }
     }

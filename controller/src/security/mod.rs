@@ -6,6 +6,7 @@
 //! (tokens, roles, expiry) are in `crate::auth`.
 
 pub mod audit;
+pub mod controller_key;
 pub mod dynsec;
 pub mod enroll;
 pub mod guard;

@@ -26,16 +26,15 @@ pub const BROKER_PREFIX: &str = "fbp";
 const MAX_TTL_S: u32 = 30 * 86_400;
 
 /// What the controller tells enrolling nodes about itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeFacing {
     /// Broker URL for nodes.
     pub broker_url: String,
     /// The controller's WireGuard public key (base64) and endpoint (empty: no overlay).
     pub wg_public_key: String,
     pub wg_endpoint: String,
-    /// The controller's public signing key (32 bytes) and its generation.
-    pub signing_key: Vec<u8>,
-    pub key_generation: u64,
+    /// The controller's signing keys: the one that signs now is handed out.
+    pub sealer: Arc<crate::link::seal::Sealer>,
 }
 
 /// Shared state of the access-control calls.

@@ -1,7 +1,7 @@
 //! Security at start: what must exist before any listener opens (the first
 //! admin token, the TLS files, the WireGuard overlay), then the services the
 //! API and the link use (audit, token guard, access-control calls, key
-//! rotation, Mosquitto's dynamic security).
+//! rotations of the nodes and of the controller, Mosquitto's dynamic security).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::audit::Auditor;
+use super::controller_key::ControllerKey;
 use super::dynsec::Dynsec;
 use super::guard::Guard;
 use super::overlay::WireGuardConfig;
@@ -22,6 +23,7 @@ use crate::ControllerError;
 use crate::link::Link;
 use crate::link::seal::Sealer;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::Store;
 
 /// The first admin API token's file in the data directory (mode 0600).
@@ -78,7 +80,7 @@ pub async fn prepare(
         String::new()
     };
     create_dir(data_dir)?;
-    let sealer = Arc::new(super::signing_key::load_or_make(data_dir)?);
+    let sealer = Arc::new(Sealer::new(super::signing_key::load_or_make(data_dir)?));
     Ok(Prepared { tls, wg_public_key, admin_token_file, sealer })
 }
 
@@ -89,6 +91,8 @@ pub struct Services {
     /// Checks every `FleetService` call's token and role.
     pub guard: Arc<Guard>,
     pub rotation: Arc<Rotation>,
+    /// Rotations of the controller's own signing key.
+    pub controller_key: Arc<ControllerKey>,
     pub dynsec: Option<Dynsec>,
     /// Each node enrolled, revoked or rotating: the signature keys and the
     /// WireGuard peers follow it.
@@ -107,6 +111,10 @@ pub struct ServiceParts<'a> {
     pub dynsec_admin: Option<String>,
     /// The time token expiry is judged at.
     pub clock: Arc<crate::clock::Clock>,
+    /// Which nodes hold which controller key (their status says).
+    pub registry: &'a Registry,
+    /// Where the controller's key files are.
+    pub data_dir: &'a Path,
 }
 
 impl Services {
@@ -117,6 +125,14 @@ impl Services {
         let dynsec = p.dynsec_admin.map(|admin| Dynsec::new(p.link.clone(), admin));
         let rotation = Arc::new(Rotation { store: p.store.clone(), link: p.link.clone(), changes: changes.clone() });
         let audit = Auditor::start(p.store.clone(), tasks, shutdown.clone());
+        let controller_key = Arc::new(ControllerKey::new(
+            p.data_dir.to_owned(),
+            p.facing.sealer.clone(),
+            p.link.clone(),
+            p.store.clone(),
+            p.registry.clone(),
+        ));
+        tasks.spawn(controller_key.clone().run(shutdown.clone()));
         let guard = Arc::new(Guard::new(
             p.store.clone(),
             audit.clone(),
@@ -134,6 +150,6 @@ impl Services {
             on_change: changes.clone(),
             dynsec: dynsec.clone(),
         });
-        Self { security, guard, rotation, dynsec, changes }
+        Self { security, guard, rotation, controller_key, dynsec, changes }
     }
 }
