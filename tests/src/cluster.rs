@@ -52,29 +52,42 @@ impl ControllerProc {
     /// # Errors
     /// When it does not answer on its gRPC port within 20 s.
     pub async fn start(dir: &Path, setup: &ControllerSetup<'_>) -> anyhow::Result<Self> {
-        let (grpc, http) = (free_port(), free_port());
         let conf = dir.join("controller.toml");
         std::fs::write(&conf, format!("[security]\nrequire_enrollment = {}\n{}", !setup.lab, setup.extra))?;
-        let mut args = vec![
-            "--config".into(),
-            conf.display().to_string(),
-            "--data-dir".into(),
-            setup.data.display().to_string(),
-            "--grpc-listen".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--http-listen".into(),
-            format!("127.0.0.1:{http}"),
-        ];
-        if let Some(url) = setup.database_url {
-            args.extend(["--database-url".into(), url.to_owned()]);
+        // A port picked free may be taken by another test before the controller
+        // binds it: then new ones (its API and metrics ports only; the broker's is the caller's).
+        let mut attempt = 0;
+        loop {
+            let (grpc, http) = (free_port(), free_port());
+            let mut args = vec![
+                "--config".into(),
+                conf.display().to_string(),
+                "--data-dir".into(),
+                setup.data.display().to_string(),
+                "--grpc-listen".into(),
+                format!("127.0.0.1:{grpc}"),
+                "--http-listen".into(),
+                format!("127.0.0.1:{http}"),
+            ];
+            if let Some(url) = setup.database_url {
+                args.extend(["--database-url".into(), url.to_owned()]);
+            }
+            match &setup.broker {
+                Broker::Embedded(port) => args.extend(["--mqtt-listen".into(), format!("127.0.0.1:{port}")]),
+                Broker::External(url) => args.extend(["--mqtt-url".into(), url.clone()]),
+            }
+            let log = dir.join(format!("controller-{attempt}.log"));
+            let mut c = Self { args, grpc, http, data: setup.data.clone(), log, proc: None };
+            match c.up().await {
+                Ok(()) => return Ok(c),
+                Err(e) if attempt < 3 && port_taken(&c.log, grpc, http) => {
+                    attempt += 1;
+                    c.kill9();
+                    eprintln!("controller ports {grpc}/{http} were taken meanwhile; trying others ({e:#})");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        match &setup.broker {
-            Broker::Embedded(port) => args.extend(["--mqtt-listen".into(), format!("127.0.0.1:{port}")]),
-            Broker::External(url) => args.extend(["--mqtt-url".into(), url.clone()]),
-        }
-        let mut c = Self { args, grpc, http, data: setup.data.clone(), log: dir.join("controller.log"), proc: None };
-        c.up().await?;
-        Ok(c)
     }
 
     /// Starts the process again (after `kill9`).
@@ -137,6 +150,13 @@ impl ControllerProc {
     pub fn fleetctl(&self) -> anyhow::Result<Command> {
         self.fleetctl_with(&self.data.join("tls/ca.pem"), &self.data.join("admin.token"))
     }
+}
+
+/// The controller's log says one of its own ports was in use.
+fn port_taken(log: &Path, grpc: u16, http: u16) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.contains("Address already in use")
+        && (text.contains(&format!(":{grpc}")) || text.contains(&format!(":{http}")))
 }
 
 /// Runs a command and returns its stdout, or an error with its output.
