@@ -46,6 +46,20 @@ pub struct ControllerSetup<'a> {
     pub extra: String,
 }
 
+impl ControllerSetup<'_> {
+    /// Enrollment required, SQLite in `dir/controller`, its own broker on `mqtt_port`.
+    #[must_use]
+    pub fn embedded(dir: &Path, mqtt_port: u16) -> Self {
+        Self {
+            database_url: None,
+            broker: Broker::Embedded(mqtt_port),
+            lab: false,
+            data: dir.join("controller"),
+            extra: String::new(),
+        }
+    }
+}
+
 impl ControllerProc {
     /// Starts a controller; its config file and log go into `dir`.
     ///

@@ -73,20 +73,9 @@ impl Proc {
     /// # Errors
     /// When it does not exit in time (it is then killed).
     pub fn term(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("{} is not running", self.name) };
+        let Some(c) = self.child.take() else { bail!("{} is not running", self.name) };
         Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
-        let start = Instant::now();
-        loop {
-            if let Some(s) = c.try_wait()? {
-                return Ok(s);
-            }
-            if start.elapsed() > timeout {
-                let _ = c.kill();
-                let _ = c.wait();
-                bail!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.exit_within(c, timeout, " of SIGTERM")
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
@@ -94,7 +83,12 @@ impl Proc {
     /// # Errors
     /// When it does not (it is then killed).
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("{} is not running", self.name) };
+        let Some(c) = self.child.take() else { bail!("{} is not running", self.name) };
+        self.exit_within(c, timeout, "")
+    }
+
+    /// `c`'s exit status once it exits, killed after `timeout`.
+    fn exit_within(&self, mut c: Child, timeout: Duration, after: &str) -> anyhow::Result<ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(s) = c.try_wait()? {
@@ -103,7 +97,7 @@ impl Proc {
             if start.elapsed() > timeout {
                 let _ = c.kill();
                 let _ = c.wait();
-                bail!("{} did not exit within {timeout:?}; log:\n{}", self.name, self.log_text());
+                bail!("{} did not exit within {timeout:?}{after}; log:\n{}", self.name, self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

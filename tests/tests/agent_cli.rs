@@ -9,19 +9,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use fleet_tests::cluster::{self, Broker, ControllerProc, ControllerSetup, enroll};
+use fleet_tests::cluster::{self, ControllerProc, ControllerSetup, enroll};
 use fleet_tests::procs::bin;
 use fleet_tests::{free_port, wait_for};
 
 async fn controller(dir: &Path) -> anyhow::Result<(ControllerProc, String)> {
     let port = free_port();
-    let setup = ControllerSetup {
-        database_url: None,
-        broker: Broker::Embedded(port),
-        lab: false,
-        data: dir.join("controller"),
-        extra: String::new(),
-    };
+    let setup = ControllerSetup::embedded(dir, port);
     Ok((ControllerProc::start(dir, &setup).await?, format!("mqtt://127.0.0.1:{port}")))
 }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use fleet_tests::cluster::{self, Broker, ControllerProc, ControllerSetup, enroll};
+use fleet_tests::cluster::{self, ControllerProc, ControllerSetup, enroll};
 use fleet_tests::procs::{Proc, bin};
 use fleet_tests::{free_port, wait_for};
 
@@ -53,13 +53,7 @@ impl Fleet {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let port = free_port();
-        let setup = ControllerSetup {
-            database_url: None,
-            broker: Broker::Embedded(port),
-            lab: false,
-            data: d.join("controller"),
-            extra: String::new(),
-        };
+        let setup = ControllerSetup::embedded(d, port);
         let ctl = ControllerProc::start(d, &setup).await?;
         let cfg = cluster::agent_config(NODE, d, &d.join(NODE), &format!("mqtt://127.0.0.1:{port}"), "1s", 1 << 20);
         enroll(&ctl, &cfg)?;

@@ -36,14 +36,7 @@ async fn kafka_agents_are_ingested_exactly_once_with_offsets_after_commit() -> a
     let stop = CancellationToken::new();
     let c = Controller::start(ccfg, stop.clone()).await?;
 
-    let mut agents = Vec::new();
-    for i in 0..2 {
-        let mut cfg = agent_config(&format!("kafka-{i}"), "mqtt://127.0.0.1:9", dir.path());
-        cfg.uplink = UplinkKind::Kafka;
-        cfg.kafka.brokers = brokers.clone();
-        cfg.telemetry.shutdown_grace = Duration::from_secs(15);
-        agents.push(AgentHandle::spawn(cfg));
-    }
+    let agents = kafka_agents("kafka", &brokers, dir.path());
     let store = c.store.clone();
     wait_for(Duration::from_secs(30), "rows from both Kafka agents", || {
         let store = store.clone();
@@ -256,14 +249,7 @@ async fn a_failing_database_holds_the_offsets_back_and_nothing_is_skipped() -> a
     ccfg.kafka.commit_every = 16;
     let stop = CancellationToken::new();
     let c = Controller::start(ccfg, stop.clone()).await?;
-    let mut agents = Vec::new();
-    for i in 0..2 {
-        let mut cfg = agent_config(&format!("kfail-{i}"), "mqtt://127.0.0.1:9", dir.path());
-        cfg.uplink = UplinkKind::Kafka;
-        cfg.kafka.brokers = brokers.clone();
-        cfg.telemetry.shutdown_grace = Duration::from_secs(15);
-        agents.push(AgentHandle::spawn(cfg));
-    }
+    let agents = kafka_agents("kfail", &brokers, dir.path());
     let store = c.store.clone();
     wait_for(Duration::from_secs(30), "rows before the failure", || {
         let store = store.clone();
@@ -326,4 +312,17 @@ async fn a_failing_database_holds_the_offsets_back_and_nothing_is_skipped() -> a
     c.wait().await;
     pool.close().await;
     db.cleanup().await
+}
+
+/// Two agents named `{prefix}-0` and `{prefix}-1` on the Kafka uplink to `brokers`.
+fn kafka_agents(prefix: &str, brokers: &str, dir: &std::path::Path) -> Vec<AgentHandle> {
+    (0..2)
+        .map(|i| {
+            let mut cfg = agent_config(&format!("{prefix}-{i}"), "mqtt://127.0.0.1:9", dir);
+            cfg.uplink = UplinkKind::Kafka;
+            cfg.kafka.brokers = brokers.to_owned();
+            cfg.telemetry.shutdown_grace = Duration::from_secs(15);
+            AgentHandle::spawn(cfg)
+        })
+        .collect()
 }
