@@ -247,6 +247,12 @@ impl Agent {
             batches_published: self.out.batches_published,
             publish_failures: self.out.failures,
             controller_messages_refused: self.trust.total(),
+            controller_messages_refused_by_reason: self
+                .trust
+                .by_reason()
+                .into_iter()
+                .map(|(reason, n)| (reason.to_owned(), n))
+                .collect(),
             ..Default::default()
         };
         self.delivery.count_into(&mut c);

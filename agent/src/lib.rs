@@ -45,7 +45,7 @@ pub use config::AgentConfig;
 pub use error::AgentError;
 
 /// What the agent did, returned when it stops.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentReport {
     pub node_id: String,
     pub boot_id: String,

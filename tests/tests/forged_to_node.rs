@@ -90,6 +90,9 @@ async fn forged_and_replayed_messages_are_refused_by_the_target_node(broker: Bro
     .with_context(|| format!("B refused {} (before: {before}, want {want})", f.refused("fb")))?;
     println!("{url}: B refused all {} messages: {:?}", sends.len(), sends.iter().map(|s| s.2).collect::<Vec<_>>());
     assert_eq!(f.applied("fb"), 2, "B's desired state is still the controller's version 2");
+    let reasons = &f.node("fb").context("B listed")?["counters"]["controller_messages_refused_by_reason"];
+    let n = |r: &str| reasons[r].as_u64().unwrap_or(0);
+    assert!(n("bad_signature") >= 3 && n("replay") >= 1, "refusals by reason: {reasons}");
     assert_eq!(f.refused("fa"), 0, "A itself refused nothing");
     // The controller's own messages still work: a new desired state, a job.
     f.set_desired("fb", "4s", 3).await?;

@@ -75,6 +75,7 @@ pub fn node_json(n: &Node) -> Value {
             "publish_failures": c.publish_failures, "batches_dropped": c.batches_dropped,
             "batches_unacked": c.batches_unacked, "samples_acked": c.samples_acked,
             "controller_messages_refused": c.controller_messages_refused,
+            "controller_messages_refused_by_reason": c.controller_messages_refused_by_reason,
         },
     })
 }
