@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::SecurityConfig;
 use super::audit::Auditor;
 use super::guard::{Caller, Guard};
-use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Role, new_token};
+use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Quota, Role, new_token};
 use crate::clock::Clock;
 use crate::store::Store;
 use crate::store::security::BootstrapToken;
@@ -161,7 +161,11 @@ impl Security {
             }
             let role = Role::parse(&q.role).map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
             let (token, hash) = new_token(API_PREFIX).map_err(internal)?;
-            match self.store.create_api_token(&q.name, &hash, role, fleet_proto::now_unix_ms()).await {
+            match self
+                .store
+                .create_api_token(&q.name, &hash, (role, &Quota::default()), fleet_proto::now_unix_ms())
+                .await
+            {
                 Ok(()) => {}
                 Err(crate::ControllerError::Db(e))
                     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
