@@ -86,7 +86,7 @@ pub async fn run(client: &mut FleetClient, command: TokensCommand, out: Output) 
 pub async fn run_api(client: &mut FleetClient, command: ApiTokensCommand) -> Result<(), CtlError> {
     match command {
         ApiTokensCommand::Create { name, role } => {
-            let t = client.create_api_token(CreateApiTokenRequest { name, role }).await?.into_inner();
+            let t = client.create_api_token(CreateApiTokenRequest { name, role, quota: None }).await?.into_inner();
             println!("{}", t.token);
             eprintln!(
                 "API token {} ({}); shown once. Keep it in a file with mode 0600 and use --token-file.",
