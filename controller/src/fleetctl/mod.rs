@@ -1,6 +1,6 @@
 //! `fleetctl`, the operator's command line for the controller's gRPC API:
 //! one module per noun (`nodes`, `telemetry`, `desired`, `jobs`, `tokens`,
-//! `audit`), every table and JSON shape in `output`, where the controller
+//! `audit`, `usage`), every table and JSON shape in `output`, where the controller
 //! and the token are found in `settings`. The binary only parses and runs.
 
 pub mod args;
@@ -13,6 +13,7 @@ pub mod output;
 pub mod settings;
 pub mod telemetry;
 pub mod tokens;
+pub mod usage;
 
 use std::path::PathBuf;
 
@@ -78,6 +79,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Telemetry of one node.
     Telemetry(telemetry::TelemetryArgs),
+    /// What each API token used, per day and per hour, and its quotas (admin).
+    Usage(usage::UsageArgs),
 }
 
 /// Runs the command `cli` names against the controller.
@@ -97,5 +100,6 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::ApiTokens { command } => tokens::run_api(&mut client, command).await,
         Command::Audit(a) => audit::run(&mut client, a, out).await,
         Command::Telemetry(t) => telemetry::run(&mut client, t, out).await,
+        Command::Usage(u) => usage::run(&mut client, u, out).await,
     }
 }
