@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod faketime;
 pub mod lazyfs;
 pub mod need;
 pub mod procs;
