@@ -110,6 +110,49 @@ impl Role {
     }
 }
 
+/// What an API token may use (docs/security.md, "Usage and quotas"); 0 is
+/// unlimited. Days are UTC days; a day's quotas reset at 00:00 UTC, the
+/// minute's at the next whole minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Jobs accepted by SubmitJob per day.
+    pub jobs_per_day: u64,
+    /// Inference time of its jobs (nodes and cloud tier together) per day, in seconds.
+    pub inference_s_per_day: u64,
+    /// QueryTelemetry calls per minute.
+    pub queries_per_minute: u64,
+}
+
+/// The largest quota accepted (about 10^12): more is the same as unlimited,
+/// and every count stays far from the store's integer limit.
+pub const MAX_QUOTA: u64 = 1 << 40;
+
+impl Quota {
+    /// Whether any quota is set.
+    #[must_use]
+    pub fn any(&self) -> bool {
+        self.jobs_per_day > 0 || self.inference_s_per_day > 0 || self.queries_per_minute > 0
+    }
+
+    /// Checks each value is at most [`MAX_QUOTA`].
+    ///
+    /// # Errors
+    /// The first one above it, named.
+    pub fn check(&self) -> Result<(), ControllerError> {
+        let named = [
+            ("jobs_per_day", self.jobs_per_day),
+            ("inference_s_per_day", self.inference_s_per_day),
+            ("queries_per_minute", self.queries_per_minute),
+        ];
+        match named.iter().find(|(_, v)| *v > MAX_QUOTA) {
+            Some((name, v)) => Err(ControllerError::Invalid(format!(
+                "quota.{name}: {v} is more than {MAX_QUOTA}; give 0 for unlimited"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

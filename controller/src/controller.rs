@@ -26,6 +26,7 @@ use crate::security::enroll::Enrollment;
 use crate::security::service::NodeFacing;
 use crate::security::setup::{Prepared, ServiceParts, Services};
 use crate::store::{Store, Upkeep};
+use crate::usage::Usage;
 use crate::{ControllerError, jobs, link, security};
 
 pub use crate::security::setup::ADMIN_TOKEN_FILE;
@@ -81,6 +82,8 @@ pub struct Controller {
     tasks: TaskTracker,
     /// Its replay marks are saved once more after every task stopped.
     verifier: Arc<Verifier>,
+    /// What the API tokens used since the last write is written once more after every task stopped.
+    usage: Usage,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, ControllerError> {
@@ -124,9 +127,10 @@ impl Controller {
         .await?;
         let (queue, ingest) = Ingest::new(&cfg.ingest, &store, &registry, &metrics, &link);
         let cloud = jobs::cloud::load(&cfg.cloud).await?;
-        let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone());
-        let (jobs, job_tasks) = JobManager::new(cfg.jobs.clone(), cfg.router.router(), cloud, parts, &tasks);
         let clock = Arc::new(Clock::new(store.clock_high_water().await?));
+        let usage = Usage::new(store.clone(), clock.clone(), metrics.clone());
+        let parts = (link.clone(), registry.clone(), store.clone(), metrics.clone(), usage.clone());
+        let (jobs, job_tasks) = JobManager::new(cfg.jobs.clone(), cfg.router.router(), cloud, parts, &tasks);
         let parts = (&store, &link, &metrics, &clock, &registry);
         let services = security_services(&cfg, &prepared, &mqtt_url, parts, (&tasks, &shutdown));
         let owners = Arc::new(Owners {
@@ -147,6 +151,7 @@ impl Controller {
         tasks.spawn(desired.clone().run(shutdown.clone()));
         tasks.spawn(Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
         tasks.spawn(security::mark::keep(clock, store.clone(), shutdown.clone()));
+        tasks.spawn(usage.clone().run(shutdown.clone()));
         link::verify::spawn_keepers(&tasks, &verifier, &store, services.changes.subscribe(), &shutdown);
         if cfg.wireguard.enabled {
             let iface = cfg.wireguard.interface.clone();
@@ -162,6 +167,7 @@ impl Controller {
             security: services.security.clone(),
             rotation: services.rotation,
             controller_key: services.controller_key,
+            usage: usage.clone(),
         };
         let access = api_access(&cfg, &prepared, grpc_addr);
         let tls = prepared.tls.map(|t| t.config);
@@ -170,7 +176,7 @@ impl Controller {
         tasks.spawn(Http::new(http, metrics.clone(), store.clone()).run(shutdown.clone()));
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
-        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks, verifier })
+        Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks, verifier, usage })
     }
 
     /// Waits for every task to finish (after `shutdown` was cancelled).
@@ -180,6 +186,10 @@ impl Controller {
         if let Err(e) = self.store.save_replay_marks(&self.verifier.marks()).await {
             tracing::warn!(error = %e, "Replay marks not saved at shutdown; after the restart the last second's \
                 messages could be taken once more.");
+        }
+        // The API has stopped and every job has settled: the last counts.
+        if let Err(e) = self.usage.flush().await {
+            tracing::error!(error = %e, "API usage of the last second not written at shutdown; it is lost.");
         }
     }
 }

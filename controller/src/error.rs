@@ -29,12 +29,21 @@ pub enum ControllerError {
     Stopped,
     #[error("the MQTT client's queue is full: the {0} was not sent; it is sent again later")]
     LinkBusy(&'static str),
+    /// An API token over one of its quotas; the sentence names the quota, its
+    /// limit and when it resets.
+    #[error("{0}")]
+    OverQuota(String),
+    #[error("no API token named {0:?} (fleetctl usage lists every token)")]
+    UnknownToken(String),
 }
 
 impl From<ControllerError> for tonic::Status {
     fn from(e: ControllerError) -> Self {
         match e {
-            ControllerError::UnknownNode(_) => tonic::Status::not_found(e.to_string()),
+            ControllerError::UnknownNode(_) | ControllerError::UnknownToken(_) => {
+                tonic::Status::not_found(e.to_string())
+            }
+            ControllerError::OverQuota(_) => tonic::Status::resource_exhausted(e.to_string()),
             ControllerError::Config(_) | ControllerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
             ControllerError::Db(_) | ControllerError::Migrate(_) => {
                 tracing::error!(error = %e, "Database error answering a gRPC call.");

@@ -8,7 +8,8 @@
 //!
 //! One module per component (docs/architecture.md): `link` (the only
 //! conversation with nodes), `ingest`, `registry`, `desired`, `jobs` and
-//! `router`, `security`, `store`, `api`, `http`; `controller` wires them.
+//! `router`, `security`, `usage` (per API token, with quotas), `store`, `api`,
+//! `http`; `controller` wires them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod router;
 pub mod security;
 pub mod store;
+pub mod usage;
 
 pub use config::ControllerConfig;
 pub use controller::{ADMIN_TOKEN_FILE, ApiAccess, Controller};

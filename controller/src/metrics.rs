@@ -49,6 +49,7 @@ pub struct Metrics {
     pub jobs_unrecorded: Counter,
     pub jobs_in_flight: Gauge,
     pub api_rejected: Family<ReasonLabel, Counter>,
+    pub usage_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             jobs_unrecorded: Counter::default(),
             jobs_in_flight: Gauge::default(),
             api_rejected: Family::default(),
+            usage_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("messages_received", "MQTT messages received, by channel", m.received.clone());
@@ -130,8 +132,13 @@ impl Metrics {
         registry.register("jobs_in_flight", "Jobs submitted and not finished", m.jobs_in_flight.clone());
         registry.register(
             "api_rejected",
-            "gRPC calls refused: unauthenticated, permission_denied, rate_limited",
+            "gRPC calls refused: unauthenticated, permission_denied, rate_limited, over_quota",
             m.api_rejected.clone(),
+        );
+        registry.register(
+            "usage_dropped",
+            "API usage counts not kept: the store was unreachable so long that the memory bound was reached",
+            m.usage_dropped.clone(),
         );
         Self { registry, ..m }
     }

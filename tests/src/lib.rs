@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod enrolled;
+pub mod faketime;
 pub mod lazyfs;
 pub mod need;
 pub mod procs;

@@ -17,13 +17,6 @@ use fleet_tests::need::{self, Need};
 use fleet_tests::procs::bin;
 
 const TEST: &str = "clock_jumps::token_expiry_holds_when_the_wall_clock_jumps_across_restarts";
-/// libfaketime (Debian's `faketime`), the thread-safe build.
-fn libfaketime() -> Option<std::path::PathBuf> {
-    ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"]
-        .iter()
-        .map(|d| Path::new(d).join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists())
-}
 
 /// The controller's environment for a wall clock `offset` away ("-1d"), the
 /// monotonic clock left alone (tokio's timers run on it). Preloaded into the
@@ -54,7 +47,7 @@ fn enroll(ctl: &ControllerProc, dir: &Path, node: &str, token: &str) -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_holds_when_the_wall_clock_jumps_across_restarts() -> anyhow::Result<()> {
-    let Some(lib) = libfaketime() else {
+    let Some(lib) = fleet_tests::faketime::library() else {
         let why = "libfaketime is not installed (apt-get install faketime; scripts/test does)";
         return need::missing(Need::Root, TEST, why);
     };

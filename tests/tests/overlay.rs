@@ -198,7 +198,7 @@ impl<'d> Scenario<'d> {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let expired = enroll(&self.topo, &self.ns_a, self.dir, &c_conf, &short)?;
         ensure!(!expired.status.success() && String::from_utf8_lossy(&expired.stderr).contains("expired"));
-        let req = CreateApiTokenRequest { name: "ns-viewer".into(), role: "viewer".into() };
+        let req = CreateApiTokenRequest { name: "ns-viewer".into(), role: "viewer".into(), quota: None };
         let viewer_token = self.api.create_api_token(req).await?.into_inner().token;
         let ca = std::fs::read(self.dir.join("controller/tls/ca.pem"))?;
         let url = format!("https://{CONTROLLER_HOST_SIDE}:{GRPC_PORT}");

@@ -24,7 +24,11 @@ async fn client_with(c: &Controller, token: Option<&str>) -> anyhow::Result<Flee
 }
 
 async fn api_token(admin: &mut FleetClient, name: &str, role: &str) -> anyhow::Result<String> {
-    Ok(admin.create_api_token(CreateApiTokenRequest { name: name.into(), role: role.into() }).await?.into_inner().token)
+    Ok(admin
+        .create_api_token(CreateApiTokenRequest { name: name.into(), role: role.into(), quota: None })
+        .await?
+        .into_inner()
+        .token)
 }
 
 fn set_desired(node: &str) -> SetDesiredStateRequest {
@@ -119,12 +123,18 @@ async fn tokens_roles_tls_and_audit_on_the_real_server() -> anyhow::Result<()> {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("operator") && e.message().contains("dashboard"), "{}", e.message());
     operator.set_desired_state(set_desired("pi-1")).await?;
-    let e = operator.create_api_token(CreateApiTokenRequest { name: "x".into(), role: "admin".into() }).await;
+    let e =
+        operator.create_api_token(CreateApiTokenRequest { name: "x".into(), role: "admin".into(), quota: None }).await;
     assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
     // A token name is never reused; a bad role says which exist.
-    let e = admin.create_api_token(CreateApiTokenRequest { name: "dashboard".into(), role: "viewer".into() }).await;
+    let e = admin
+        .create_api_token(CreateApiTokenRequest { name: "dashboard".into(), role: "viewer".into(), quota: None })
+        .await;
     assert_eq!(e.unwrap_err().code(), Code::AlreadyExists);
-    let e = admin.create_api_token(CreateApiTokenRequest { name: "y".into(), role: "root".into() }).await.unwrap_err();
+    let e = admin
+        .create_api_token(CreateApiTokenRequest { name: "y".into(), role: "root".into(), quota: None })
+        .await
+        .unwrap_err();
     assert!(e.message().contains("viewer, operator or admin"), "{}", e.message());
 
     // Every change, allowed or denied, is in the audit log with who did it.

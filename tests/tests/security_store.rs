@@ -5,8 +5,9 @@
 //! twice, even to a re-enrolled node; the audit log reads back newest first —
 //! on SQLite and on the real PostgreSQL.
 
-use fleet_controller::auth::{self as security, Role};
+use fleet_controller::auth::{self as security, Quota, Role};
 use fleet_controller::store::security::{AuditEntry, TokenRefused};
+use fleet_controller::store::usage::ApiToken;
 use fleet_controller::store::{StorageConfig, Store};
 use fleet_tests::TestDb;
 use std::net::Ipv4Addr;
@@ -42,11 +43,14 @@ async fn check(s: &Store) -> anyhow::Result<()> {
     assert!(listed.iter().all(|t| !t.token_id.is_empty()));
 
     // API tokens.
-    s.create_api_token("ci", "ha", Role::Viewer, NOW).await?;
-    s.create_api_token("ops", "hb", Role::Admin, NOW).await?;
-    assert_eq!(s.api_token("ha").await?, Some(("ci".into(), Role::Viewer)));
-    assert_eq!(s.api_token("hb").await?, Some(("ops".into(), Role::Admin)));
-    assert!(s.create_api_token("ci", "hc", Role::Admin, NOW).await.is_err(), "names are unique");
+    let none = Quota::default();
+    let two_jobs = Quota { jobs_per_day: 2, ..Quota::default() };
+    s.create_api_token("ci", "ha", (Role::Viewer, &two_jobs), NOW).await?;
+    s.create_api_token("ops", "hb", (Role::Admin, &none), NOW).await?;
+    let named = |t: Option<ApiToken>| t.map(|t| (t.name, t.role, t.quota));
+    assert_eq!(named(s.api_token("ha").await?), Some(("ci".into(), Role::Viewer, two_jobs)));
+    assert_eq!(named(s.api_token("hb").await?), Some(("ops".into(), Role::Admin, none)));
+    assert!(s.create_api_token("ci", "hc", (Role::Admin, &none), NOW).await.is_err(), "names are unique");
     assert!(s.revoke_api_token("ci", NOW + 1).await?);
     assert_eq!(s.api_token("ha").await?, None);
     assert!(!s.revoke_api_token("ci", NOW + 2).await?);

@@ -22,7 +22,7 @@ const CONTROLLER_LAYERS: &[&[&str]] = &[
     &["api", "http"],
     &["desired", "jobs", "ingest", "security"],
     &["link"],
-    &["router", "registry"],
+    &["router", "registry", "usage"],
     &["store"],
     &["metrics", "auth", "clock", "error"],
 ];

@@ -13,9 +13,10 @@ use fleet_proto::v1::{
     ListBootstrapTokensResponse, ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node,
     QueryTelemetryRequest, QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse,
     RevokeBootstrapTokenRequest, RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse,
-    RotateControllerKeyRequest, RotateNodeKeyRequest, RotateNodeKeyResponse, SetDesiredStateRequest, SubmitJobRequest,
-    WatchNodesRequest,
+    RotateControllerKeyRequest, RotateNodeKeyRequest, RotateNodeKeyResponse, SetDesiredStateRequest,
+    SetTokenQuotaRequest, SetTokenQuotaResponse, SubmitJobRequest, WatchNodesRequest,
 };
+use fleet_proto::v1::{GetUsageRequest, GetUsageResponse};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +25,9 @@ use tonic::{Request, Response, Status};
 use crate::ControllerError;
 use crate::desired::DesiredStates;
 use crate::registry::Registry;
+use crate::security::guard::Caller;
 use crate::store::Store;
+use crate::usage::Usage;
 
 /// Points a query returns when the caller sets no limit, and at most.
 const DEFAULT_LIMIT: u32 = 10_000;
@@ -50,11 +53,17 @@ pub struct Api {
     pub rotation: std::sync::Arc<crate::security::rotate::Rotation>,
     /// Rotations of the controller's own signing key.
     pub controller_key: std::sync::Arc<crate::security::controller_key::ControllerKey>,
+    /// What each API token uses, and its quotas.
+    pub usage: Usage,
 }
 
-/// The API token name the guard put on the call.
-fn who<T>(req: &Request<T>) -> String {
-    req.extensions().get::<crate::security::guard::Caller>().map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
+/// The caller the guard put on the call: its name and quotas (none when no guard ran).
+fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or_else(|| Caller {
+        name: "unknown".into(),
+        role: crate::auth::Role::Viewer,
+        quota: crate::auth::Quota::default(),
+    })
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
@@ -102,7 +111,7 @@ impl FleetService for Api {
     }
 
     async fn set_desired_state(&self, req: Request<SetDesiredStateRequest>) -> Result<Response<DesiredState>, Status> {
-        let actor = who(&req);
+        let actor = caller(&req).name;
         let target = req.get_ref().desired.as_ref().map(|d| d.node_id.clone()).unwrap_or_default();
         let r = self.desired.set(req.into_inner()).await;
         self.security.audit.record_result(&actor, "SetDesiredState", &target, &r).await;
@@ -124,10 +133,19 @@ impl FleetService for Api {
     }
 
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<JobView>, Status> {
-        let actor = who(&req);
-        let submitted = self.jobs.submit(req.into_inner());
+        let who = caller(&req);
+        let submitted = match self.usage.admit_job(&who.name, &who.quota).await {
+            Ok(admitted) => {
+                let r = self.jobs.submit(req.into_inner(), &who.name);
+                if r.is_err() {
+                    self.usage.refund_job(&who.name, admitted);
+                }
+                r
+            }
+            Err(e) => Err(Status::from(e)),
+        };
         let target = submitted.as_ref().map(|(v, _)| v.job_id.clone()).unwrap_or_default();
-        self.security.audit.record_result(&actor, "SubmitJob", &target, &submitted).await;
+        self.security.audit.record_result(&who.name, "SubmitJob", &target, &submitted).await;
         let (view, done) = submitted?;
         let Some(done) = done else { return Ok(Response::new(view)) };
         // The job manager ends every job by its deadline; the margin only guards against a bug.
@@ -166,6 +184,7 @@ impl FleetService for Api {
         &self,
         req: Request<QueryTelemetryRequest>,
     ) -> Result<Response<QueryTelemetryResponse>, Status> {
+        let who = caller(&req);
         let q = req.into_inner();
         check_node_id(&q.node_id)?;
         if q.metric.is_empty() || q.metric.len() > 128 {
@@ -182,11 +201,13 @@ impl FleetService for Api {
             return Err(bad("limit", format!("at most {MAX_LIMIT}")));
         }
         let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
+        self.usage.admit_query(&who.name, &who.quota).map_err(Status::from)?;
         let r = self
             .store
             .query(&q.node_id, &q.metric, q.start_unix_ms, end, q.bucket_s, limit as usize)
             .await
             .map_err(Status::from)?;
+        self.usage.count_rows(&who.name, r.points.len());
         Ok(Response::new(QueryTelemetryResponse {
             node_id: q.node_id,
             metric: q.metric,
@@ -230,6 +251,17 @@ impl FleetService for Api {
         self.security.revoke_api_token(req).await
     }
 
+    async fn set_token_quota(
+        &self,
+        req: Request<SetTokenQuotaRequest>,
+    ) -> Result<Response<SetTokenQuotaResponse>, Status> {
+        self.security.set_token_quota(req).await
+    }
+
+    async fn get_usage(&self, req: Request<GetUsageRequest>) -> Result<Response<GetUsageResponse>, Status> {
+        self.usage.report(req.get_ref()).await.map(Response::new).map_err(Status::from)
+    }
+
     async fn list_audit_log(
         &self,
         req: Request<ListAuditLogRequest>,
@@ -252,7 +284,7 @@ impl FleetService for Api {
         &self,
         req: Request<RotateNodeKeyRequest>,
     ) -> Result<Response<RotateNodeKeyResponse>, Status> {
-        let actor = who(&req);
+        let actor = caller(&req).name;
         let id = req.into_inner().node_id;
         let r = self.rotation.start(&id).await;
         self.security.audit.record_result(&actor, "RotateNodeKey", &id, &r).await;
@@ -270,7 +302,7 @@ impl FleetService for Api {
         &self,
         req: Request<RotateControllerKeyRequest>,
     ) -> Result<Response<ControllerKeyStatus>, Status> {
-        let actor = who(&req);
+        let actor = caller(&req).name;
         let finish_now = req.into_inner().finish_now;
         let r = self.controller_key.rotate(finish_now).await;
         let what = if finish_now { "finish now" } else { "open" };

@@ -1,6 +1,6 @@
 //! `fleetctl`, the operator's command line for the controller's gRPC API:
 //! one module per noun (`nodes`, `telemetry`, `desired`, `jobs`, `tokens`,
-//! `audit`), every table and JSON shape in `output`, where the controller
+//! `audit`, `usage`), every table and JSON shape in `output`, where the controller
 //! and the token are found in `settings`. The binary only parses and runs.
 
 pub mod args;
@@ -14,6 +14,7 @@ pub mod output;
 pub mod settings;
 pub mod telemetry;
 pub mod tokens;
+pub mod usage;
 
 use std::path::PathBuf;
 
@@ -84,6 +85,8 @@ enum Command {
         #[command(subcommand)]
         command: controller_key::ControllerKeyCommand,
     },
+    /// What each API token used, per day and per hour, and its quotas (admin).
+    Usage(usage::UsageArgs),
 }
 
 /// Runs the command `cli` names against the controller.
@@ -104,5 +107,6 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Audit(a) => audit::run(&mut client, a, out).await,
         Command::Telemetry(t) => telemetry::run(&mut client, t, out).await,
         Command::ControllerKey { command } => controller_key::run(&mut client, command, out).await,
+        Command::Usage(u) => usage::run(&mut client, u, out).await,
     }
 }

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use fleet_proto::v1::{
-    AuditRecord, BootstrapTokenInfo, DesiredStateView, JobStatus, JobTimings, JobView, Node, NodeState,
-    QueryTelemetryResponse, Site,
+    AuditRecord, BootstrapTokenInfo, DesiredStateView, GetUsageResponse, JobStatus, JobTimings, JobView, Node,
+    NodeState, QueryTelemetryResponse, Site, UsagePeriod,
 };
 use serde_json::{Value, json};
 
@@ -250,7 +250,7 @@ pub fn job_json(j: &JobView) -> Value {
         "job_id": j.job_id, "model": j.model, "status": job_status(j.status), "error": j.error,
         "site": site_of(j.site, &j.node_id), "node_id": j.node_id, "reason": j.reason,
         "label": j.label, "confidence": j.confidence, "embedding": j.embedding,
-        "submitted_unix_ms": j.submitted_unix_ms, "finished_unix_ms": j.finished_unix_ms,
+        "submitted_unix_ms": j.submitted_unix_ms, "finished_unix_ms": j.finished_unix_ms, "submitted_by": j.submitted_by,
         "timings": timings_json(&j.timings.unwrap_or_default()), "attempts": attempts,
     })
 }
@@ -313,6 +313,93 @@ pub fn job_table(jobs: &[JobView]) -> String {
         );
     }
     out
+}
+
+fn secs(us: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // display
+    let v = us as f64 / 1e6;
+    format!("{v:.6} s")
+}
+
+/// What each API token used (`fleetctl usage`): its quotas, then its daily and hourly rows.
+#[must_use]
+pub fn usage_table(u: &GetUsageResponse) -> String {
+    let mut out = format!(
+        "{:<20} {:<9} {:<26} {:>8} {:>10} {:>10}  RESETS\n",
+        "TOKEN", "ROLE", "QUOTA", "LIMIT", "USED", "REMAINING"
+    );
+    for t in &u.tokens {
+        let role = if t.revoked { "revoked" } else { t.role.as_str() };
+        for (i, q) in t.quotas.iter().enumerate() {
+            let (name, role) = if i == 0 { (t.token.as_str(), role) } else { ("", "") };
+            let (limit, left) =
+                if q.limit == 0 { ("-".into(), "-".into()) } else { (q.limit.to_string(), format!("{}", q.remaining)) };
+            let _ = writeln!(
+                out,
+                "{name:<20} {role:<9} {:<26} {limit:>8} {:>10} {left:>10}  {}",
+                q.quota,
+                format!("{}", q.used),
+                when(q.resets_unix_ms)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "\n{:<20} {:<6} {:<22} {:>6} {:>15} {:>15} {:>8} {:>10}\n",
+        "TOKEN", "PERIOD", "START", "JOBS", "NODE INFERENCE", "CLOUD INFERENCE", "QUERIES", "ROWS"
+    );
+    for t in &u.tokens {
+        let rows = t.days.iter().map(|p| ("day", p)).chain(t.hours.iter().map(|p| ("hour", p)));
+        for (kind, p) in rows {
+            let _ = writeln!(
+                out,
+                "{:<20} {kind:<6} {:<22} {:>6} {:>15} {:>15} {:>8} {:>10}",
+                t.token,
+                when(p.start_unix_ms),
+                p.jobs,
+                secs(p.node_inference_us),
+                secs(p.cloud_inference_us),
+                p.queries,
+                p.rows
+            );
+        }
+    }
+    out
+}
+
+fn period_json(p: &UsagePeriod) -> Value {
+    json!({
+        "start": when(p.start_unix_ms), "start_unix_ms": p.start_unix_ms, "jobs": p.jobs,
+        "node_inference_us": p.node_inference_us, "cloud_inference_us": p.cloud_inference_us,
+        "queries": p.queries, "rows": p.rows,
+    })
+}
+
+/// What each API token used, as JSON (a limit of 0 is unlimited).
+#[must_use]
+pub fn usage_json(u: &GetUsageResponse) -> Value {
+    let tokens: Vec<Value> = u
+        .tokens
+        .iter()
+        .map(|t| {
+            let quotas: Vec<Value> = t
+                .quotas
+                .iter()
+                .map(|q| {
+                    json!({
+                        "quota": q.quota, "limit": q.limit, "unlimited": q.limit == 0, "used": q.used,
+                        "remaining": q.remaining, "resets": when(q.resets_unix_ms), "resets_unix_ms": q.resets_unix_ms,
+                    })
+                })
+                .collect();
+            json!({
+                "token": t.token, "role": t.role, "revoked": t.revoked, "quotas": quotas,
+                "days": t.days.iter().map(period_json).collect::<Vec<_>>(),
+                "hours": t.hours.iter().map(period_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"now": when(u.now_unix_ms), "now_unix_ms": u.now_unix_ms, "tokens": tokens})
 }
 
 /// JSON as `fleetctl` prints it.

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use fleet_net::client::FleetClient;
 use fleet_proto::v1::{
     CreateApiTokenRequest, CreateBootstrapTokenRequest, ListBootstrapTokensRequest, RevokeApiTokenRequest,
-    RevokeBootstrapTokenRequest,
+    RevokeBootstrapTokenRequest, SetTokenQuotaRequest, TokenQuota,
 };
 
 use super::args::{Output, parse_label};
@@ -31,14 +31,61 @@ pub enum TokensCommand {
     Revoke { token_id: String },
 }
 
+/// A token's quotas (docs/security.md, "Usage and quotas"); 0 is unlimited.
+#[derive(Args)]
+pub struct QuotaArgs {
+    /// Jobs per UTC day.
+    #[arg(long)]
+    jobs_per_day: Option<u64>,
+    /// Inference seconds (nodes and cloud tier together) per UTC day.
+    #[arg(long)]
+    inference_s_per_day: Option<u64>,
+    /// Telemetry queries per minute.
+    #[arg(long)]
+    queries_per_minute: Option<u64>,
+}
+
+impl QuotaArgs {
+    fn message(&self) -> TokenQuota {
+        TokenQuota {
+            jobs_per_day: self.jobs_per_day,
+            inference_s_per_day: self.inference_s_per_day,
+            queries_per_minute: self.queries_per_minute,
+        }
+    }
+}
+
+/// How a token's quotas read: "2 jobs per day, unlimited inference seconds per day, ...".
+fn quota_text(q: Option<&TokenQuota>) -> String {
+    let q = q.cloned().unwrap_or_default();
+    let one = |v: Option<u64>, what: &str| match v.unwrap_or(0) {
+        0 => format!("unlimited {what}"),
+        n => format!("{n} {what}"),
+    };
+    [
+        one(q.jobs_per_day, "jobs per day"),
+        one(q.inference_s_per_day, "inference seconds per day"),
+        one(q.queries_per_minute, "queries per minute"),
+    ]
+    .join(", ")
+}
+
 #[derive(Subcommand)]
 pub enum ApiTokensCommand {
-    /// Make a token with a role; it is printed once.
+    /// Make a token with a role (and quotas); it is printed once.
     Create {
         name: String,
         /// viewer (reads), operator (desired state, jobs, bootstrap tokens), admin.
         #[arg(long, default_value = "viewer")]
         role: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Set a token's quotas: the ones given change, 0 makes one unlimited.
+    Quota {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// Revoke a token by name.
     Revoke { name: String },
@@ -85,13 +132,21 @@ pub async fn run(client: &mut FleetClient, command: TokensCommand, out: Output) 
 /// The controller's error.
 pub async fn run_api(client: &mut FleetClient, command: ApiTokensCommand) -> Result<(), CtlError> {
     match command {
-        ApiTokensCommand::Create { name, role } => {
-            let t = client.create_api_token(CreateApiTokenRequest { name, role }).await?.into_inner();
+        ApiTokensCommand::Create { name, role, quota } => {
+            let req = CreateApiTokenRequest { name, role, quota: Some(quota.message()) };
+            let t = client.create_api_token(req).await?.into_inner();
             println!("{}", t.token);
             eprintln!(
-                "API token {} ({}); shown once. Keep it in a file with mode 0600 and use --token-file.",
-                t.name, t.role
+                "API token {} ({}; {}); shown once. Keep it in a file with mode 0600 and use --token-file.",
+                t.name,
+                t.role,
+                quota_text(t.quota.as_ref())
             );
+        }
+        ApiTokensCommand::Quota { name, quota } => {
+            let req = SetTokenQuotaRequest { name, quota: Some(quota.message()) };
+            let t = client.set_token_quota(req).await?.into_inner();
+            println!("API token {}: {}", t.name, quota_text(t.quota.as_ref()));
         }
         ApiTokensCommand::Revoke { name } => {
             client.revoke_api_token(RevokeApiTokenRequest { name: name.clone() }).await?;

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router::{CloudView, Router, RouterConfig, Target};
 use crate::store::Store;
+use crate::usage::Usage;
 
 /// Longest model name accepted.
 const MAX_MODEL_LEN: usize = 128;
@@ -139,6 +140,8 @@ struct Inner {
     record: mpsc::Sender<JobView>,
     store: Store,
     metrics: Arc<Metrics>,
+    /// Charged with each attempt's inference time, to the token that submitted the job.
+    usage: Usage,
     tasks: TaskTracker,
 }
 
@@ -161,6 +164,13 @@ struct Live {
     deadline: Instant,
     /// Callers waiting for the end (SubmitJob without detach).
     waiters: Vec<oneshot::Sender<JobView>>,
+}
+
+impl Live {
+    /// The API token that submitted the job (charged for its inference).
+    fn token(&self) -> &str {
+        &self.view.submitted_by
+    }
 }
 
 struct Current {
@@ -193,7 +203,7 @@ impl JobManager {
         cfg: JobsConfig,
         router: RouterConfig,
         cloud: Option<Pool>,
-        (link, registry, store, metrics): (Link, Registry, Store, Arc<Metrics>),
+        (link, registry, store, metrics, usage): (Link, Registry, Store, Arc<Metrics>, Usage),
         tasks: &TaskTracker,
     ) -> (Self, JobTasks) {
         let (cloud_done, cloud_rx) = mpsc::channel(1024);
@@ -220,6 +230,7 @@ impl JobManager {
                 record,
                 store,
                 metrics,
+                usage,
                 tasks: tasks.clone(),
             }),
         };
@@ -238,13 +249,18 @@ impl JobManager {
         }
     }
 
-    /// Validates, routes and dispatches a job. Returns its view now and, unless
+    /// Validates, routes and dispatches a job of the API token `token` (its
+    /// inference time is charged to it). Returns its view now and, unless
     /// detached, a receiver of its final view.
     ///
     /// # Errors
     /// INVALID_ARGUMENT for a bad request, RESOURCE_EXHAUSTED when too many
     /// jobs are in flight, UNAVAILABLE with the router's reason when no site can run it.
-    pub fn submit(&self, req: SubmitJobRequest) -> Result<(JobView, Option<oneshot::Receiver<JobView>>), Status> {
+    pub fn submit(
+        &self,
+        req: SubmitJobRequest,
+        token: &str,
+    ) -> Result<(JobView, Option<oneshot::Receiver<JobView>>), Status> {
         if req.model.is_empty() || req.model.len() > MAX_MODEL_LEN {
             return Err(bad("model", "give a model name such as minilm or severity"));
         }
@@ -277,6 +293,7 @@ impl JobManager {
             submitted_unix_ms: now_ms,
             deadline_unix_ms: now_ms + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2),
             min_confidence: req.min_confidence,
+            submitted_by: token.to_owned(),
             ..Default::default()
         };
         let (tx, rx) = oneshot::channel();

@@ -13,6 +13,10 @@ impl JobManager {
     pub(super) fn settle(&self, st: &mut State, r: JobResult, site: Site) {
         let Some(l) = st.live.get_mut(&r.job_id) else { return };
         l.current = None;
+        if let Some(t) = &r.timings {
+            let ran_us = t.tokenize_us.saturating_add(t.inference_us);
+            self.inner.usage.charge_inference(l.token(), site, ran_us);
+        }
         let status = JobStatus::try_from(r.status).unwrap_or(JobStatus::Failed);
         if let Some(a) = l.view.attempts.last_mut() {
             a.status = status as i32;

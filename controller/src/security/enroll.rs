@@ -133,7 +133,8 @@ pub async fn first_admin_token(
     }
     let (token, hash) = new_token(API_PREFIX)?;
     let name = format!("admin-{}", &hash[..8]);
-    store.create_api_token(&name, &hash, Role::Admin, fleet_proto::now_unix_ms()).await?;
+    let unlimited = crate::auth::Quota::default();
+    store.create_api_token(&name, &hash, (Role::Admin, &unlimited), fleet_proto::now_unix_ms()).await?;
     fleet_durable::write_private(path, format!("{}\n", token.expose()).as_bytes())
         .map_err(|e| crate::ControllerError::Io(format!("cannot write the admin token to {}: {e}", path.display())))?;
     let e = crate::store::security::AuditEntry {

@@ -15,9 +15,10 @@ use tonic::Status;
 use tonic::body::Body;
 
 use super::audit::Auditor;
-use crate::auth::{Role, hash_token};
+use crate::auth::{Quota, Role, hash_token};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::usage::ApiToken;
 
 /// How long a token lookup is believed: a revoke on another replica takes
 /// effect within this; on this one at once.
@@ -31,6 +32,8 @@ pub struct Caller {
     /// The API token's name (`anonymous` with `api_auth = false`).
     pub name: String,
     pub role: Role,
+    /// The token's quotas, checked by the calls they limit (`crate::usage`).
+    pub quota: Quota,
 }
 
 /// The role a `FleetService` method needs (unknown methods: admin).
@@ -49,10 +52,10 @@ pub fn required_role(method: &str) -> Role {
 /// Whether a method changes anything (and so is audited).
 #[must_use]
 pub fn mutating(method: &str) -> bool {
-    !matches!(required_role(method), Role::Viewer) && method != "ListBootstrapTokens"
+    !matches!(required_role(method), Role::Viewer) && !matches!(method, "ListBootstrapTokens" | "GetUsage")
 }
 
-type Lookup = Option<(String, Role)>;
+type Lookup = Option<ApiToken>;
 
 /// The checks, shared by every connection.
 pub struct Guard {
@@ -81,7 +84,7 @@ impl Guard {
         }
     }
 
-    /// Forgets cached lookups (after a token was revoked here).
+    /// Forgets cached lookups (after a token was revoked or its quota changed here).
     pub fn forget(&self) {
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
@@ -114,7 +117,7 @@ impl Guard {
     pub async fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let method = path.rsplit('/').next().unwrap_or_default();
         if !self.enabled {
-            return Ok(Caller { name: "anonymous".into(), role: Role::Admin });
+            return Ok(Caller { name: "anonymous".into(), role: Role::Admin, quota: Quota::default() });
         }
         let token = headers
             .get(http::header::AUTHORIZATION)
@@ -131,7 +134,7 @@ impl Guard {
                 ),
             ));
         };
-        let Some((name, role)) = self.lookup(&hash_token(token)).await? else {
+        let Some(ApiToken { name, role, quota, .. }) = self.lookup(&hash_token(token)).await? else {
             return Err(self.reject(
                 "unauthenticated",
                 Status::unauthenticated(
@@ -159,7 +162,7 @@ impl Guard {
             }
             return Err(self.reject("permission_denied", status));
         }
-        Ok(Caller { name, role })
+        Ok(Caller { name, role, quota })
     }
 }
 
@@ -232,5 +235,8 @@ mod tests {
         assert_eq!(required_role("SomethingNew"), Role::Admin);
         assert!(mutating("SetDesiredState") && mutating("RevokeNode") && !mutating("ListNodes"));
         assert!(!mutating("ListBootstrapTokens"));
+        assert_eq!(required_role("GetUsage"), Role::Admin);
+        assert_eq!(required_role("SetTokenQuota"), Role::Admin);
+        assert!(mutating("SetTokenQuota") && !mutating("GetUsage"));
     }
 }

@@ -8,14 +8,14 @@ use fleet_proto::v1::{
     AuditRecord, BootstrapTokenInfo, CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest,
     CreateBootstrapTokenResponse, ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensResponse,
     RevokeApiTokenRequest, RevokeApiTokenResponse, RevokeBootstrapTokenRequest, RevokeBootstrapTokenResponse,
-    RevokeNodeRequest, RevokeNodeResponse,
+    RevokeNodeRequest, RevokeNodeResponse, SetTokenQuotaRequest, SetTokenQuotaResponse, TokenQuota,
 };
 use tonic::{Request, Response, Status};
 
 use super::SecurityConfig;
 use super::audit::Auditor;
 use super::guard::{Caller, Guard};
-use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Role, new_token};
+use crate::auth::{API_PREFIX, BOOTSTRAP_PREFIX, Quota, Role, new_token};
 use crate::clock::Clock;
 use crate::store::Store;
 use crate::store::security::BootstrapToken;
@@ -83,6 +83,27 @@ fn token_info(t: BootstrapToken) -> BootstrapTokenInfo {
         used_by: t.used_by.unwrap_or_default(),
         revoked_unix_ms: t.revoked_unix_ms.unwrap_or(0),
     }
+}
+
+/// A token's quotas as the API shows them: every field set.
+fn quota_message(q: &Quota) -> TokenQuota {
+    TokenQuota {
+        jobs_per_day: Some(q.jobs_per_day),
+        inference_s_per_day: Some(q.inference_s_per_day),
+        queries_per_minute: Some(q.queries_per_minute),
+    }
+}
+
+/// The quotas of a new token: absent fields unlimited.
+fn quota_given(q: Option<&TokenQuota>) -> Result<Quota, Status> {
+    let q = q.cloned().unwrap_or_default();
+    let quota = Quota {
+        jobs_per_day: q.jobs_per_day.unwrap_or(0),
+        inference_s_per_day: q.inference_s_per_day.unwrap_or(0),
+        queries_per_minute: q.queries_per_minute.unwrap_or(0),
+    };
+    quota.check().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(quota)
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> Status {
@@ -159,8 +180,9 @@ impl Security {
                 return Err(Status::invalid_argument("name: 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.', '@'"));
             }
             let role = Role::parse(&q.role).map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
+            let quota = quota_given(q.quota.as_ref())?;
             let (token, hash) = new_token(API_PREFIX).map_err(internal)?;
-            match self.store.create_api_token(&q.name, &hash, role, fleet_proto::now_unix_ms()).await {
+            match self.store.create_api_token(&q.name, &hash, (role, &quota), fleet_proto::now_unix_ms()).await {
                 Ok(()) => {}
                 Err(crate::ControllerError::Db(e))
                     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
@@ -176,6 +198,7 @@ impl Security {
                 name: q.name.clone(),
                 role: role.as_str().into(),
                 token: token.expose().into(),
+                quota: Some(quota_message(&quota)),
             })
         }
         .await;
@@ -199,6 +222,36 @@ impl Security {
         };
         self.audit.record_result(&who, "RevokeApiToken", &name, &r).await;
         r.map(|()| Response::new(RevokeApiTokenResponse {}))
+    }
+
+    /// Sets the quotas given of a live API token (absent ones stay); the
+    /// guard forgets its cached lookups, so the new quotas apply at once here.
+    pub async fn set_token_quota(
+        &self,
+        req: Request<SetTokenQuotaRequest>,
+    ) -> Result<Response<SetTokenQuotaResponse>, Status> {
+        let who = caller(&req);
+        let q = req.into_inner();
+        let r = async {
+            let given = q.quota.unwrap_or_default();
+            let (j, i, m) = (given.jobs_per_day, given.inference_s_per_day, given.queries_per_minute);
+            quota_given(Some(&given))?;
+            if j.is_none() && i.is_none() && m.is_none() {
+                return Err(Status::invalid_argument(
+                    "quota: give at least one of jobs_per_day, inference_s_per_day, queries_per_minute (0: unlimited)",
+                ));
+            }
+            match self.store.set_token_quota(&q.name, j, i, m).await.map_err(internal)? {
+                Some(quota) => {
+                    self.guard.forget();
+                    Ok(SetTokenQuotaResponse { name: q.name.clone(), quota: Some(quota_message(&quota)) })
+                }
+                None => Err(Status::not_found(format!("no live API token named {:?}", q.name))),
+            }
+        }
+        .await;
+        self.audit.record_result(&who, "SetTokenQuota", &q.name, &r).await;
+        r.map(Response::new)
     }
 
     pub async fn list_audit_log(&self, q: ListAuditLogRequest) -> Result<Response<ListAuditLogResponse>, Status> {

@@ -1,7 +1,8 @@
 //! The controller's store: SQLite (embedded default) or PostgreSQL, behind
 //! one type, opened and migrated here. Each concern has its file:
 //! `telemetry` (bulk writes with the ack marks), `query` (reads),
-//! `tiers` (rollups, retention, partitions), `desired`, `jobs`, `security`.
+//! `tiers` (rollups, retention, partitions), `desired`, `jobs`, `security`,
+//! `usage` (what each API token used, and its quotas).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,6 +23,7 @@ pub mod security;
 mod telemetry;
 mod tiers;
 mod upkeep;
+pub mod usage;
 pub use query::QueryResult;
 pub use telemetry::{RunRange, Written};
 pub use tiers::{JOB_LOCK, Retention, StorageConfig};

@@ -3,8 +3,9 @@
 //! their hashes.
 
 use super::Store;
+use super::usage::{API_TOKEN_COLUMNS, ApiToken, ApiTokenRow, api_token_of, quota_values};
 use crate::ControllerError;
-use crate::auth::Role;
+use crate::auth::{Quota, Role};
 
 /// Runs the same statement text on whichever pool the store has.
 macro_rules! on_pool {
@@ -184,7 +185,7 @@ impl Store {
         Ok(rows.into_iter().map(token_of).collect())
     }
 
-    /// Stores an API token's hash under a unique name.
+    /// Stores an API token's hash under a unique name, with its role and quotas.
     ///
     /// # Errors
     /// Database errors (a name or hash already taken among them).
@@ -192,30 +193,35 @@ impl Store {
         &self,
         name: &str,
         hash: &str,
-        role: Role,
+        (role, quota): (Role, &Quota),
         created_unix_ms: i64,
     ) -> Result<(), ControllerError> {
-        let sql = "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES ($1, $2, $3, $4)";
+        let sql = "INSERT INTO api_tokens (name, hash, role, created_ms, jobs_per_day, inference_s_per_day, \
+                   queries_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let [jobs, inference, queries] = quota_values(quota);
         on_pool!(self, p => sqlx::query(sql)
             .bind(name)
             .bind(hash)
             .bind(role.as_str())
             .bind(created_unix_ms)
+            .bind(jobs)
+            .bind(inference)
+            .bind(queries)
             .execute(p)
             .await?
             .rows_affected());
         Ok(())
     }
 
-    /// The name and role of a live (not revoked) API token, by its hash.
+    /// A live (not revoked) API token, by its hash: name, role, quotas.
     ///
     /// # Errors
     /// Database errors, or a stored role that is not a role.
-    pub async fn api_token(&self, hash: &str) -> Result<Option<(String, Role)>, ControllerError> {
-        let sql = "SELECT name, role FROM api_tokens WHERE hash = $1 AND revoked_ms IS NULL";
-        let row: Option<(String, String)> =
-            on_pool!(self, p => sqlx::query_as(sql).bind(hash).fetch_optional(p).await?);
-        row.map(|(name, role)| Role::parse(&role).map(|r| (name, r))).transpose()
+    pub async fn api_token(&self, hash: &str) -> Result<Option<ApiToken>, ControllerError> {
+        let sql = format!("SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE hash = $1 AND revoked_ms IS NULL");
+        let row: Option<ApiTokenRow> =
+            on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(hash).fetch_optional(p).await?);
+        row.map(api_token_of).transpose()
     }
 
     /// Revokes an API token by name; `false` when there is no live one.
