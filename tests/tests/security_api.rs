@@ -288,8 +288,15 @@ async fn bootstrap_tokens_enroll_a_node_once() -> anyhow::Result<()> {
     assert!(c.store.identity("pi-a").await?.is_some_and(|i| i.revoked_unix_ms.is_some()));
     audit_has(&admin, "node:pi-a", "Enroll", "ok").await?;
     audit_has(&admin, "node:pi-b", "Enroll", "PermissionDenied").await?;
-    let admin_name = admin.list_audit_log(ListAuditLogRequest::default()).await?.into_inner().records;
-    assert!(admin_name.iter().any(|r| r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok"));
+    // The audit writer is its own task: the record follows the answer.
+    wait_for(T, "the RevokeNode audit record", || {
+        let mut admin = admin.clone();
+        async move {
+            let recs = admin.list_audit_log(ListAuditLogRequest::default()).await.ok()?.into_inner().records;
+            recs.iter().any(|r| r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok").then_some(())
+        }
+    })
+    .await?;
     agent.stop().await?;
     stop.cancel();
     c.wait().await;
