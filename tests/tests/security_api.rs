@@ -40,13 +40,22 @@ fn set_desired(node: &str) -> SetDesiredStateRequest {
 
 async fn audit_has(admin: &FleetClient, actor: &str, action: &str, result_prefix: &str) -> anyhow::Result<()> {
     let what = format!("audit record {actor} {action} {result_prefix}");
-    wait_for(T, &what, || {
+    audit_where(admin, &what, |r| r.actor == actor && r.action == action && r.result.starts_with(result_prefix)).await
+}
+
+/// Waits for an audit record that `matches` (the audit writer is its own
+/// task: a record follows the call's answer).
+async fn audit_where(
+    admin: &FleetClient,
+    what: &str,
+    matches: impl Fn(&fleet_proto::v1::AuditRecord) -> bool,
+) -> anyhow::Result<()> {
+    let matches = &matches;
+    wait_for(T, what, || {
         let mut admin = admin.clone();
         async move {
             let recs = admin.list_audit_log(ListAuditLogRequest::default()).await.ok()?.into_inner().records;
-            recs.iter()
-                .any(|r| r.actor == actor && r.action == action && r.result.starts_with(result_prefix))
-                .then_some(())
+            recs.iter().any(matches).then_some(())
         }
     })
     .await
@@ -288,13 +297,8 @@ async fn bootstrap_tokens_enroll_a_node_once() -> anyhow::Result<()> {
     assert!(c.store.identity("pi-a").await?.is_some_and(|i| i.revoked_unix_ms.is_some()));
     audit_has(&admin, "node:pi-a", "Enroll", "ok").await?;
     audit_has(&admin, "node:pi-b", "Enroll", "PermissionDenied").await?;
-    // The audit writer is its own task: the record follows the answer.
-    wait_for(T, "the RevokeNode audit record", || {
-        let mut admin = admin.clone();
-        async move {
-            let recs = admin.list_audit_log(ListAuditLogRequest::default()).await.ok()?.into_inner().records;
-            recs.iter().any(|r| r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok").then_some(())
-        }
+    audit_where(&admin, "the RevokeNode audit record", |r| {
+        r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok"
     })
     .await?;
     agent.stop().await?;
