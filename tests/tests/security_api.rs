@@ -220,6 +220,21 @@ async fn every_refusal(
     Ok(revoked.token_id)
 }
 
+/// Revoke: offline in the live view, audited (its enrollment and pi-b's
+/// refused one too); its id is never enrolled again.
+async fn revoke_pi_a(c: &Controller, admin: &mut FleetClient) -> anyhow::Result<()> {
+    admin.revoke_node(RevokeNodeRequest { node_id: "pi-a".into() }).await?;
+    let nodes = list_nodes(admin).await?;
+    assert_eq!(state_of(&nodes, "pi-a"), Some(NodeState::Offline));
+    assert!(c.store.identity("pi-a").await?.is_some_and(|i| i.revoked_unix_ms.is_some()));
+    audit_has(admin, "node:pi-a", "Enroll", "ok").await?;
+    audit_has(admin, "node:pi-b", "Enroll", "PermissionDenied").await?;
+    audit_where(admin, "the RevokeNode audit record", |r| {
+        r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok"
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_tokens_enroll_a_node_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -290,17 +305,7 @@ async fn bootstrap_tokens_enroll_a_node_once() -> anyhow::Result<()> {
     })
     .await?;
 
-    // Revoke: offline in the live view, audited; its id is never enrolled again.
-    admin.revoke_node(RevokeNodeRequest { node_id: "pi-a".into() }).await?;
-    let nodes = list_nodes(&mut admin).await?;
-    assert_eq!(state_of(&nodes, "pi-a"), Some(NodeState::Offline));
-    assert!(c.store.identity("pi-a").await?.is_some_and(|i| i.revoked_unix_ms.is_some()));
-    audit_has(&admin, "node:pi-a", "Enroll", "ok").await?;
-    audit_has(&admin, "node:pi-b", "Enroll", "PermissionDenied").await?;
-    audit_where(&admin, "the RevokeNode audit record", |r| {
-        r.action == "RevokeNode" && r.target == "pi-a" && r.result == "ok"
-    })
-    .await?;
+    revoke_pi_a(&c, &mut admin).await?;
     agent.stop().await?;
     stop.cancel();
     c.wait().await;
