@@ -94,12 +94,15 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     opts.set_credentials(e.broker_username, e.broker_password);
     let (intruder, mut eventloop) = AsyncClient::new(opts, 64);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(1024);
+    // How many times the intruder's login was accepted (again after the restart).
+    let (logins_tx, logins) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let _ = tx.try_send((p.topic.clone(), p.payload.to_vec()));
                 }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => logins_tx.send_modify(|n| *n += 1),
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -124,6 +127,7 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     fleetctl(&ctl, &["desired", "set", "rb", "--telemetry-interval", "2s"])?;
     fleetctl(&ctl, &["jobs", "submit", "--model", "severity", "--node", "rb", "--text", "fan failure"])?;
     capture(&mut rx, &mut captured, &["telemetry", "status", "reported", "results", "will"]).await?;
+    let logged_in = *logins.borrow();
     ctl.term()?;
     ctl.up().await?;
     let stored = node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
@@ -132,6 +136,10 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     })
     .await?;
 
+    let mut back = logins.clone();
+    tokio::time::timeout(T, back.wait_for(|n| *n > logged_in))
+        .await
+        .context("the intruder's login is not accepted again after the restart")??;
     let before = replays_refused(&ctl).await;
     for (topic, body) in captured.values() {
         intruder.publish(topic.clone(), QoS::AtLeastOnce, false, body.clone()).await?;
@@ -142,7 +150,11 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
         (now >= want).then_some(now)
     })
     .await
-    .with_context(|| format!("replays refused before {before}, want {want}"))?;
+    .with_context(|| {
+        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!("replays refused before {before}, want {want}; the controller's last lines:\n{}", tail.join("\n"))
+    })?;
     println!(
         "replayed after a clean restart, all refused: {:?} ({before} -> {refused})",
         captured.keys().collect::<Vec<_>>()
