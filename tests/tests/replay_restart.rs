@@ -67,6 +67,61 @@ fn label(channel: Channel, body: &[u8]) -> String {
     if will { "will".into() } else { format!("{channel:?}").to_lowercase() }
 }
 
+/// A's own login (its credentials from its enrollment): what it receives,
+/// and how many times the broker accepted the login.
+type Intruder = (AsyncClient, tokio::sync::mpsc::Receiver<(String, Vec<u8>)>, tokio::sync::watch::Receiver<u32>);
+
+fn login_as_a(data_dir: &std::path::Path, port: u16) -> anyhow::Result<Intruder> {
+    let e = fleet_agent::enroll::load(data_dir)?.context("A is not enrolled")?;
+    let mut opts = MqttOptions::new("intruder-ra", "127.0.0.1", port);
+    opts.set_credentials(e.broker_username, e.broker_password);
+    let (intruder, mut eventloop) = AsyncClient::new(opts, 64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(1024);
+    let (logins_tx, logins) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.try_send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => logins_tx.send_modify(|n| *n += 1),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    Ok((intruder, rx, logins))
+}
+
+/// Publishes every captured message again once the intruder is logged in
+/// after the restart (more than `logged_in` logins); the replays refused in all.
+async fn replay(
+    ctl: &ControllerProc,
+    intruder: &AsyncClient,
+    mut logins: tokio::sync::watch::Receiver<u32>,
+    logged_in: u32,
+    captured: &BTreeMap<String, (String, Vec<u8>)>,
+) -> anyhow::Result<f64> {
+    tokio::time::timeout(T, logins.wait_for(|n| *n > logged_in))
+        .await
+        .context("the intruder's login is not accepted again after the restart")??;
+    let before = replays_refused(ctl).await;
+    for (topic, body) in captured.values() {
+        intruder.publish(topic.clone(), QoS::AtLeastOnce, false, body.clone()).await?;
+    }
+    let want = before + captured.len() as f64;
+    wait_for(T, "every captured message refused as a replay", || async {
+        let now = replays_refused(ctl).await;
+        (now >= want).then_some(now)
+    })
+    .await
+    .with_context(|| {
+        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!("replays refused before {before}, want {want}; the controller's last lines:\n{}", tail.join("\n"))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -88,26 +143,7 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
         agents.insert(n, start_agent(n, dir.path(), &conf, None, "info")?);
         confs.insert(n, conf);
     }
-    // A's own login, listening on B's topics.
-    let e = fleet_agent::enroll::load(&dir.path().join("ra"))?.context("A is not enrolled")?;
-    let mut opts = MqttOptions::new("intruder-ra", "127.0.0.1", port);
-    opts.set_credentials(e.broker_username, e.broker_password);
-    let (intruder, mut eventloop) = AsyncClient::new(opts, 64);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(1024);
-    // How many times the intruder's login was accepted (again after the restart).
-    let (logins_tx, logins) = tokio::sync::watch::channel(0u32);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.try_send((p.topic.clone(), p.payload.to_vec()));
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) => logins_tx.send_modify(|n| *n += 1),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    let (intruder, mut rx, logins) = login_as_a(&dir.path().join("ra"), port)?;
     for c in CHANNELS {
         intruder.subscribe(node_topic("rb", c), QoS::AtLeastOnce).await?;
     }
@@ -136,27 +172,9 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     })
     .await?;
 
-    let mut back = logins.clone();
-    tokio::time::timeout(T, back.wait_for(|n| *n > logged_in))
-        .await
-        .context("the intruder's login is not accepted again after the restart")??;
-    let before = replays_refused(&ctl).await;
-    for (topic, body) in captured.values() {
-        intruder.publish(topic.clone(), QoS::AtLeastOnce, false, body.clone()).await?;
-    }
-    let want = before + captured.len() as f64;
-    let refused = wait_for(T, "every captured message refused as a replay", || async {
-        let now = replays_refused(&ctl).await;
-        (now >= want).then_some(now)
-    })
-    .await
-    .with_context(|| {
-        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        format!("replays refused before {before}, want {want}; the controller's last lines:\n{}", tail.join("\n"))
-    })?;
+    let refused = replay(&ctl, &intruder, logins, logged_in, &captured).await?;
     println!(
-        "replayed after a clean restart, all refused: {:?} ({before} -> {refused})",
+        "replayed after a clean restart, all refused: {:?} (replay drops now {refused})",
         captured.keys().collect::<Vec<_>>()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
