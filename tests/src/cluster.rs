@@ -67,7 +67,10 @@ impl ControllerProc {
     /// When it does not answer on its gRPC port within 20 s.
     pub async fn start(dir: &Path, setup: &ControllerSetup<'_>) -> anyhow::Result<Self> {
         let conf = dir.join("controller.toml");
-        std::fs::write(&conf, format!("[security]\nrequire_enrollment = {}\n{}", !setup.lab, setup.extra))?;
+        // Plain PostgreSQL unless the test asks for TimescaleDB (the cluster has it preloaded).
+        let storage = "[storage]\npostgres_schema = \"postgres\"\n";
+        let text = format!("{storage}[security]\nrequire_enrollment = {}\n{}", !setup.lab, setup.extra);
+        std::fs::write(&conf, text)?;
         // A port picked free may be taken by another test before the controller
         // binds it: then new ones (its API and metrics ports only; the broker's is the caller's).
         let mut attempt = 0;

@@ -23,6 +23,7 @@ use fleet_agent::config::AgentConfig;
 use fleet_controller::api::server::GrpcConfig;
 use fleet_controller::config::ControllerConfig;
 use fleet_controller::http::HttpConfig;
+use fleet_controller::store::{PostgresSchema, StorageConfig};
 use fleet_net::client::FleetClient;
 use fleet_proto::v1::{ListNodesRequest, Node, NodeState};
 use tokio_util::sync::CancellationToken;
@@ -209,6 +210,14 @@ impl TestDb {
     }
 }
 
+/// Storage settings for a store test on PostgreSQL: the plain schema, or
+/// (`timescale`) TimescaleDB, required.
+#[must_use]
+pub fn pg_storage(timescale: bool) -> StorageConfig {
+    let postgres_schema = if timescale { PostgresSchema::Timescaledb } else { PostgresSchema::Postgres };
+    StorageConfig { postgres_schema, ..Default::default() }
+}
+
 /// A controller config on free ports; `mqtt_url` empty starts the embedded broker.
 #[must_use]
 pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) -> ControllerConfig {
@@ -223,6 +232,8 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
     cfg.mqtt.embedded_listen = any_port();
     cfg.ingest.max_write_delay = Duration::from_millis(20);
     cfg.storage.job_interval = Duration::from_millis(200);
+    // TimescaleDB only where a test asks for it (the cluster has it preloaded).
+    cfg.storage.postgres_schema = PostgresSchema::Postgres;
     // Most tests publish as nodes that never enrolled (the lab mode); the
     // security tests and `enroll_agent` use enrollment as production does.
     cfg.security.require_enrollment = false;

@@ -19,6 +19,8 @@ pub enum Need {
     Tansu,
     /// LazyFS, built by scripts/build-lazyfs.
     LazyFs,
+    /// TimescaleDB preloaded in the test PostgreSQL (scripts/build-timescaledb).
+    TimescaleDb,
 }
 
 impl Need {
@@ -30,6 +32,7 @@ impl Need {
             Need::Model => "FLEET_REQUIRE_MODEL",
             Need::Tansu => "FLEET_REQUIRE_TANSU",
             Need::LazyFs => "FLEET_REQUIRE_LAZYFS",
+            Need::TimescaleDb => "FLEET_REQUIRE_TIMESCALEDB",
         }
     }
 

@@ -2,7 +2,7 @@
 //! batches of the same agent runs concurrently and out of order end with the
 //! exact watermark, and out-of-order ranges survive a reopen (restart).
 
-use fleet_controller::store::{JOB_LOCK, RunRange, StorageConfig, Store};
+use fleet_controller::store::{JOB_LOCK, RunRange, Store};
 use fleet_proto::v1::{Sample, TelemetryBatch};
 use fleet_tests::TestDb;
 use sqlx::Connection;
@@ -55,7 +55,7 @@ async fn write_shuffled(stores: &[Store], nodes: &[&str], count: u64, seed: u64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_agree_on_the_watermark_in_postgres() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let cfg = StorageConfig::default();
+    let cfg = fleet_tests::pg_storage(false);
     let a = Store::open_postgres(&db.url, &cfg).await?;
     let b = Store::open_postgres(&db.url, &cfg).await?;
     let nodes = ["n1", "n2", "n3", "n4"];
@@ -99,7 +99,7 @@ async fn out_of_order_ranges_survive_a_restart_in_sqlite() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storage_job_runs_on_one_replica_at_a_time() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let cfg = StorageConfig::default();
+    let cfg = fleet_tests::pg_storage(false);
     let store = Store::open_postgres(&db.url, &cfg).await?;
     let now = fleet_proto::now_unix_ms();
     // Another replica holds the job's lock: this one skips its round.

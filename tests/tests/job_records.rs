@@ -3,7 +3,7 @@
 //! recorded once, and retention deletes old records — on SQLite and on the
 //! real PostgreSQL.
 
-use fleet_controller::store::{StorageConfig, Store};
+use fleet_controller::store::Store;
 use fleet_proto::v1::{JobAttempt, JobStatus, JobTimings, JobView, Site};
 use fleet_tests::TestDb;
 
@@ -62,7 +62,7 @@ async fn job_records_on_sqlite() -> anyhow::Result<()> {
 #[tokio::test]
 async fn job_records_on_postgres() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let s = Store::open_postgres(&db.url, &StorageConfig::default()).await?;
+    let s = Store::open_postgres(&db.url, &fleet_tests::pg_storage(false)).await?;
     check(&s).await?;
     drop(s);
     db.cleanup().await

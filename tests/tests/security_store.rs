@@ -6,9 +6,9 @@
 //! on SQLite and on the real PostgreSQL.
 
 use fleet_controller::auth::{self as security, Quota, Role};
+use fleet_controller::store::Store;
 use fleet_controller::store::security::{AuditEntry, TokenRefused};
 use fleet_controller::store::usage::ApiToken;
-use fleet_controller::store::{StorageConfig, Store};
 use fleet_tests::TestDb;
 use std::net::Ipv4Addr;
 
@@ -98,7 +98,7 @@ async fn security_records_on_sqlite() -> anyhow::Result<()> {
 #[tokio::test]
 async fn security_records_on_postgres() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let s = Store::open_postgres(&db.url, &StorageConfig::default()).await?;
+    let s = Store::open_postgres(&db.url, &fleet_tests::pg_storage(false)).await?;
     check(&s).await?;
     drop(s);
     db.cleanup().await

@@ -94,7 +94,7 @@ async fn sqlite_and_postgres_answer_the_same_and_match_the_samples() -> anyhow::
     let dir = tempfile::tempdir()?;
     let db = TestDb::create().await?;
     let sqlite = Store::open_sqlite(dir.path()).await?;
-    let pg = Store::open_postgres(&db.url, &StorageConfig::default()).await?;
+    let pg = Store::open_postgres(&db.url, &fleet_tests::pg_storage(false)).await?;
     let mut all = batches("n1", 1);
     all.extend(batches("n2", 2));
     // A late sample in hour one, after that hour was rolled up once.
@@ -163,7 +163,7 @@ async fn sqlite_and_postgres_answer_the_same_and_match_the_samples() -> anyhow::
 async fn replicas_opening_a_new_postgres_database_at_once_both_start() -> anyhow::Result<()> {
     for round in 0..5 {
         let db = TestDb::create().await?;
-        let cfg = StorageConfig { timescaledb: false, partitions_ahead_days: 5, ..Default::default() };
+        let cfg = StorageConfig { partitions_ahead_days: 5, ..fleet_tests::pg_storage(false) };
         let (a, b, c) = tokio::join!(
             Store::open_postgres(&db.url, &cfg),
             Store::open_postgres(&db.url, &cfg),

@@ -12,8 +12,8 @@ use fleet_controller::ControllerError;
 use fleet_controller::auth::{Quota, Role};
 use fleet_controller::clock::Clock;
 use fleet_controller::metrics::Metrics;
+use fleet_controller::store::Store;
 use fleet_controller::store::usage::{Period, UsageCounts, UsageDelta};
-use fleet_controller::store::{StorageConfig, Store};
 use fleet_controller::usage::Usage;
 use fleet_proto::v1::Site;
 use fleet_tests::TestDb;
@@ -162,7 +162,7 @@ async fn usage_counts_and_quotas_reset_when_their_period_ends_on_sqlite() -> any
 #[tokio::test]
 async fn usage_counts_and_quotas_reset_when_their_period_ends_on_postgres() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let s = Store::open_postgres(&db.url, &StorageConfig::default()).await?;
+    let s = Store::open_postgres(&db.url, &fleet_tests::pg_storage(false)).await?;
     check(&s).await?;
     drop(s);
     db.cleanup().await

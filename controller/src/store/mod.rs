@@ -26,7 +26,7 @@ mod upkeep;
 pub mod usage;
 pub use query::QueryResult;
 pub use telemetry::{RunRange, Written};
-pub use tiers::{JOB_LOCK, Retention, StorageConfig};
+pub use tiers::{JOB_LOCK, PostgresSchema, Retention, StorageConfig};
 pub use upkeep::Upkeep;
 
 /// Where telemetry lives.
@@ -94,9 +94,9 @@ impl Store {
         Ok(Store::Sqlite(pool))
     }
 
-    /// Connects to PostgreSQL and applies migrations: the TimescaleDB schema
-    /// when a new database can load the extension (and `cfg.timescaledb`),
-    /// else plain PostgreSQL with daily partitions, today's made at once.
+    /// Connects to PostgreSQL and applies migrations: the schema
+    /// `cfg.postgres_schema` picks ([`pg_flavour`]); plain PostgreSQL gets its
+    /// daily partitions, today's made at once.
     ///
     /// # Errors
     /// When the server cannot be reached or the schema cannot be migrated.
@@ -110,7 +110,7 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| ControllerError::Config(format!("cannot connect to --database-url: {e}")))?;
-        let flavour = pg_flavour(&pool, cfg.timescaledb).await?;
+        let flavour = pg_flavour(&pool, cfg.postgres_schema).await?;
         match flavour {
             PgFlavour::Plain => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
             PgFlavour::Timescale => sqlx::migrate!("./migrations/timescale").run(&pool).await?,
@@ -152,18 +152,33 @@ impl Store {
     }
 }
 
-/// Which schema the database at `pool` gets: an existing database keeps the
-/// one it has; a new one gets TimescaleDB when `want_timescale` and
-/// `CREATE EXTENSION IF NOT EXISTS timescaledb` succeeds.
-async fn pg_flavour(pool: &PgPool, want_timescale: bool) -> Result<PgFlavour, ControllerError> {
+/// Which schema the database at `pool` gets. An existing database keeps the
+/// one it has (`auto`), or must have the one asked for; a new one gets
+/// TimescaleDB when asked for (an error if the extension cannot be made) or,
+/// with `auto`, when `CREATE EXTENSION IF NOT EXISTS timescaledb` succeeds.
+async fn pg_flavour(pool: &PgPool, want: PostgresSchema) -> Result<PgFlavour, ControllerError> {
     let has_table: bool = sqlx::query_scalar("SELECT to_regclass('telemetry') IS NOT NULL").fetch_one(pool).await?;
     if has_table {
         // Only the TimescaleDB schema has the continuous aggregate.
         let hypertable: bool =
             sqlx::query_scalar("SELECT to_regclass('telemetry_1m_agg') IS NOT NULL").fetch_one(pool).await?;
-        return Ok(if hypertable { PgFlavour::Timescale } else { PgFlavour::Plain });
+        let has = if hypertable { PgFlavour::Timescale } else { PgFlavour::Plain };
+        return match (want, has) {
+            (PostgresSchema::Timescaledb, PgFlavour::Plain) => Err(ControllerError::Config(
+                "storage.postgres_schema = \"timescaledb\", but this database was made with the plain PostgreSQL \
+                 schema: keep it with \"auto\" or \"postgres\", or move the data into a new database \
+                 (fleet-controller backup, then restore into an empty one)"
+                    .into(),
+            )),
+            (PostgresSchema::Postgres, PgFlavour::Timescale) => Err(ControllerError::Config(
+                "storage.postgres_schema = \"postgres\", but this database was made with the TimescaleDB \
+                 schema: keep it with \"auto\" or \"timescaledb\""
+                    .into(),
+            )),
+            _ => Ok(has),
+        };
     }
-    if !want_timescale {
+    if want == PostgresSchema::Postgres {
         return Ok(PgFlavour::Plain);
     }
     match sqlx::query("CREATE EXTENSION IF NOT EXISTS timescaledb").execute(pool).await {
@@ -171,6 +186,10 @@ async fn pg_flavour(pool: &PgPool, want_timescale: bool) -> Result<PgFlavour, Co
             tracing::info!("TimescaleDB is available: telemetry goes into a hypertable.");
             Ok(PgFlavour::Timescale)
         }
+        Err(e) if want == PostgresSchema::Timescaledb => Err(ControllerError::Config(format!(
+            "storage.postgres_schema = \"timescaledb\", but the extension cannot be made in this database ({e}): \
+             install TimescaleDB and add it to shared_preload_libraries (docs/schema.md), or set \"auto\""
+        ))),
         Err(e) => {
             tracing::info!(reason = %e, "TimescaleDB is not available; using plain PostgreSQL with daily partitions.");
             Ok(PgFlavour::Plain)

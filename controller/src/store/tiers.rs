@@ -25,6 +25,19 @@ const DAY_MS: i64 = 86_400_000;
 /// PostgreSQL's SQLSTATE for a table that exists already.
 const DUPLICATE_TABLE: &str = "42P07";
 
+/// Which schema a PostgreSQL database gets (`storage.postgres_schema`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresSchema {
+    /// A new database gets TimescaleDB where `CREATE EXTENSION timescaledb`
+    /// works, plain PostgreSQL otherwise; an existing one keeps its schema.
+    Auto,
+    /// TimescaleDB, or the controller does not start.
+    Timescaledb,
+    /// Plain PostgreSQL with daily partitions, even where TimescaleDB is installed.
+    Postgres,
+}
+
 /// `[storage]`: rollups and retention.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,8 +56,8 @@ pub struct StorageConfig {
     pub rollup_1h_retention: Duration,
     /// Plain PostgreSQL: daily partitions created this many days ahead. Default 3.
     pub partitions_ahead_days: u32,
-    /// Use TimescaleDB when a new database can load the extension. Default true.
-    pub timescaledb: bool,
+    /// Which schema a PostgreSQL database gets. Default `auto`.
+    pub postgres_schema: PostgresSchema,
     /// TimescaleDB: raw chunks older than this are compressed. Default 1 day.
     #[serde(with = "humantime_serde")]
     pub compress_after: Duration,
@@ -58,7 +71,7 @@ impl Default for StorageConfig {
             rollup_1m_retention: Duration::from_secs(90 * 86_400),
             rollup_1h_retention: Duration::from_secs(730 * 86_400),
             partitions_ahead_days: 3,
-            timescaledb: true,
+            postgres_schema: PostgresSchema::Auto,
             compress_after: Duration::from_secs(86_400),
         }
     }
