@@ -218,6 +218,22 @@ pub fn pg_storage(timescale: bool) -> StorageConfig {
     StorageConfig { postgres_schema, ..Default::default() }
 }
 
+/// A TimescaleDB store in `db`; `None` (the skip said and counted) where the
+/// test PostgreSQL has no TimescaleDB and scripts/test did not ask for it.
+///
+/// # Errors
+/// Database errors, or no TimescaleDB where `FLEET_REQUIRE_TIMESCALEDB=1`.
+pub async fn timescale_store(db: &TestDb, test: &str) -> anyhow::Result<Option<fleet_controller::store::Store>> {
+    match fleet_controller::store::Store::open_postgres(&db.url, &pg_storage(true)).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.to_string().contains("cannot be made") => {
+            need::missing(need::Need::TimescaleDb, test, &format!("TimescaleDB is not available: {e}"))?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A controller config on free ports; `mqtt_url` empty starts the embedded broker.
 #[must_use]
 pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) -> ControllerConfig {

@@ -1,4 +1,4 @@
-//! Storage tiers on SQLite and PostgreSQL: the same writes (with duplicates
+//! Storage tiers on SQLite, PostgreSQL and TimescaleDB: the same writes (with duplicates
 //! and a late batch for an hour already rolled up) give the same answers from
 //! both backends, and the rollups agree with the raw samples exactly.
 
@@ -176,4 +176,71 @@ async fn replicas_opening_a_new_postgres_database_at_once_both_start() -> anyhow
         db.cleanup().await?;
     }
     Ok(())
+}
+
+/// TimescaleDB answers as SQLite does, with its chunks compressed between the
+/// writes: the redelivered batches into compressed chunks are stored once,
+/// the late sample into a compressed hour updates that hour's rollups, and
+/// the controller's own storage job (no extension scheduler) does the
+/// rollups, the compression and the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timescaledb_answers_as_sqlite_with_compressed_chunks_and_late_data() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = TestDb::create().await?;
+    let Some(ts) = fleet_tests::timescale_store(&db, "timescaledb_answers_as_sqlite").await? else {
+        return db.cleanup().await;
+    };
+    let sqlite = Store::open_sqlite(dir.path()).await?;
+    let mut all = batches("n1", 1);
+    all.extend(batches("n2", 2));
+    all.push(TelemetryBatch {
+        node_id: "n1".into(),
+        boot_id: "late-run".into(),
+        first_seq: 0,
+        low_water_seq: 0,
+        samples: vec![Sample { metric: "soc.temp_c".into(), value: 99.5, time_unix_ms: T0 + 30 * 60_000 + 500 }],
+    });
+    load(&sqlite, &all).await?;
+    // Compress everything older than now (all of it) between the two loads;
+    // keep it all (the samples are days old).
+    let years = std::time::Duration::from_secs(10 * 365 * 86_400);
+    let cfg = StorageConfig {
+        compress_after: std::time::Duration::ZERO,
+        raw_retention: years,
+        rollup_1m_retention: years,
+        rollup_1h_retention: years,
+        ..fleet_tests::pg_storage(true)
+    };
+    let now = fleet_proto::now_unix_ms();
+    let early: Vec<TelemetryBatch> =
+        all.iter().filter(|b| b.samples[0].time_unix_ms < T0 + 2 * 3_600_000).cloned().collect();
+    ts.write(&early, &[]).await?;
+    assert!(ts.storage_job(&cfg, now).await?, "the storage job ran");
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let compressed =
+        "SELECT count(*) FROM chunk_compression_stats('telemetry') WHERE compression_status = 'Compressed'";
+    assert!(sqlx::query_scalar::<_, i64>(compressed).fetch_one(&pool).await? >= 1, "a chunk was compressed");
+    for chunk in all.chunks(300) {
+        ts.write(chunk, &[]).await?;
+    }
+    assert!(ts.storage_job(&cfg, now).await?);
+    assert_eq!(ts.count_samples(None).await?, sqlite.count_samples(None).await?, "each sample stored once");
+    for node in ["n1", "n2"] {
+        for metric in METRICS {
+            for bucket_s in [0u32, 10, 60, 300, 3600, 7200] {
+                let what = format!("{node} {metric} bucket {bucket_s}s: sqlite vs timescaledb");
+                let end = T0 + 3 * 3_600_000;
+                let a = sqlite.query(node, metric, T0, end, bucket_s, 100_000).await?;
+                let b = ts.query(node, metric, T0, end, bucket_s, 100_000).await?;
+                same(&a.points, &b.points, &what);
+            }
+        }
+    }
+    let r = ts.apply_retention(&StorageConfig::default(), T0 + 365 * 86_400_000).await?;
+    assert!(r.partitions_dropped >= 1, "whole chunks dropped: {r:?}");
+    assert_eq!(ts.count_samples(None).await?, 0);
+    let h = ts.query("n1", "cpu.usage_pct", T0, T0 + 3 * 3_600_000, 3600, 10).await?;
+    assert_eq!(h.points.len(), 3, "hourly rollups outlive raw rows");
+    pool.close().await;
+    db.cleanup().await
 }

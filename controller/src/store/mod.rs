@@ -120,7 +120,7 @@ impl Store {
             PgFlavour::Plain => {
                 store.ensure_partitions(cfg, fleet_proto::now_unix_ms()).await?;
             }
-            PgFlavour::Timescale => store.timescale_policies(cfg).await?,
+            PgFlavour::Timescale => store.timescale_policies().await?,
         }
         Ok(store)
     }
@@ -159,9 +159,11 @@ impl Store {
 async fn pg_flavour(pool: &PgPool, want: PostgresSchema) -> Result<PgFlavour, ControllerError> {
     let has_table: bool = sqlx::query_scalar("SELECT to_regclass('telemetry') IS NOT NULL").fetch_one(pool).await?;
     if has_table {
-        // Only the TimescaleDB schema has the continuous aggregate.
+        // Plain PostgreSQL partitions telemetry by day; TimescaleDB's hypertable is a plain table.
         let hypertable: bool =
-            sqlx::query_scalar("SELECT to_regclass('telemetry_1m_agg') IS NOT NULL").fetch_one(pool).await?;
+            sqlx::query_scalar("SELECT relkind <> 'p' FROM pg_class WHERE oid = 'telemetry'::regclass")
+                .fetch_one(pool)
+                .await?;
         let has = if hypertable { PgFlavour::Timescale } else { PgFlavour::Plain };
         return match (want, has) {
             (PostgresSchema::Timescaledb, PgFlavour::Plain) => Err(ControllerError::Config(

@@ -195,8 +195,8 @@ impl Store {
 
     /// Deletes what is past its retention: raw rows (only in hours already
     /// rolled up; on PostgreSQL whole daily partitions, and rows of the
-    /// default partition), 1 minute and 1 hour rollups, old ack marks. On
-    /// TimescaleDB its own policies do this; only ack marks are cleared here.
+    /// default partition; on TimescaleDB whole chunks), 1 minute and 1 hour
+    /// rollups, old ack marks.
     ///
     /// # Errors
     /// Database errors.
@@ -209,11 +209,11 @@ impl Store {
         let deleted = match self {
             Store::Postgres(p, flavour) => {
                 let mut n = Retention::default();
+                let cut: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT least($1, {first_dirty})")))
+                    .bind(raw_cut)
+                    .fetch_one(p)
+                    .await?;
                 if *flavour == PgFlavour::Plain {
-                    let cut: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT least($1, {first_dirty})")))
-                        .bind(raw_cut)
-                        .fetch_one(p)
-                        .await?;
                     n.partitions_dropped = drop_partitions_before(p, cut).await?;
                     n.rows_deleted = sqlx::query(
                         "DELETE FROM telemetry_default WHERE ts < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
@@ -222,9 +222,11 @@ impl Store {
                     .execute(p)
                     .await?
                     .rows_affected();
-                    sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
-                    sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
+                } else {
+                    n.partitions_dropped = drop_chunks_before(p, cut).await?;
                 }
+                sqlx::query("DELETE FROM telemetry_1m WHERE bucket_ms < $1").bind(m_cut).execute(p).await?;
+                sqlx::query("DELETE FROM telemetry_1h WHERE bucket_ms < $1").bind(h_cut).execute(p).await?;
                 sqlx::query(
                     "DELETE FROM ack_ranges r USING ack_state a WHERE r.node_id = a.node_id AND r.boot_id = a.boot_id \
                      AND a.updated_at < 'epoch'::timestamptz + $1 * interval '1 millisecond'",
@@ -266,7 +268,8 @@ impl Store {
     }
 
     /// The periodic storage job: partitions ahead (plain PostgreSQL), rollups
-    /// of dirty hours, retention. On PostgreSQL it runs under a session
+    /// of dirty hours, compression of chunks older than `compress_after`
+    /// (TimescaleDB), retention. On PostgreSQL it runs under a session
     /// advisory lock, so with several replicas one runs it at a time; returns
     /// false when another replica holds it.
     ///
@@ -289,7 +292,10 @@ impl Store {
                 let r = async {
                     if *flavour == PgFlavour::Plain {
                         self.ensure_partitions(cfg, now_ms).await?;
-                        while self.rollup_dirty(64).await? == 64 {}
+                    }
+                    while self.rollup_dirty(64).await? == 64 {}
+                    if *flavour == PgFlavour::Timescale {
+                        compress_chunks_before(p, now_ms - ms(cfg.compress_after)).await?;
                     }
                     self.apply_retention(cfg, now_ms).await
                 }
@@ -305,51 +311,16 @@ impl Store {
         }
     }
 
-    /// TimescaleDB: sets the compression, retention and continuous-aggregate
-    /// refresh policies from `cfg` (replacing any set before).
+    /// TimescaleDB: removes the policies an older schema left to the
+    /// extension's scheduler (compression and retention of raw rows); the
+    /// storage job does that work itself (docs/schema.md).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn timescale_policies(&self, cfg: &StorageConfig) -> Result<(), ControllerError> {
+    pub async fn timescale_policies(&self) -> Result<(), ControllerError> {
         let Store::Postgres(p, PgFlavour::Timescale) = self else { return Ok(()) };
-        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        let mut tx = p.begin().await?;
-        for (sql, arg) in [
-            ("SELECT remove_compression_policy('telemetry', if_exists => true)", None),
-            ("SELECT add_compression_policy('telemetry', $1 * interval '1 second')", Some(secs(cfg.compress_after))),
-            ("SELECT remove_retention_policy('telemetry', if_exists => true)", None),
-            ("SELECT add_retention_policy('telemetry', $1 * interval '1 second')", Some(secs(cfg.raw_retention))),
-            ("SELECT remove_retention_policy('telemetry_1m_agg', if_exists => true)", None),
-            (
-                "SELECT add_retention_policy('telemetry_1m_agg', $1 * interval '1 second')",
-                Some(secs(cfg.rollup_1m_retention)),
-            ),
-            ("SELECT remove_retention_policy('telemetry_1h_agg', if_exists => true)", None),
-            (
-                "SELECT add_retention_policy('telemetry_1h_agg', $1 * interval '1 second')",
-                Some(secs(cfg.rollup_1h_retention)),
-            ),
-            ("SELECT remove_continuous_aggregate_policy('telemetry_1m_agg', if_not_exists => true)", None),
-            // Refresh what raw retention still holds, up to a minute ago.
-            (
-                "SELECT add_continuous_aggregate_policy('telemetry_1m_agg', \
-                 start_offset => $1 * interval '1 second', end_offset => interval '1 minute', \
-                 schedule_interval => interval '1 minute')",
-                Some(secs(cfg.raw_retention)),
-            ),
-            ("SELECT remove_continuous_aggregate_policy('telemetry_1h_agg', if_not_exists => true)", None),
-            (
-                "SELECT add_continuous_aggregate_policy('telemetry_1h_agg', \
-                 start_offset => $1 * interval '1 second', end_offset => interval '1 hour', \
-                 schedule_interval => interval '30 minutes')",
-                Some(secs(cfg.rollup_1m_retention)),
-            ),
-        ] {
-            let q = sqlx::query(sql);
-            let q = if let Some(a) = arg { q.bind(a) } else { q };
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        sqlx::query("SELECT remove_compression_policy('telemetry', if_exists => true)").execute(p).await?;
+        sqlx::query("SELECT remove_retention_policy('telemetry', if_exists => true)").execute(p).await?;
         Ok(())
     }
 
@@ -511,4 +482,29 @@ async fn drop_partitions_before(p: &sqlx::PgPool, cut_ms: i64) -> Result<u64, Co
         dropped += 1;
     }
     Ok(dropped)
+}
+
+/// TimescaleDB: drops the raw chunks wholly before `cut_ms`; how many.
+async fn drop_chunks_before(p: &sqlx::PgPool, cut_ms: i64) -> Result<u64, ControllerError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM drop_chunks('telemetry', older_than => 'epoch'::timestamptz + $1 * interval '1 millisecond')",
+    )
+    .bind(cut_ms)
+    .fetch_one(p)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// TimescaleDB: compresses the raw chunks wholly before `cut_ms` that are
+/// not yet; how many. A late sample into one is still stored once and its
+/// hour rolled up again (docs/schema.md).
+async fn compress_chunks_before(p: &sqlx::PgPool, cut_ms: i64) -> Result<u64, ControllerError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('telemetry', \
+         older_than => 'epoch'::timestamptz + $1 * interval '1 millisecond') AS c",
+    )
+    .bind(cut_ms)
+    .fetch_one(p)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

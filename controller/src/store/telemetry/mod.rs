@@ -39,7 +39,7 @@ impl Store {
         optimistic: bool,
     ) -> Result<Written, ControllerError> {
         match self {
-            Store::Postgres(pool, flavour) => pg::write(pool, *flavour, batches, runs, optimistic).await,
+            Store::Postgres(pool, _) => pg::write(pool, batches, runs, optimistic).await,
             Store::Sqlite(pool) => sqlite::write(pool, batches, runs).await,
         }
     }

@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 use super::marks::{RunRange, STORED_RANGES, Written, apply_runs, run_keys, stored_marks};
 use crate::ControllerError;
 use crate::store::acks::RunMark;
-use crate::store::{PgFlavour, i64_of, tiers};
+use crate::store::{i64_of, tiers};
 
 /// The bulk insert of a write's rows, from arrays (one statement a write).
 macro_rules! pg_insert {
@@ -87,7 +87,6 @@ impl<'a> Columns<'a> {
 /// Writes the rows of `batches` and the marks of `runs` in one transaction.
 pub(super) async fn write(
     pool: &PgPool,
-    flavour: PgFlavour,
     batches: &[TelemetryBatch],
     runs: &[RunRange],
     optimistic: bool,
@@ -100,7 +99,7 @@ pub(super) async fn write(
     let (marks, had_ranges) = lock_marks(&mut tx, &keys, (&key_nodes, &key_boots), runs).await?;
     let inserted = columns.insert(&mut tx, optimistic).await?;
     let hours = tiers::dirty_hours(batches);
-    if !hours.is_empty() && flavour == PgFlavour::Plain {
+    if !hours.is_empty() {
         sqlx::query(
             "INSERT INTO rollup_dirty (hour_ms, marked_ms) SELECT h, $2 FROM UNNEST($1::int8[]) AS u(h) \
              ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = EXCLUDED.marked_ms",
