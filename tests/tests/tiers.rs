@@ -178,6 +178,22 @@ async fn replicas_opening_a_new_postgres_database_at_once_both_start() -> anyhow
     Ok(())
 }
 
+/// Every node, metric and bucket of `buckets` gives the same points from `a` and `b`.
+async fn compare(a: &Store, b: &Store, buckets: &[u32], when: &str) -> anyhow::Result<()> {
+    for node in ["n1", "n2"] {
+        for metric in METRICS {
+            for &bucket_s in buckets {
+                let what = format!("{node} {metric} bucket {bucket_s}s, {when}: {} vs {}", a.backend(), b.backend());
+                let end = T0 + 3 * 3_600_000;
+                let x = a.query(node, metric, T0, end, bucket_s, 100_000).await?;
+                let y = b.query(node, metric, T0, end, bucket_s, 100_000).await?;
+                same(&x.points, &y.points, &what);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// TimescaleDB answers as SQLite does, with its chunks compressed between the
 /// writes: the redelivered batches into compressed chunks are stored once,
 /// the late sample into a compressed hour updates that hour's rollups, and
@@ -223,19 +239,11 @@ async fn timescaledb_answers_as_sqlite_with_compressed_chunks_and_late_data() ->
     for chunk in all.chunks(300) {
         ts.write(chunk, &[]).await?;
     }
+    // Right after the writes, before any rollup: the dirty hours answer from raw rows.
+    compare(&sqlite, &ts, &[60, 3600, 7200], "before the storage job").await?;
     assert!(ts.storage_job(&cfg, now).await?);
     assert_eq!(ts.count_samples(None).await?, sqlite.count_samples(None).await?, "each sample stored once");
-    for node in ["n1", "n2"] {
-        for metric in METRICS {
-            for bucket_s in [0u32, 10, 60, 300, 3600, 7200] {
-                let what = format!("{node} {metric} bucket {bucket_s}s: sqlite vs timescaledb");
-                let end = T0 + 3 * 3_600_000;
-                let a = sqlite.query(node, metric, T0, end, bucket_s, 100_000).await?;
-                let b = ts.query(node, metric, T0, end, bucket_s, 100_000).await?;
-                same(&a.points, &b.points, &what);
-            }
-        }
-    }
+    compare(&sqlite, &ts, &[0, 10, 60, 300, 3600, 7200], "after the storage job").await?;
     let r = ts.apply_retention(&StorageConfig::default(), T0 + 365 * 86_400_000).await?;
     assert!(r.partitions_dropped >= 1, "whole chunks dropped: {r:?}");
     assert_eq!(ts.count_samples(None).await?, 0);

@@ -19,6 +19,7 @@ mod desired;
 pub mod jobs;
 mod query;
 pub mod replay;
+mod rollup_query;
 pub mod security;
 mod telemetry;
 mod tiers;

@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use fleet_proto::v1::{TelemetryBatch, TelemetryPoint};
+use fleet_proto::v1::TelemetryBatch;
 use serde::Deserialize;
 
-use super::query::QueryResult;
 use super::{PgFlavour, Store};
 use crate::ControllerError;
 
@@ -386,79 +385,6 @@ impl Store {
             made += 1;
         }
         Ok(made)
-    }
-
-    /// Points of `bucket_s` seconds built from a rollup table (`telemetry_1m` or `telemetry_1h`).
-    pub(super) async fn query_rollup(
-        &self,
-        table: &'static str,
-        node_id: &str,
-        metric: &str,
-        (start_ms, end_ms): (i64, i64),
-        bucket_s: u32,
-        limit: usize,
-    ) -> Result<QueryResult, ControllerError> {
-        let sql = format!(
-            "SELECT bucket_ms, count, sum, min, max, last, last_ms FROM {table} \
-             WHERE node_id = $1 AND metric = $2 AND bucket_ms >= $3 AND bucket_ms < $4 ORDER BY bucket_ms"
-        );
-        type Row = (i64, i64, f64, f64, f64, f64, i64);
-        let rows: Vec<Row> = match self {
-            Store::Postgres(p, _) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(node_id)
-                    .bind(metric)
-                    .bind(start_ms)
-                    .bind(end_ms)
-                    .fetch_all(p)
-                    .await?
-            }
-            Store::Sqlite(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(node_id)
-                    .bind(metric)
-                    .bind(start_ms)
-                    .bind(end_ms)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
-        let width = i64::from(bucket_s) * 1000;
-        let mut points: Vec<TelemetryPoint> = Vec::new();
-        let mut sums: Vec<(f64, i64)> = Vec::new();
-        for (b, count, sum, min, max, last, last_ms) in rows {
-            let start = b.div_euclid(width) * width;
-            let count = u64::try_from(count).unwrap_or(0);
-            match points.last_mut() {
-                Some(p) if p.time_unix_ms == start => {
-                    let (s, lm) = sums.last_mut().expect("sums follow points");
-                    *s += sum;
-                    p.count += count;
-                    p.min = p.min.min(min);
-                    p.max = p.max.max(max);
-                    if last_ms >= *lm {
-                        *lm = last_ms;
-                        p.last = last;
-                    }
-                    p.avg = *s / p.count as f64;
-                }
-                _ => {
-                    if points.len() == limit {
-                        return Ok(QueryResult { points, truncated: true });
-                    }
-                    sums.push((sum, last_ms));
-                    points.push(TelemetryPoint {
-                        time_unix_ms: start,
-                        avg: sum / count.max(1) as f64,
-                        min,
-                        max,
-                        last,
-                        count,
-                    });
-                }
-            }
-        }
-        Ok(QueryResult { points, truncated: false })
     }
 }
 
