@@ -52,12 +52,8 @@ async fn write_shuffled(stores: &[Store], nodes: &[&str], count: u64, seed: u64)
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_writers_agree_on_the_watermark_in_postgres() -> anyhow::Result<()> {
-    let db = TestDb::create().await?;
-    let cfg = fleet_tests::pg_storage(false);
-    let a = Store::open_postgres(&db.url, &cfg).await?;
-    let b = Store::open_postgres(&db.url, &cfg).await?;
+/// Two writers (replicas) on one database: each sample once, one watermark.
+async fn two_writers_agree(a: Store, b: Store) -> anyhow::Result<()> {
     let nodes = ["n1", "n2", "n3", "n4"];
     write_shuffled(&[a.clone(), b.clone()], &nodes, 50, 7).await?;
     // Both writers at once, each with every batch again and more: each sample still once.
@@ -74,6 +70,25 @@ async fn two_writers_agree_on_the_watermark_in_postgres() -> anyhow::Result<()> 
     let w = b.write(&[bt], &[r]).await?;
     assert_eq!(w.inserted, 0);
     assert_eq!(w.marks[0].2.up_to(), Some(599));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_agree_on_the_watermark_in_postgres() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let cfg = fleet_tests::pg_storage(false);
+    let (a, b) = (Store::open_postgres(&db.url, &cfg).await?, Store::open_postgres(&db.url, &cfg).await?);
+    two_writers_agree(a, b).await?;
+    db.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_agree_on_the_watermark_in_timescaledb() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    if let Some(a) = fleet_tests::timescale_store(&db, "two_writers_agree_on_the_watermark_in_timescaledb").await? {
+        let b = Store::open_postgres(&db.url, &fleet_tests::pg_storage(true)).await?;
+        two_writers_agree(a, b).await?;
+    }
     db.cleanup().await
 }
 

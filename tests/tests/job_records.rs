@@ -67,3 +67,12 @@ async fn job_records_on_postgres() -> anyhow::Result<()> {
     drop(s);
     db.cleanup().await
 }
+
+#[tokio::test]
+async fn job_records_on_timescaledb() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    if let Some(s) = fleet_tests::timescale_store(&db, "job_records_on_timescaledb").await? {
+        check(&s).await?;
+    }
+    db.cleanup().await
+}

@@ -103,3 +103,12 @@ async fn security_records_on_postgres() -> anyhow::Result<()> {
     drop(s);
     db.cleanup().await
 }
+
+#[tokio::test]
+async fn security_records_on_timescaledb() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    if let Some(s) = fleet_tests::timescale_store(&db, "security_records_on_timescaledb").await? {
+        check(&s).await?;
+    }
+    db.cleanup().await
+}

@@ -167,3 +167,14 @@ async fn usage_counts_and_quotas_reset_when_their_period_ends_on_postgres() -> a
     drop(s);
     db.cleanup().await
 }
+
+#[tokio::test]
+async fn usage_counts_and_quotas_reset_when_their_period_ends_on_timescaledb() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    if let Some(s) =
+        fleet_tests::timescale_store(&db, "usage_counts_and_quotas_reset_when_their_period_ends_on_timescaledb").await?
+    {
+        check(&s).await?;
+    }
+    db.cleanup().await
+}
