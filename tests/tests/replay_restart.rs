@@ -118,7 +118,11 @@ async fn replay(
     .with_context(|| {
         let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        format!("replays refused before {before}, want {want}; the controller's last lines:\n{}", tail.join("\n"))
+        let kinds: Vec<&String> = captured.keys().collect();
+        format!(
+            "replays of {kinds:?} refused: before {before}, want {want}; the controller's last lines:\n{}",
+            tail.join("\n")
+        )
     })
 }
 
@@ -163,6 +167,14 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     fleetctl(&ctl, &["desired", "set", "rb", "--telemetry-interval", "2s"])?;
     fleetctl(&ctl, &["jobs", "submit", "--model", "severity", "--node", "rb", "--text", "fan failure"])?;
     capture(&mut rx, &mut captured, &["telemetry", "status", "reported", "results", "will"]).await?;
+    // The controller takes B's messages in order: once it has stored telemetry
+    // B sent after the captured ones, it has taken every captured message (a
+    // message it never took would be new to it, not a replay).
+    let seen = node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
+    wait_for(T, "B's later telemetry stored", || async {
+        node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).filter(|s| *s > seen + 30).map(|_| ())
+    })
+    .await?;
     let logged_in = *logins.borrow();
     ctl.term()?;
     ctl.up().await?;
