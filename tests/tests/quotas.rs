@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use fleet_net::client::{FleetClient, fleet_client};
 use fleet_proto::v1::{QueryTelemetryRequest, SubmitJobRequest};
-use fleet_tests::cluster::{Broker, ControllerProc, ControllerSetup, output};
+use fleet_tests::cluster::{ControllerProc, ControllerSetup, output};
 use fleet_tests::faketime::{self, FakeClock};
 use fleet_tests::free_port;
 use fleet_tests::need::{self, Need};
@@ -40,13 +40,7 @@ async fn controller(dir: &Path, test: &str, at_ms: i64) -> anyhow::Result<Option
         need::missing(Need::Root, test, "libfaketime is not installed (apt-get install faketime; scripts/test does)")?;
         return Ok(None);
     };
-    let setup = ControllerSetup {
-        database_url: None,
-        broker: Broker::Embedded(free_port()),
-        lab: false,
-        data: dir.join("controller"),
-        extra: String::new(),
-    };
+    let setup = ControllerSetup::embedded(dir, free_port());
     // Started once to make its CA and admin token, then again on the fake clock.
     let mut ctl = ControllerProc::start(dir, &setup).await?;
     let clock = FakeClock::new(&lib, dir, at_ms)?;

@@ -15,7 +15,7 @@ use anyhow::Context;
 use fleet_proto::signing::WILL_SEQ;
 use fleet_proto::topics::{Channel, node_topic};
 use fleet_proto::v1::SignedMessage;
-use fleet_tests::cluster::{Broker, ControllerProc, ControllerSetup, agent_config, enroll, output, start_agent};
+use fleet_tests::cluster::{ControllerProc, ControllerSetup, agent_config, enroll, output, start_agent};
 use fleet_tests::{free_port, http_get, metric_value, wait_for};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -131,13 +131,7 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let url = format!("mqtt://127.0.0.1:{port}");
-    let setup = ControllerSetup {
-        database_url: None,
-        broker: Broker::Embedded(port),
-        lab: false,
-        data: dir.path().join("controller"),
-        extra: String::new(),
-    };
+    let setup = ControllerSetup::embedded(dir.path(), port);
     let mut ctl = ControllerProc::start(dir.path(), &setup).await?;
     let mut confs = BTreeMap::new();
     let mut agents = BTreeMap::new();
