@@ -2,7 +2,8 @@
 //! (docs/security.md, "Signed envelope"): an enrolled node A, logged in with
 //! its own credentials, captures node B's genuine signed messages off the
 //! embedded broker: B's last will when B is killed, then, from B's next boot,
-//! its telemetry, status, reported state and a job result. The controller
+//! its telemetry, status, reported state, a job result and an event (a power
+//! policy that makes B's simulated board hot changes its profile). The controller
 //! stops cleanly and starts again while B keeps running; A replays every
 //! captured message. The controller refuses each as a replay (the messages of
 //! B's running boot only because its replay marks outlived the restart), and
@@ -36,10 +37,39 @@ fn node(ctl: &ControllerProc, id: &str) -> Option<serde_json::Value> {
     nodes.into_iter().find(|n| n["node_id"] == id)
 }
 
-async fn replays_refused(ctl: &ControllerProc) -> f64 {
+async fn metric(ctl: &ControllerProc, name: &str) -> f64 {
     let addr = format!("127.0.0.1:{}", ctl.http).parse().expect("address");
     let text = http_get(addr, "/metrics").await.unwrap_or_default();
-    metric_value(&text, "fleet_messages_dropped_total{reason=\"replay\"}")
+    metric_value(&text, name)
+}
+
+async fn replays_refused(ctl: &ControllerProc) -> f64 {
+    metric(ctl, "fleet_messages_dropped_total{reason=\"replay\"}").await
+}
+
+/// The controller's message counters, for a failure's message.
+async fn message_counters(ctl: &ControllerProc) -> String {
+    let addr = format!("127.0.0.1:{}", ctl.http).parse().expect("address");
+    let text = http_get(addr, "/metrics").await.unwrap_or_default();
+    text.lines().filter(|l| l.starts_with("fleet_messages_")).collect::<Vec<_>>().join("\n")
+}
+
+/// Waits until the controller has taken B's event and job result (the only
+/// ones in the test) and stored telemetry B sent after the captured messages:
+/// a message it never took would be new to it after the restart, not a replay.
+async fn taken_by_controller(ctl: &ControllerProc, events_before: f64) -> anyhow::Result<()> {
+    for (channel, want) in [("events", events_before + 1.0), ("results", 1.0)] {
+        let name = format!("fleet_messages_received_total{{channel=\"{channel}\"}}");
+        wait_for(T, &format!("the controller took B's {channel}"), || async {
+            (metric(ctl, &name).await >= want).then_some(())
+        })
+        .await?;
+    }
+    let seen = node(ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
+    wait_for(T, "B's later telemetry stored", || async {
+        node(ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).filter(|s| *s > seen + 10).map(|_| ())
+    })
+    .await
 }
 
 /// Adds the first message of each kind the intruder receives to `captured`
@@ -110,7 +140,7 @@ async fn replay(
         intruder.publish(topic.clone(), QoS::AtLeastOnce, false, body.clone()).await?;
     }
     let want = before + captured.len() as f64;
-    wait_for(T, "every captured message refused as a replay", || async {
+    let refused = wait_for(T, "every captured message refused as a replay", || async {
         let now = replays_refused(ctl).await;
         (now >= want).then_some(now)
     })
@@ -123,7 +153,11 @@ async fn replay(
             "replays of {kinds:?} refused: before {before}, want {want}; the controller's last lines:\n{}",
             tail.join("\n")
         )
-    })
+    });
+    if refused.is_err() {
+        eprintln!("the controller's message counters:\n{}", message_counters(ctl).await);
+    }
+    refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,18 +191,16 @@ async fn replay_after_controller_restart_is_refused() -> anyhow::Result<()> {
     agents.insert("rb", start_agent("rb", dir.path(), &confs["rb"], None, "info")?);
     wait_for(T, "B online again", || async { node(&ctl, "rb").filter(|v| v["state"] == "online").map(|_| ()) }).await?;
     while rx.try_recv().is_ok() {}
-    // One message of each kind from boot 2 (the first seen).
-    fleetctl(&ctl, &["desired", "set", "rb", "--telemetry-interval", "2s"])?;
+    // One message of each kind from boot 2 (the first seen); the job before
+    // the hot policy (the router keeps work off a node saving power).
     fleetctl(&ctl, &["jobs", "submit", "--model", "severity", "--node", "rb", "--text", "fan failure"])?;
-    capture(&mut rx, &mut captured, &["telemetry", "status", "reported", "results", "will"]).await?;
-    // The controller takes B's messages in order: once it has stored telemetry
-    // B sent after the captured ones, it has taken every captured message (a
-    // message it never took would be new to it, not a replay).
-    let seen = node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
-    wait_for(T, "B's later telemetry stored", || async {
-        node(&ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).filter(|s| *s > seen + 30).map(|_| ())
-    })
-    .await?;
+    let events_before = metric(&ctl, "fleet_messages_received_total{channel=\"events\"}").await;
+    let policy = dir.path().join("hot.toml");
+    std::fs::write(&policy, "hot_c = 1.0\ncritical_c = 200.0\n")?;
+    let policy = policy.to_str().context("path")?;
+    fleetctl(&ctl, &["desired", "set", "rb", "--telemetry-interval", "2s", "--power-policy", policy])?;
+    capture(&mut rx, &mut captured, &["telemetry", "status", "reported", "results", "events", "will"]).await?;
+    taken_by_controller(&ctl, events_before).await?;
     let logged_in = *logins.borrow();
     ctl.term()?;
     ctl.up().await?;

@@ -44,7 +44,10 @@ impl JobManager {
             let Some(s) = &n.status else { continue };
             let mut st = self.state();
             st.router.observe(s);
-            if s.state == NodeState::Offline as i32 {
+            // A change read late (the node is back already) loses nothing.
+            let still_offline =
+                || registry.get(&n.node_id).and_then(|c| c.status).is_none_or(|c| c.state == NodeState::Offline as i32);
+            if s.state == NodeState::Offline as i32 && still_offline() {
                 self.node_lost(&mut st, &n.node_id, "the node went offline");
             }
         }

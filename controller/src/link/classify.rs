@@ -4,7 +4,7 @@
 //! held to the contract's limits. Pure, so tests can throw anything at it.
 
 use fleet_proto::topics::{Channel, parse_node_topic};
-use fleet_proto::v1::{JobResult, NodeStatus, ReportedState, TelemetryBatch};
+use fleet_proto::v1::{Event, JobResult, NodeStatus, ReportedState, TelemetryBatch};
 use prost::Message;
 
 use super::message::Inbound;
@@ -69,11 +69,20 @@ pub fn check(
         return Err(Refusal::Oversized);
     }
     // A retained message cleared (empty), or a channel the controller does not read.
-    let read = matches!(channel, Channel::Telemetry | Channel::Status | Channel::Reported | Channel::Results);
+    let read = matches!(
+        channel,
+        Channel::Telemetry | Channel::Status | Channel::Reported | Channel::Results | Channel::Events
+    );
     if !read || (payload.is_empty() && matches!(channel, Channel::Status | Channel::Reported)) {
         return Ok(None);
     }
     let opened = verifier.open(node_id, channel, payload)?;
+    if channel == Channel::Events {
+        // Only bridged, but as genuine and new as every other kind.
+        let e = Event::decode(opened.as_ref()).map_err(|_| Refusal::Decode)?;
+        same_node(&e.node_id, node_id)?;
+        return Ok(None);
+    }
     decode(node_id, channel, &opened).map(Some)
 }
 
@@ -160,6 +169,11 @@ mod tests {
         let mut huge = batch("a");
         huge.first_seq = u64::MAX;
         assert_eq!(refusal(t, &huge.encode_to_vec()), Refusal::Invalid);
+        // Events are only bridged, yet checked like the rest.
+        let e = "fleet/v1/nodes/a/events";
+        assert_eq!(refusal(e, &[0xff; 16]), Refusal::Decode);
+        let other = Event { node_id: "b".into(), kind: "power.profile_changed".into(), ..Default::default() };
+        assert_eq!(refusal(e, &other.encode_to_vec()), Refusal::NodeMismatch);
     }
 
     #[test]
