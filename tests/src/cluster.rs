@@ -44,6 +44,9 @@ pub struct ControllerSetup<'a> {
     pub data: PathBuf,
     /// More of its config file (TOML after the `[security]` section's key).
     pub extra: String,
+    /// On PostgreSQL: the TimescaleDB schema (`storage.postgres_schema`),
+    /// else plain PostgreSQL even where the cluster has TimescaleDB.
+    pub timescaledb: bool,
 }
 
 impl ControllerSetup<'_> {
@@ -56,6 +59,7 @@ impl ControllerSetup<'_> {
             lab: false,
             data: dir.join("controller"),
             extra: String::new(),
+            timescaledb: false,
         }
     }
 }
@@ -68,7 +72,8 @@ impl ControllerProc {
     pub async fn start(dir: &Path, setup: &ControllerSetup<'_>) -> anyhow::Result<Self> {
         let conf = dir.join("controller.toml");
         // Plain PostgreSQL unless the test asks for TimescaleDB (the cluster has it preloaded).
-        let storage = "[storage]\npostgres_schema = \"postgres\"\n";
+        let schema = if setup.timescaledb { "timescaledb" } else { "postgres" };
+        let storage = format!("[storage]\npostgres_schema = \"{schema}\"\n");
         let text = format!("{storage}[security]\nrequire_enrollment = {}\n{}", !setup.lab, setup.extra);
         std::fs::write(&conf, text)?;
         // A port picked free may be taken by another test before the controller

@@ -33,6 +33,7 @@ impl EnrolledFleet {
             lab: false,
             data: dir.path().join("controller"),
             extra: String::new(),
+            timescaledb: false,
         };
         let ctl = ControllerProc::start(dir.path(), &setup).await?;
         let url = match &broker {

@@ -3,6 +3,8 @@
 //! each scenario, per node, every seq the agent produced is in the database
 //! exactly once (no gaps, no duplicates), except what the scenario itself
 //! destroyed on disk (scenario 5, counted). Each prints its counts.
+//! Scenarios 1-4 run on plain PostgreSQL and again on TimescaleDB (its
+//! hypertable under the same redeliveries).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,11 +18,39 @@ use fleet_tests::{TestDb, free_port};
 
 const AGENTS: usize = 2;
 
-/// A controller on PostgreSQL `db`, its data in `dir/controller`.
-async fn controller(dir: &Path, db: &str, broker: Broker, lab: bool) -> anyhow::Result<ControllerProc> {
-    let setup =
-        ControllerSetup { database_url: Some(db), broker, lab, data: dir.join("controller"), extra: String::new() };
+/// A controller on `db`, its data in `dir/controller`.
+async fn controller(dir: &Path, db: &Db, broker: Broker, lab: bool) -> anyhow::Result<ControllerProc> {
+    let setup = ControllerSetup {
+        database_url: Some(&db.0.url),
+        broker,
+        lab,
+        data: dir.join("controller"),
+        extra: String::new(),
+        timescaledb: db.1,
+    };
     ControllerProc::start(dir, &setup).await
+}
+
+/// A test database and whether the controller keeps TimescaleDB's schema in it.
+struct Db(TestDb, bool);
+
+/// A new test database; on TimescaleDB its schema made first (`None`: no
+/// TimescaleDB here, the skip said and counted).
+async fn database(timescale: bool, test: &str) -> anyhow::Result<Option<Db>> {
+    let db = TestDb::create().await?;
+    if timescale {
+        let Some(store) = fleet_tests::timescale_store(&db, test).await? else {
+            db.cleanup().await?;
+            return Ok(None);
+        };
+        drop(store);
+    }
+    Ok(Some(Db(db, timescale)))
+}
+
+/// The test's name, with the backend it runs on.
+fn name(scenario: &str, timescale: bool) -> String {
+    format!("chaos::{scenario}{}", if timescale { "_on_timescaledb" } else { "" })
 }
 
 fn agent_config(node: &str, dir: &Path, mqtt_url: &str, fsync_interval: &str, segment_bytes: u64) -> PathBuf {
@@ -49,10 +79,21 @@ fn stop_agents(agents: &mut [Proc]) -> anyhow::Result<Vec<AgentStopped>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_1_kill_the_controller_5_times() -> anyhow::Result<()> {
+    chaos_1(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_1_kill_the_controller_5_times_on_timescaledb() -> anyhow::Result<()> {
+    chaos_1(true).await
+}
+
+async fn chaos_1(timescale: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = TestDb::create().await?;
+    let Some(db) = database(timescale, &name("chaos_1_kill_the_controller_5_times", timescale)).await? else {
+        return Ok(());
+    };
     let port = free_port();
-    let mut ctl = controller(dir.path(), &db.url, Broker::Embedded(port), false).await?;
+    let mut ctl = controller(dir.path(), &db, Broker::Embedded(port), false).await?;
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut agents = Vec::new();
     for i in 0..AGENTS {
@@ -70,17 +111,28 @@ async fn chaos_1_kill_the_controller_5_times() -> anyhow::Result<()> {
     }
     sleep(3000).await;
     let finals = stop_agents(&mut agents)?;
-    check_exactly_once("chaos 1", &db.url, &finals, &BTreeMap::new()).await?;
+    check_exactly_once("chaos 1", &db.0.url, &finals, &BTreeMap::new()).await?;
     ctl.kill9();
-    db.cleanup().await
+    db.0.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_2_restart_the_broker_3_times() -> anyhow::Result<()> {
+    chaos_2(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_2_restart_the_broker_3_times_on_timescaledb() -> anyhow::Result<()> {
+    chaos_2(true).await
+}
+
+async fn chaos_2(timescale: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = TestDb::create().await?;
+    let Some(db) = database(timescale, &name("chaos_2_restart_the_broker_3_times", timescale)).await? else {
+        return Ok(());
+    };
     let mut broker = RestartableMosquitto::start(dir.path(), "127.0.0.1", free_port()).await?;
-    let mut ctl = controller(dir.path(), &db.url, Broker::External(broker.url.clone()), false).await?;
+    let mut ctl = controller(dir.path(), &db, Broker::External(broker.url.clone()), false).await?;
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let node = format!("c2-{i}");
@@ -97,25 +149,33 @@ async fn chaos_2_restart_the_broker_3_times() -> anyhow::Result<()> {
     }
     sleep(3000).await;
     let finals = stop_agents(&mut agents)?;
-    check_exactly_once("chaos 2", &db.url, &finals, &BTreeMap::new()).await?;
+    check_exactly_once("chaos 2", &db.0.url, &finals, &BTreeMap::new()).await?;
     ctl.kill9();
-    db.cleanup().await
+    db.0.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_3_cut_the_network_for_60_s() -> anyhow::Result<()> {
+    chaos_3(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_3_cut_the_network_for_60_s_on_timescaledb() -> anyhow::Result<()> {
+    chaos_3(true).await
+}
+
+async fn chaos_3(timescale: bool) -> anyhow::Result<()> {
+    let test = name("chaos_3_cut_the_network_for_60_s", timescale);
     if let Some(why) = NetNs::unavailable() {
-        return fleet_tests::need::missing(
-            fleet_tests::need::Need::Root,
-            "chaos::chaos_3_cut_the_network_for_60_s",
-            &why,
-        );
+        return fleet_tests::need::missing(fleet_tests::need::Need::Root, &test, &why);
     }
     let dir = tempfile::tempdir()?;
-    let db = TestDb::create().await?;
+    let Some(db) = database(timescale, &test).await? else {
+        return Ok(());
+    };
     let ns = NetNs::create(3)?;
     let broker = RestartableMosquitto::start(dir.path(), &ns.host_ip, free_port()).await?;
-    let mut ctl = controller(dir.path(), &db.url, Broker::External(broker.url.clone()), false).await?;
+    let mut ctl = controller(dir.path(), &db, Broker::External(broker.url.clone()), false).await?;
     let node = "c3-0";
     let cfg = agent_config(node, dir.path(), &broker.url, "100ms", 16384);
     // Enrolled from the host (the files land in its data_dir); it runs in the namespace.
@@ -130,17 +190,28 @@ async fn chaos_3_cut_the_network_for_60_s() -> anyhow::Result<()> {
     sleep(5000).await;
     let finals = stop_agents(&mut agents)?;
     ensure!(finals[0].get("samples_taken") > 60 * 10 * 5, "the agent kept sampling during the cut: {finals:?}");
-    check_exactly_once("chaos 3", &db.url, &finals, &BTreeMap::new()).await?;
+    check_exactly_once("chaos 3", &db.0.url, &finals, &BTreeMap::new()).await?;
     ctl.kill9();
-    db.cleanup().await
+    db.0.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_4_kill_the_agent_5_times() -> anyhow::Result<()> {
+    chaos_4(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_4_kill_the_agent_5_times_on_timescaledb() -> anyhow::Result<()> {
+    chaos_4(true).await
+}
+
+async fn chaos_4(timescale: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = TestDb::create().await?;
+    let Some(db) = database(timescale, &name("chaos_4_kill_the_agent_5_times", timescale)).await? else {
+        return Ok(());
+    };
     let broker = RestartableMosquitto::start(dir.path(), "127.0.0.1", free_port()).await?;
-    let mut ctl = controller(dir.path(), &db.url, Broker::External(broker.url.clone()), false).await?;
+    let mut ctl = controller(dir.path(), &db, Broker::External(broker.url.clone()), false).await?;
     let node = "c4-0";
     // fsync every batch: everything the agent appended is durable when it dies.
     let cfg = agent_config(node, dir.path(), &broker.url, "0s", 16384);
@@ -162,8 +233,8 @@ async fn chaos_4_kill_the_agent_5_times() -> anyhow::Result<()> {
     let mut agents = vec![start_agent(node, dir.path(), &cfg, None)?];
     sleep(3000).await;
     let finals = stop_agents(&mut agents)?;
-    check_exactly_once("chaos 4", &db.url, &finals, &BTreeMap::new()).await?;
-    let runs = runs_in_db(&db.url).await?;
+    check_exactly_once("chaos 4", &db.0.url, &finals, &BTreeMap::new()).await?;
+    let runs = runs_in_db(&db.0.url).await?;
     for (boot, max) in &fsynced {
         let got = runs.get(&(node.to_owned(), boot.clone())).with_context(|| format!("run {boot} missing"))?;
         ensure!(got.max_seq >= *max, "run {boot}: seq {max} was fsynced but the store ends at {}", got.max_seq);
@@ -171,13 +242,13 @@ async fn chaos_4_kill_the_agent_5_times() -> anyhow::Result<()> {
     ensure!(runs.len() == 6, "5 killed runs and a final one: {runs:?}");
     println!("chaos 4: every fsynced batch of {} killed runs arrived", fsynced.len());
     ctl.kill9();
-    db.cleanup().await
+    db.0.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_5_power_cut_torn_tail_and_flipped_byte() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = TestDb::create().await?;
+    let db = Db(TestDb::create().await?, false);
     let port = free_port();
     let url = format!("mqtt://127.0.0.1:{port}");
     let node = "c5-0";
@@ -215,7 +286,7 @@ async fn chaos_5_power_cut_torn_tail_and_flipped_byte() -> anyhow::Result<()> {
         count(&after)
     );
 
-    let mut ctl = controller(dir.path(), &db.url, Broker::Embedded(port), true).await?;
+    let mut ctl = controller(dir.path(), &db, Broker::Embedded(port), true).await?;
     let mut agents = vec![start_agent(node, dir.path(), &cfg, None)?];
     sleep(4000).await;
     let finals = stop_agents(&mut agents)?;
@@ -231,12 +302,12 @@ async fn chaos_5_power_cut_torn_tail_and_flipped_byte() -> anyhow::Result<()> {
     let killed_boot = after.keys().next().context("no run on disk")?.clone();
     // The killed run: exactly what survived on disk, nothing else.
     let expected: BTreeMap<String, BTreeSet<u64>> = after.clone();
-    check_exactly_once("chaos 5", &db.url, &finals, &expected).await?;
+    check_exactly_once("chaos 5", &db.0.url, &finals, &expected).await?;
     let quarantined = std::fs::read_dir(spool.join("quarantine"))?.count();
     ensure!(quarantined == 1, "one segment quarantined, found {quarantined}");
     println!("chaos 5: run {killed_boot}: {} samples delivered, {destroyed} destroyed and counted", count(&after));
     ctl.kill9();
-    db.cleanup().await
+    db.0.cleanup().await
 }
 
 #[test]

@@ -60,6 +60,7 @@ async fn token_expiry_holds_when_the_wall_clock_jumps_across_restarts() -> anyho
         lab: false,
         data: d.join("controller"),
         extra: String::new(),
+        timescaledb: false,
     };
     let mut ctl = ControllerProc::start(d, &setup).await?;
     let short = token(&ctl, "2s")?;

@@ -101,6 +101,7 @@ impl Fleet {
             lab: false,
             data: dir.path().join("controller"),
             extra: String::new(),
+            timescaledb: false,
         };
         let ctl = ControllerProc::start(dir.path(), &setup).await?;
         let url = format!("mqtt://127.0.0.1:{port}");

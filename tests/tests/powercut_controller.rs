@@ -71,6 +71,7 @@ impl Fleet {
                  listen_port = {wg_port}\nendpoint = \"127.0.0.1:{wg_port}\"\n",
                 std::process::id() % 200
             ),
+            timescaledb: false,
         };
         let ctl = ControllerProc::start(dir.path(), &setup).await?;
         let saved = dir.path().join("saved");
