@@ -1,5 +1,5 @@
 //! `fleet-controller`: parses flags, builds the config and runs the
-//! controller until SIGINT or SIGTERM.
+//! controller until SIGINT or SIGTERM; or backs its store up, or restores one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,20 @@ struct Cli {
 enum Command {
     /// Print the documented default configuration.
     GenerateConfig,
+    /// Copy the store (consistent, while the controller runs) and the data
+    /// directory's security files into a new directory.
+    Backup {
+        /// A new or empty directory.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty store (the --database-url database, or
+    /// SQLite in --data-dir) and a data directory without security files.
+    Restore {
+        /// A directory `backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 /// mimalloc: model inference allocates and frees megabytes per layer; glibc
@@ -92,6 +106,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match cli.command {
+        Some(Command::Backup { to }) => {
+            return report("backup", &to, rt.block_on(fleet_controller::backup::backup(&cfg, &to)));
+        }
+        Some(Command::Restore { from }) => {
+            return report("restore", &from, rt.block_on(fleet_controller::backup::restore(&cfg, &from)));
+        }
+        _ => {}
+    }
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
         let s = shutdown.clone();
@@ -105,6 +128,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet-controller: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(
+    what: &str,
+    dir: &std::path::Path,
+    r: Result<fleet_controller::backup::Report, fleet_controller::ControllerError>,
+) -> ExitCode {
+    match r {
+        Ok(r) => {
+            println!("fleet-controller {what} {}: {r}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-controller {what}: {e}");
             ExitCode::from(2)
         }
     }
