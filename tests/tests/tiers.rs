@@ -252,3 +252,38 @@ async fn timescaledb_answers_as_sqlite_with_compressed_chunks_and_late_data() ->
     pool.close().await;
     db.cleanup().await
 }
+
+/// Right after ingest, before any storage job: 1 min and 1 h bucket queries
+/// give the samples' points on SQLite, plain PostgreSQL and TimescaleDB alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_query_right_after_ingest_is_the_same_on_every_backend() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (plain_db, ts_db) = (TestDb::create().await?, TestDb::create().await?);
+    let test = "tiers::a_bucket_query_right_after_ingest_is_the_same_on_every_backend";
+    let Some(ts) = fleet_tests::timescale_store(&ts_db, test).await? else {
+        plain_db.cleanup().await?;
+        return ts_db.cleanup().await;
+    };
+    let sqlite = Store::open_sqlite(dir.path()).await?;
+    let pg = Store::open_postgres(&plain_db.url, &fleet_tests::pg_storage(false)).await?;
+    let mut all = batches("n1", 1);
+    all.extend(batches("n2", 2));
+    for store in [&sqlite, &pg, &ts] {
+        for chunk in all.chunks(300) {
+            store.write(chunk, &[]).await?;
+        }
+    }
+    for store in [&sqlite, &pg, &ts] {
+        for node in ["n1", "n2"] {
+            for metric in METRICS {
+                for bucket_s in [60u32, 3600] {
+                    let q = store.query(node, metric, T0, T0 + 3 * 3_600_000, bucket_s, 100_000).await?;
+                    let what = format!("{} {node} {metric} {bucket_s}s right after ingest", store.backend());
+                    same(&q.points, &expected(&all, node, metric, i64::from(bucket_s)), &what);
+                }
+            }
+        }
+    }
+    plain_db.cleanup().await?;
+    ts_db.cleanup().await
+}

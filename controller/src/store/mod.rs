@@ -46,6 +46,9 @@ pub enum PgFlavour {
     Timescale,
 }
 
+/// PostgreSQL advisory lock key of telling the schema and migrating ("fleetsch").
+const SCHEMA_LOCK: i64 = 0x666c_6565_7473_6368;
+
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -111,11 +114,25 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| ControllerError::Config(format!("cannot connect to --database-url: {e}")))?;
-        let flavour = pg_flavour(&pool, cfg.postgres_schema).await?;
-        match flavour {
-            PgFlavour::Plain => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-            PgFlavour::Timescale => sqlx::migrate!("./migrations/timescale").run(&pool).await?,
+        // One replica at a time tells the schema and migrates: another one
+        // migrating meanwhile shows tables half made (a plain table that is
+        // not yet partitioned looked like TimescaleDB's).
+        let mut lock = pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(SCHEMA_LOCK).execute(&mut *lock).await?;
+        let migrated = async {
+            let flavour = pg_flavour(&pool, cfg.postgres_schema).await?;
+            match flavour {
+                PgFlavour::Plain => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+                PgFlavour::Timescale => sqlx::migrate!("./migrations/timescale").run(&pool).await?,
+            }
+            Ok::<_, ControllerError>(flavour)
         }
+        .await;
+        if sqlx::query("SELECT pg_advisory_unlock($1)").bind(SCHEMA_LOCK).execute(&mut *lock).await.is_err() {
+            // The lock lives as long as the session: end it.
+            lock.detach();
+        }
+        let flavour = migrated?;
         let store = Store::Postgres(pool, flavour);
         match flavour {
             PgFlavour::Plain => {

@@ -31,10 +31,30 @@ fn rows_sql(table: &str, width: i64, raw: &str) -> String {
     )
 }
 
-const PG_RAW: &str = "SELECT (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, value, boot_id, seq FROM telemetry \
-     WHERE node_id = $1 AND metric = $2 AND ts >= 'epoch'::timestamptz + $5 * interval '1 millisecond' \
-       AND ts < 'epoch'::timestamptz + $6 * interval '1 millisecond'";
-const SQLITE_RAW: &str = "SELECT ts_ms, value, boot_id, seq FROM telemetry WHERE node_id = $1 AND metric = $2 AND ts_ms >= $5 AND ts_ms < $6";
+// Raw rows are read only between the first and the last dirty hour that
+// meet [$5, $6) (none when no hour is dirty): in a store rolled up, a query
+// over days reads the rollups alone. The bounds are taken in the same
+// statement as the dirty hours the query filters on, so they agree.
+const DIRTY_LO: &str =
+    "(SELECT COALESCE(min(hour_ms), $6) FROM rollup_dirty WHERE hour_ms > $5 - 3600000 AND hour_ms < $6)";
+const DIRTY_HI: &str =
+    "(SELECT COALESCE(max(hour_ms) + 3600000, $6) FROM rollup_dirty WHERE hour_ms > $5 - 3600000 AND hour_ms < $6)";
+
+fn pg_raw() -> String {
+    format!(
+        "SELECT (extract(epoch FROM ts) * 1000)::int8 AS ts_ms, value, boot_id, seq FROM telemetry \
+         WHERE node_id = $1 AND metric = $2 \
+           AND ts >= 'epoch'::timestamptz + GREATEST($5, {DIRTY_LO}) * interval '1 millisecond' \
+           AND ts < 'epoch'::timestamptz + LEAST($6, {DIRTY_HI}) * interval '1 millisecond'"
+    )
+}
+
+fn sqlite_raw() -> String {
+    format!(
+        "SELECT ts_ms, value, boot_id, seq FROM telemetry WHERE node_id = $1 AND metric = $2 \
+           AND ts_ms >= max($5, {DIRTY_LO}) AND ts_ms < min($6, {DIRTY_HI})"
+    )
+}
 
 impl Store {
     /// The rows of `table` (`telemetry_1m` or `telemetry_1h`) in buckets
@@ -51,7 +71,7 @@ impl Store {
         let (lo, hi) = (start_ms.div_euclid(width) * width, end_ms.div_euclid(width) * width + width);
         Ok(match self {
             Store::Postgres(p, _) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(rows_sql(table, width, PG_RAW)))
+                sqlx::query_as(sqlx::AssertSqlSafe(rows_sql(table, width, &pg_raw())))
                     .bind(node_id)
                     .bind(metric)
                     .bind(start_ms)
@@ -62,7 +82,7 @@ impl Store {
                     .await?
             }
             Store::Sqlite(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(rows_sql(table, width, SQLITE_RAW)))
+                sqlx::query_as(sqlx::AssertSqlSafe(rows_sql(table, width, &sqlite_raw())))
                     .bind(node_id)
                     .bind(metric)
                     .bind(start_ms)

@@ -27,7 +27,13 @@ pub struct ChildController {
 }
 
 impl ChildController {
-    pub async fn start(database_url: &str, kafka: Option<&str>, mqtt: Option<&str>) -> anyhow::Result<Self> {
+    /// `schema`: `storage.postgres_schema` (`postgres` or `timescaledb`).
+    pub async fn start(
+        database_url: &str,
+        kafka: Option<&str>,
+        mqtt: Option<&str>,
+        schema: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let broker = match mqtt {
             Some(url) => format!("url = \"{url}\""),
@@ -35,7 +41,7 @@ impl ChildController {
         };
         let mut cfg = format!(
             "database_url = \"{database_url}\"\ndata_dir = \"{}\"\n[mqtt]\n{broker}\n\
-             [grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\njob_interval = \"1h\"\npostgres_schema = \"postgres\"\n",
+             [grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\njob_interval = \"1h\"\npostgres_schema = \"{schema}\"\n",
             dir.path().join("data").display(),
             free_port()?,
         );

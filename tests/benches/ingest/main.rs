@@ -6,15 +6,17 @@
 //! (c) agent batches -> Kafka (librdkafka's mock cluster, or `--kafka` for a
 //!     real broker such as Tansu) -> controller's consumer group -> PostgreSQL,
 //! (d) agent batches -> MQTT -> controller -> SQLite,
+//! (e) as (a) and (b), into a TimescaleDB hypertable (COPY into a twin
+//!     hypertable, then the full path into the controller's),
 //! and prints rows/s of each, the controller's peak RSS on each path (it runs
-//! as a child process of the bench), and as its last line
-//! `ingest_vs_copy_ratio=<(b)/(a)>`.
+//! as a child process of the bench), `timescaledb_ingest_vs_copy_ratio=` and
+//! as its last line `ingest_vs_copy_ratio=<(b)/(a)>`.
 //!
 //! The controller runs on its production defaults (enrollment required, TLS,
 //! API tokens); the bench enrolls its nodes through the real `Enroll` first.
 //!
 //! `cargo run --release -p fleet-tests --bin ingest-bench [-- --database-url URL -n 1000000 --nodes 20 --batch 500
-//!  --kafka HOST:PORT --mqtt-url mqtt://HOST:PORT --only a,b,c,d]`
+//!  --kafka HOST:PORT --mqtt-url mqtt://HOST:PORT --only a,b,c,d,e]`
 //! The default URL is the PostgreSQL that scripts/test starts; each path works
 //! in a database of its own (`fleet_bench_<pid>_<path>`), dropped at the end.
 
@@ -124,7 +126,7 @@ impl Bench {
                 mock.bootstrap_servers()
             }
         };
-        let c = ChildController::start(url, Some(&brokers), self.mqtt.as_deref()).await?;
+        let c = ChildController::start(url, Some(&brokers), self.mqtt.as_deref(), "postgres").await?;
         let sealed: Vec<Sealed> = self.sealed(&c).await?.into_iter().map(|(_, s)| s).collect();
         let n = self.n;
         let (rate, rss) = c.measure(n as u64, || publish::kafka(brokers.clone(), sealed)).await?;
@@ -176,9 +178,9 @@ async fn main() -> anyhow::Result<()> {
         let only = bench.only.clone();
         if only.contains('a') || only.contains('b') {
             let url = new_db("mqtt").await?;
-            let c = ChildController::start(&url, None, bench.mqtt.as_deref()).await?;
+            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "postgres").await?;
             if only.contains('a') {
-                copy_rate = Some(copy(&url, &data, nodes).await?);
+                copy_rate = Some(copy(&url, &data, nodes, false).await?);
             }
             if only.contains('b') {
                 path_rate = Some(bench.over_mqtt(&c, "(b) agent batches -> MQTT -> controller -> PostgreSQL").await?);
@@ -189,8 +191,16 @@ async fn main() -> anyhow::Result<()> {
             bench.over_kafka(&new_db("kafka").await?).await?;
         }
         if only.contains('d') {
-            let c = ChildController::start("", None, bench.mqtt.as_deref()).await?;
+            let c = ChildController::start("", None, bench.mqtt.as_deref(), "postgres").await?;
             bench.over_mqtt(&c, "(d) agent batches -> MQTT -> controller -> SQLite").await?;
+            c.stop()?;
+        }
+        if only.contains('e') {
+            let url = new_db("tsdb").await?;
+            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "timescaledb").await?;
+            let copied = copy(&url, &data, nodes, true).await?;
+            let path = bench.over_mqtt(&c, "(e) agent batches -> MQTT -> controller -> TimescaleDB").await?;
+            println!("timescaledb_ingest_vs_copy_ratio={:.3}", path / copied);
             c.stop()?;
         }
         if let (Some(c), Some(p)) = (copy_rate, path_rate) {
@@ -207,10 +217,16 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-/// (a): raw binary COPY into a twin of the raw table, one connection.
-async fn copy(url: &str, data: &[Sample], nodes: usize) -> anyhow::Result<f64> {
+/// (a): raw binary COPY into a twin of the raw table, one connection (a
+/// hypertable with the same chunks on TimescaleDB).
+async fn copy(url: &str, data: &[Sample], nodes: usize, hypertable: bool) -> anyhow::Result<f64> {
     let mut pg = sqlx::PgConnection::connect(url).await?;
     sqlx::query("CREATE TABLE copy_target (LIKE telemetry INCLUDING ALL)").execute(&mut pg).await?;
+    if hypertable {
+        sqlx::query("SELECT create_hypertable('copy_target', 'ts', chunk_time_interval => INTERVAL '1 day')")
+            .execute(&mut pg)
+            .await?;
+    }
     let mut buf = Vec::with_capacity(data.len() * 90);
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags
@@ -242,6 +258,7 @@ async fn copy(url: &str, data: &[Sample], nodes: usize) -> anyhow::Result<f64> {
     let copied = copy.finish().await?;
     let s = t.elapsed().as_secs_f64();
     let rate = copied as f64 / s;
-    println!("(a) COPY (FORMAT binary), one connection: {copied} rows in {s:.2} s = {rate:.0} rows/s");
+    let into = if hypertable { "(e) COPY into a TimescaleDB hypertable" } else { "(a) COPY" };
+    println!("{into} (FORMAT binary), one connection: {copied} rows in {s:.2} s = {rate:.0} rows/s");
     Ok(rate)
 }
