@@ -11,7 +11,9 @@
 //! (ingest-bench measures that).
 //!
 //! `cargo run --release -p fleet-tests --bin store-bench [-- --days 7 --nodes 100
-//!  --backends sqlite,postgres,timescaledb --database-url URL]`
+//!  --backends sqlite,postgres,timescaledb --database-url URL --keep DIR]`
+//! `--keep DIR` keeps the stores (SQLite in `DIR/sqlite`, the PostgreSQL
+//! databases named) for a backup and restore drill at that size.
 
 use std::time::{Duration, Instant};
 
@@ -192,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let days: i64 = arg(&args, "--days").map_or(Ok(7), |v| v.parse())?;
     let nodes: i64 = arg(&args, "--nodes").map_or(Ok(100), |v| v.parse())?;
+    let keep = arg(&args, "--keep").map(std::path::PathBuf::from);
     let backends = arg(&args, "--backends").unwrap_or_else(|| "sqlite,postgres,timescaledb".into());
     let admin = arg(&args, "--database-url").unwrap_or_else(|| "postgres://fleet:fleet@127.0.0.1:5432/postgres".into());
     let now = fleet_proto::now_unix_ms();
@@ -202,8 +205,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{backend}: {days} days of {nodes} nodes at 1 Hz, {} samples", span.samples());
         if backend == "sqlite" {
             let dir = tempfile::tempdir()?;
-            let store = Store::open_sqlite(dir.path()).await?;
+            let path = keep.as_ref().map_or_else(|| dir.path().to_owned(), |k| k.join("sqlite"));
+            let store = Store::open_sqlite(&path).await?;
             bench(&store, &span, &cfg).await?;
+            if keep.is_some() {
+                println!("  kept: --data-dir {}", path.display());
+            }
             continue;
         }
         let mut conn = sqlx::PgConnection::connect(&admin).await?;

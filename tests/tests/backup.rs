@@ -103,15 +103,17 @@ fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let timescale = backend == Backend::Timescale;
-    let Some(old) = store(backend, d.join("controller"), test, true).await? else { return Ok(()) };
-    let Some(new) = store(backend, d.join("restored"), test, false).await? else { return Ok(()) };
-    let mqtt = free_port();
+/// The first controller on `old` with two enrolled agents streaming, and the
+/// operator's own copies of the CA, the admin token and an API token (in
+/// `d/saved`).
+async fn start_fleet(
+    d: &Path,
+    old: &Store,
+    timescale: bool,
+    mqtt: u16,
+) -> anyhow::Result<(ControllerProc, Vec<Proc>, PathBuf)> {
     std::fs::create_dir_all(d.join("before"))?;
-    let mut ctl = ControllerProc::start(&d.join("before"), &old.setup(timescale, mqtt)).await?;
+    let ctl = ControllerProc::start(&d.join("before"), &old.setup(timescale, mqtt)).await?;
     let url = format!("mqtt://127.0.0.1:{mqtt}");
     let mut agents: Vec<Proc> = Vec::new();
     for node in NODES {
@@ -119,7 +121,6 @@ async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
         enroll(&ctl, &cfg)?;
         agents.push(cluster::start_agent(node, d, &cfg, None, "warn")?);
     }
-    // The operator's own copies: the CA, the admin token, an API token.
     let saved = d.join("saved");
     std::fs::create_dir_all(saved.join("tls"))?;
     std::fs::copy(old.data.join("tls/ca.pem"), saved.join("tls/ca.pem"))?;
@@ -128,7 +129,17 @@ async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
     create.args(["api-tokens", "create", "drill-operator", "--role", "operator"]);
     std::fs::write(saved.join("operator.token"), output(create, "fleetctl api-tokens create")?.trim())?;
     std::fs::set_permissions(saved.join("operator.token"), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok((ctl, agents, saved))
+}
 
+async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let timescale = backend == Backend::Timescale;
+    let Some(old) = store(backend, d.join("controller"), test, true).await? else { return Ok(()) };
+    let Some(new) = store(backend, d.join("restored"), test, false).await? else { return Ok(()) };
+    let mqtt = free_port();
+    let (mut ctl, mut agents, saved) = start_fleet(d, &old, timescale, mqtt).await?;
     // Under load: rows committed before the backup starts must all come back.
     let before = stored(&old.url()).await?;
     let backup = d.join("backup");

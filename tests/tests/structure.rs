@@ -18,7 +18,7 @@ const MAX_FN_LINES: usize = 85;
 
 /// The controller's components, top (may import anything below) to bottom.
 const CONTROLLER_LAYERS: &[&[&str]] = &[
-    &["lib", "controller", "config", "inbound", "fleetctl", "bin"],
+    &["lib", "controller", "config", "inbound", "fleetctl", "backup", "bin"],
     &["api", "http"],
     &["desired", "jobs", "ingest", "security"],
     &["link"],
