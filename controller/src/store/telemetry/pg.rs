@@ -17,9 +17,12 @@ macro_rules! pg_insert {
          FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::float8[]) AS u(n, b, s, t, m, v)"
     };
 }
-const PG_INSERT: &str = pg_insert!();
 /// The same, skipping rows already stored (redeliveries).
 const PG_INSERT_SKIP: &str = concat!(pg_insert!(), " ON CONFLICT DO NOTHING");
+/// A write's rows by binary COPY (optimistic writes).
+const PG_COPY: &str = "COPY telemetry (node_id, boot_id, seq, ts, metric, value) FROM STDIN (FORMAT binary)";
+/// Milliseconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
+const PG_EPOCH_MS: i64 = 946_684_800_000;
 
 /// The rows of a write as column arrays, for one UNNEST statement.
 struct Columns<'a> {
@@ -55,32 +58,68 @@ impl<'a> Columns<'a> {
         c
     }
 
-    /// Inserts the rows: a plain INSERT costs about a third less than ON
-    /// CONFLICT DO NOTHING (measured here: 17 s vs 25 s a million rows), so
-    /// optimistic writes try it under a savepoint and fall back when a row
-    /// is already there. Returns the rows inserted.
-    async fn insert(&self, tx: &mut PgConnection, optimistic: bool) -> Result<u64, ControllerError> {
-        let insert = |sql: &'static str| {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&self.nodes)
-                .bind(&self.boots)
-                .bind(&self.seqs)
-                .bind(&self.ts)
-                .bind(&self.metrics)
-                .bind(&self.values)
+    /// The rows in PostgreSQL's binary COPY format; `None` when a time is
+    /// outside what this encoding is checked for (years 1 to 9999: such rows
+    /// go by INSERT, which says what is wrong).
+    fn copy_binary(&self) -> Option<Vec<u8>> {
+        const MIN_MS: i64 = -62_135_596_800_000;
+        const MAX_MS: i64 = 253_402_300_799_999;
+        if self.ts.iter().any(|t| !(MIN_MS..=MAX_MS).contains(t)) {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(19 + self.ts.len() * 96);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&[0; 8]); // flags, header extension
+        let field = |buf: &mut Vec<u8>, bytes: &[u8]| {
+            buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+            buf.extend_from_slice(bytes);
         };
-        if optimistic {
+        for i in 0..self.ts.len() {
+            buf.extend_from_slice(&6i16.to_be_bytes());
+            field(&mut buf, self.nodes[i].as_bytes());
+            field(&mut buf, self.boots[i].as_bytes());
+            field(&mut buf, &self.seqs[i].to_be_bytes());
+            field(&mut buf, &((self.ts[i] - PG_EPOCH_MS) * 1000).to_be_bytes());
+            field(&mut buf, self.metrics[i].as_bytes());
+            field(&mut buf, &self.values[i].to_be_bytes());
+        }
+        buf.extend_from_slice(&(-1i16).to_be_bytes());
+        Some(buf)
+    }
+
+    /// Inserts the rows. Optimistic writes (a writer that rarely sees
+    /// redeliveries) send them by binary COPY under a savepoint, PostgreSQL's
+    /// cheapest way in (multi-row inserts, no per-row conflict handling), and
+    /// fall back to INSERT ... ON CONFLICT DO NOTHING when a row is already
+    /// there. Returns the rows inserted.
+    async fn insert(&self, tx: &mut PgConnection, optimistic: bool) -> Result<u64, ControllerError> {
+        if optimistic && let Some(rows) = self.copy_binary() {
             let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-            match insert(PG_INSERT).execute(&mut *sp).await {
-                Ok(r) => {
+            let copied = async {
+                let mut copy = sp.copy_in_raw(PG_COPY).await?;
+                copy.send(rows).await?;
+                copy.finish().await
+            }
+            .await;
+            match copied {
+                Ok(n) => {
                     sp.commit().await?;
-                    return Ok(r.rows_affected());
+                    return Ok(n);
                 }
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => sp.rollback().await?,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(insert(PG_INSERT_SKIP).execute(&mut *tx).await?.rows_affected())
+        let r = sqlx::query(sqlx::AssertSqlSafe(PG_INSERT_SKIP))
+            .bind(&self.nodes)
+            .bind(&self.boots)
+            .bind(&self.seqs)
+            .bind(&self.ts)
+            .bind(&self.metrics)
+            .bind(&self.values)
+            .execute(&mut *tx)
+            .await?;
+        Ok(r.rows_affected())
     }
 }
 
