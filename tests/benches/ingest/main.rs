@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let bench = Bench {
         n,
         nodes,
-        only: arg(&args, "--only").unwrap_or_else(|| "a,b,c,d".into()),
+        only: arg(&args, "--only").unwrap_or_else(|| "a,b,c,d,e".into()),
         kafka: arg(&args, "--kafka"),
         // An external broker (e.g. the Mosquitto scripts/test starts on 18830)
         // instead of the embedded one: the controller's RSS is then its own,
