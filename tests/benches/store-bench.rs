@@ -232,9 +232,13 @@ async fn main() -> anyhow::Result<()> {
             r
         }
         .await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-            .execute(&mut conn)
-            .await?;
+        if keep.is_some() {
+            println!("  kept: --database-url {base}/{db}");
+        } else {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+                .execute(&mut conn)
+                .await?;
+        }
         result?;
     }
     Ok(())
