@@ -18,6 +18,7 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod desired;
 pub mod error;
 pub mod fleetctl;

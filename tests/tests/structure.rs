@@ -19,7 +19,7 @@ const MAX_FN_LINES: usize = 85;
 /// The controller's components, top (may import anything below) to bottom.
 const CONTROLLER_LAYERS: &[&[&str]] = &[
     &["lib", "controller", "config", "inbound", "fleetctl", "backup", "bin"],
-    &["api", "http"],
+    &["api", "http", "dashboard"],
     &["desired", "jobs", "ingest", "security"],
     &["link"],
     &["router", "registry", "usage"],
