@@ -117,6 +117,16 @@ impl Registry {
     }
 }
 
+/// A node's state word: `online`, `offline`, or `unknown` before its first status.
+#[must_use]
+pub fn state_word(n: &Node) -> &'static str {
+    match n.status.as_ref().map(|s| NodeState::try_from(s.state).unwrap_or_default()) {
+        Some(NodeState::Online) => "online",
+        Some(NodeState::Offline) => "offline",
+        _ => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

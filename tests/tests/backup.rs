@@ -96,13 +96,6 @@ fn fleetctl_saved(ctl: &ControllerProc, saved: &Path, token: &str, args: &[&str]
     output(cmd, &format!("fleetctl {} with the saved {token}", args.join(" ")))
 }
 
-fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd.output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success(), "{what} exited with {}: {text}", out.status);
-    Ok(text)
-}
-
 /// The first controller on `old` with two enrolled agents streaming, and the
 /// operator's own copies of the CA, the admin token and an API token (in
 /// `d/saved`).
@@ -145,7 +138,7 @@ async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
     let backup = d.join("backup");
     let mut cmd = old.controller_cmd()?;
     cmd.arg("backup").arg("--to").arg(&backup);
-    println!("{}", run(cmd, "fleet-controller backup")?.trim());
+    println!("{}", output(cmd, "fleet-controller backup")?.trim());
     let mut again = old.controller_cmd()?;
     again.arg("backup").arg("--to").arg(&backup);
     ensure!(again.output()?.status.code() == Some(2), "a second backup into the same directory is refused");
@@ -154,7 +147,7 @@ async fn drill(backend: Backend, test: &str) -> anyhow::Result<()> {
 
     let mut cmd = new.controller_cmd()?;
     cmd.arg("restore").arg("--from").arg(&backup);
-    println!("{}", run(cmd, "fleet-controller restore")?.trim());
+    println!("{}", output(cmd, "fleet-controller restore")?.trim());
     let mut twice = new.controller_cmd()?;
     twice.arg("restore").arg("--from").arg(&backup);
     let refused = twice.output()?;

@@ -6,8 +6,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use fleet_proto::v1::{Node, NodeState, PowerProfile};
+use fleet_proto::v1::{Node, PowerProfile};
 use serde::{Deserialize, Serialize};
+
+use crate::registry::state_word;
 
 /// Rows a page holds by default, and at most.
 pub const PER_PAGE: usize = 50;
@@ -80,22 +82,26 @@ pub struct FleetPage {
     pub rows: Vec<Row>,
 }
 
-/// `NODE_STATE_ONLINE` -> `online`; the unspecified value -> `unknown`.
-fn word(name: &str, prefix: &str) -> String {
-    let w = name.strip_prefix(prefix).unwrap_or(name).to_ascii_lowercase();
-    if w == "unspecified" { "unknown".into() } else { w }
+/// A power profile's word (as the agent names it).
+fn profile_word(p: PowerProfile) -> &'static str {
+    match p {
+        PowerProfile::Performance => "performance",
+        PowerProfile::Balanced => "balanced",
+        PowerProfile::Saver => "saver",
+        PowerProfile::Critical => "critical",
+        PowerProfile::Unspecified => "unknown",
+    }
 }
 
 fn row(n: &Node) -> Row {
     let s = n.status.clone().unwrap_or_default();
     let v = s.vitals.unwrap_or_default();
     let c = s.counters.unwrap_or_default();
-    let state = NodeState::try_from(s.state).unwrap_or_default();
     let profile = PowerProfile::try_from(s.power_profile).unwrap_or_default();
     Row {
         node_id: n.node_id.clone(),
-        state: if n.status.is_some() { word(state.as_str_name(), "NODE_STATE_") } else { "unknown".into() },
-        profile: word(profile.as_str_name(), "POWER_PROFILE_"),
+        state: state_word(n).to_owned(),
+        profile: profile_word(profile).to_owned(),
         battery_pct: v.battery_soc_pct,
         on_battery: v.on_battery,
         soc_temp_c: v.soc_temp_c,

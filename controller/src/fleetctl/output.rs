@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use fleet_proto::v1::{
     AuditRecord, BootstrapTokenInfo, DesiredStateView, GetUsageResponse, JobStatus, JobTimings, JobView, Node,
-    NodeState, QueryTelemetryResponse, Site, UsagePeriod,
+    QueryTelemetryResponse, Site, UsagePeriod,
 };
 use serde_json::{Value, json};
 
+use crate::registry::state_word;
 use crate::store::jobs::status_word as job_status;
 
 /// An RFC 3339 time (seconds), or "-" for none.
@@ -27,16 +28,6 @@ pub fn when(ms: i64) -> String {
 pub fn when_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
         .to_string()
-}
-
-/// A node's state word.
-#[must_use]
-pub fn state_name(n: &Node) -> &'static str {
-    match n.status.as_ref().map(|s| NodeState::try_from(s.state).unwrap_or_default()) {
-        Some(NodeState::Online) => "online",
-        Some(NodeState::Offline) => "offline",
-        _ => "unknown",
-    }
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -59,7 +50,7 @@ pub fn node_json(n: &Node) -> Value {
     let c = s.counters.unwrap_or_default();
     json!({
         "node_id": n.node_id,
-        "state": state_name(n),
+        "state": state_word(n),
         "boot_id": s.boot_id,
         "hostname": s.hostname,
         "agent_version": s.agent_version,
@@ -93,7 +84,7 @@ pub fn node_table(nodes: &[Node], now_ms: i64) -> String {
             out,
             "{:<24} {:<8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}",
             n.node_id,
-            state_name(n),
+            state_word(n),
             opt(v.cpu_usage_pct, "%"),
             opt(v.mem_used_pct, "%"),
             opt(v.soc_temp_c, "C"),
@@ -108,7 +99,7 @@ pub fn node_table(nodes: &[Node], now_ms: i64) -> String {
 /// One line of `nodes watch`: when, which node, its state.
 #[must_use]
 pub fn watch_line(n: &Node, now_ms: i64) -> String {
-    format!("{} {:<24} {}", now_ms, n.node_id, state_name(n))
+    format!("{} {:<24} {}", now_ms, n.node_id, state_word(n))
 }
 
 /// Bootstrap tokens with their state at `now_ms`.
@@ -413,7 +404,7 @@ pub fn pretty(v: &Value) -> Result<String, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::v1::{JobAttempt, NodeStatus, NodeVitals};
+    use fleet_proto::v1::{JobAttempt, NodeState, NodeStatus, NodeVitals};
 
     #[test]
     fn node_table_shows_state_vitals_and_age() {

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use fleet_proto::v1::{AgentCounters, NodeStatus, NodeVitals};
+use fleet_proto::v1::{AgentCounters, NodeState, NodeStatus, NodeVitals};
 
 use super::*;
 

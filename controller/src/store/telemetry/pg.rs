@@ -9,16 +9,12 @@ use crate::ControllerError;
 use crate::store::acks::RunMark;
 use crate::store::{i64_of, tiers};
 
-/// The bulk insert of a write's rows, from arrays (one statement a write).
-macro_rules! pg_insert {
-    () => {
-        "INSERT INTO telemetry (node_id, boot_id, seq, ts, metric, value) \
-         SELECT n, b, s, 'epoch'::timestamptz + t * interval '1 millisecond', m, v \
-         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::float8[]) AS u(n, b, s, t, m, v)"
-    };
-}
-/// The same, skipping rows already stored (redeliveries).
-const PG_INSERT_SKIP: &str = concat!(pg_insert!(), " ON CONFLICT DO NOTHING");
+/// The bulk insert of a write's rows, from arrays (one statement a write),
+/// skipping rows already stored (redeliveries).
+const PG_INSERT_SKIP: &str = "INSERT INTO telemetry (node_id, boot_id, seq, ts, metric, value) \
+     SELECT n, b, s, 'epoch'::timestamptz + t * interval '1 millisecond', m, v \
+     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::float8[]) AS u(n, b, s, t, m, v) \
+     ON CONFLICT DO NOTHING";
 /// A write's rows by binary COPY (optimistic writes).
 const PG_COPY: &str = "COPY telemetry (node_id, boot_id, seq, ts, metric, value) FROM STDIN (FORMAT binary)";
 /// Milliseconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
@@ -58,58 +54,8 @@ impl<'a> Columns<'a> {
         c
     }
 
-    /// The rows in PostgreSQL's binary COPY format; `None` when a time is
-    /// outside what this encoding is checked for (years 1 to 9999: such rows
-    /// go by INSERT, which says what is wrong).
-    fn copy_binary(&self) -> Option<Vec<u8>> {
-        const MIN_MS: i64 = -62_135_596_800_000;
-        const MAX_MS: i64 = 253_402_300_799_999;
-        if self.ts.iter().any(|t| !(MIN_MS..=MAX_MS).contains(t)) {
-            return None;
-        }
-        let mut buf = Vec::with_capacity(19 + self.ts.len() * 96);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&[0; 8]); // flags, header extension
-        let field = |buf: &mut Vec<u8>, bytes: &[u8]| {
-            buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
-            buf.extend_from_slice(bytes);
-        };
-        for i in 0..self.ts.len() {
-            buf.extend_from_slice(&6i16.to_be_bytes());
-            field(&mut buf, self.nodes[i].as_bytes());
-            field(&mut buf, self.boots[i].as_bytes());
-            field(&mut buf, &self.seqs[i].to_be_bytes());
-            field(&mut buf, &((self.ts[i] - PG_EPOCH_MS) * 1000).to_be_bytes());
-            field(&mut buf, self.metrics[i].as_bytes());
-            field(&mut buf, &self.values[i].to_be_bytes());
-        }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
-        Some(buf)
-    }
-
-    /// Inserts the rows. Optimistic writes (a writer that rarely sees
-    /// redeliveries) send them by binary COPY under a savepoint, PostgreSQL's
-    /// cheapest way in (multi-row inserts, no per-row conflict handling), and
-    /// fall back to INSERT ... ON CONFLICT DO NOTHING when a row is already
-    /// there. Returns the rows inserted.
-    async fn insert(&self, tx: &mut PgConnection, optimistic: bool) -> Result<u64, ControllerError> {
-        if optimistic && let Some(rows) = self.copy_binary() {
-            let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-            let copied = async {
-                let mut copy = sp.copy_in_raw(PG_COPY).await?;
-                copy.send(rows).await?;
-                copy.finish().await
-            }
-            .await;
-            match copied {
-                Ok(n) => {
-                    sp.commit().await?;
-                    return Ok(n);
-                }
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => sp.rollback().await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// Inserts the rows, skipping those already stored.
+    async fn insert_skip(&self, tx: &mut PgConnection) -> Result<u64, ControllerError> {
         let r = sqlx::query(sqlx::AssertSqlSafe(PG_INSERT_SKIP))
             .bind(&self.nodes)
             .bind(&self.boots)
@@ -123,6 +69,64 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// The rows of `batches` in PostgreSQL's binary COPY format; `None` when a
+/// time is outside what this encoding is checked for (years 1 to 9999: such
+/// rows go by INSERT, which says what is wrong).
+fn copy_binary(batches: &[TelemetryBatch]) -> Option<Vec<u8>> {
+    const MIN_MS: i64 = -62_135_596_800_000;
+    const MAX_MS: i64 = 253_402_300_799_999;
+    let rows: usize = batches.iter().map(|b| b.samples.len()).sum();
+    let mut buf = Vec::with_capacity(21 + rows * 96);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&[0; 8]); // flags, header extension
+    let field = |buf: &mut Vec<u8>, bytes: &[u8]| {
+        buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+        buf.extend_from_slice(bytes);
+    };
+    for b in batches {
+        for (i, s) in b.samples.iter().enumerate() {
+            if !(MIN_MS..=MAX_MS).contains(&s.time_unix_ms) {
+                return None;
+            }
+            buf.extend_from_slice(&6i16.to_be_bytes());
+            field(&mut buf, b.node_id.as_bytes());
+            field(&mut buf, b.boot_id.as_bytes());
+            field(&mut buf, &i64_of(b.first_seq + i as u64).to_be_bytes());
+            field(&mut buf, &((s.time_unix_ms - PG_EPOCH_MS) * 1000).to_be_bytes());
+            field(&mut buf, s.metric.as_bytes());
+            field(&mut buf, &s.value.to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Some(buf)
+}
+
+/// Inserts the rows of `batches`. Optimistic writes (a writer that rarely
+/// sees redeliveries) send them by binary COPY under a savepoint,
+/// PostgreSQL's cheapest way in (multi-row inserts, no per-row conflict
+/// handling), and fall back to INSERT ... ON CONFLICT DO NOTHING when a row
+/// is already there. Returns the rows inserted.
+async fn insert(tx: &mut PgConnection, batches: &[TelemetryBatch], optimistic: bool) -> Result<u64, ControllerError> {
+    if optimistic && let Some(rows) = copy_binary(batches) {
+        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+        let copied = async {
+            let mut copy = sp.copy_in_raw(PG_COPY).await?;
+            copy.send(rows).await?;
+            copy.finish().await
+        }
+        .await;
+        match copied {
+            Ok(n) => {
+                sp.commit().await?;
+                return Ok(n);
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => sp.rollback().await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Columns::of(batches).insert_skip(tx).await
+}
+
 /// Writes the rows of `batches` and the marks of `runs` in one transaction.
 pub(super) async fn write(
     pool: &PgPool,
@@ -130,13 +134,12 @@ pub(super) async fn write(
     runs: &[RunRange],
     optimistic: bool,
 ) -> Result<Written, ControllerError> {
-    let columns = Columns::of(batches);
     let keys = run_keys(runs);
     let key_nodes: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let key_boots: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let mut tx = pool.begin().await?;
     let (marks, had_ranges) = lock_marks(&mut tx, &keys, (&key_nodes, &key_boots), runs).await?;
-    let inserted = columns.insert(&mut tx, optimistic).await?;
+    let inserted = insert(&mut tx, batches, optimistic).await?;
     let hours = tiers::dirty_hours(batches);
     if !hours.is_empty() {
         sqlx::query(
