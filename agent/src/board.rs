@@ -36,6 +36,8 @@ pub struct HardwareConfig {
     pub sim_mains: bool,
     /// Initial state of charge of the simulated battery; negative: from the seed. Default -1.
     pub sim_initial_soc_pct: f64,
+    /// While this file exists the simulated mains plug is pulled. Default: none.
+    pub sim_unplug_file: Option<PathBuf>,
 }
 
 impl Default for HardwareConfig {
@@ -48,6 +50,7 @@ impl Default for HardwareConfig {
             sim_time_scale: 1.0,
             sim_mains: true,
             sim_initial_soc_pct: -1.0,
+            sim_unplug_file: None,
         }
     }
 }
@@ -61,6 +64,7 @@ pub fn board(cfg: &HardwareConfig) -> Box<dyn Board> {
             let mut sim = SimConfig::pi_on_ups(cfg.sim_seed);
             sim.time_scale = cfg.sim_time_scale;
             sim.input = fleet_hardware::sim::SimInput::Mains { on: cfg.sim_mains };
+            sim.unplug_file.clone_from(&cfg.sim_unplug_file);
             if cfg.sim_initial_soc_pct >= 0.0 {
                 sim.initial_soc_pct = cfg.sim_initial_soc_pct;
             }

@@ -14,8 +14,9 @@ use crate::api::Api;
 use crate::api::server::Server;
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
+use crate::dashboard::Dashboard;
 use crate::desired::DesiredStates;
-use crate::http::Http;
+use crate::http::{Http, HttpTls};
 use crate::inbound::Owners;
 use crate::ingest::Ingest;
 use crate::jobs::JobManager;
@@ -69,7 +70,7 @@ impl ApiAccess {
 pub struct Controller {
     /// gRPC FleetService address.
     pub grpc_addr: SocketAddr,
-    /// HTTP (/metrics, /healthz) address.
+    /// HTTP (/metrics, /healthz, the dashboard) address.
     pub http_addr: SocketAddr,
     /// The broker agents should use.
     pub mqtt_url: String,
@@ -108,7 +109,7 @@ impl Controller {
         // Before any listener: the admin token and TLS files exist, the overlay is up.
         let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
-        let http = bind(cfg.http.listen, "HTTP metrics listener", "--http-listen").await?;
+        let http = bind(cfg.http.listen, "HTTP listener (metrics, dashboard)", "--http-listen").await?;
         let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
         let (tasks, metrics) = (TaskTracker::new(), Arc::new(Metrics::new()));
         let registry = Registry::new(metrics.clone());
@@ -158,7 +159,7 @@ impl Controller {
             let changes = services.changes.subscribe();
             tasks.spawn(security::overlay::keep_in_step(iface, store.clone(), changes, shutdown.clone()));
         }
-        let api = Api {
+        let api = Arc::new(Api {
             registry: registry.clone(),
             store: store.clone(),
             shutdown: shutdown.clone(),
@@ -168,12 +169,18 @@ impl Controller {
             rotation: services.rotation,
             controller_key: services.controller_key,
             usage: usage.clone(),
-        };
+        });
         let access = api_access(&cfg, &prepared, grpc_addr);
+        let http_tls = match (&prepared.tls, cfg.http.tls) {
+            (Some(t), HttpTls::Auto) => Some(crate::http::tls::server_config(&t.cert_pem, &t.key_pem.0)?),
+            _ => None,
+        };
+        let transport = crate::http::transport(http_addr, http_tls.is_some());
+        let dashboard = Arc::new(Dashboard::new(api.clone(), services.guard.clone(), transport)?);
         let tls = prepared.tls.map(|t| t.config);
         let server = Server::new(grpc, tls, api, Enrollment(services.security), services.guard)?;
         tasks.spawn(server.run(shutdown.clone()));
-        tasks.spawn(Http::new(http, metrics.clone(), store.clone()).run(shutdown.clone()));
+        tasks.spawn(Http::new(http, http_tls, metrics.clone(), store.clone(), dashboard).run(shutdown.clone()));
         tasks.close();
         tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
         Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks, verifier, usage })

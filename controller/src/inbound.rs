@@ -1,7 +1,7 @@
 //! Where each verified inbound message goes: the one table that joins the
 //! link to its owners. Telemetry to ingest's queue, status to the live view,
 //! reported state to the key rotation and the live view, job results to the
-//! job manager, the broker's dynamic-security answers to the log.
+//! job manager, events to the live view's recent events, the broker's dynamic-security answers to the log.
 
 use std::sync::Arc;
 
@@ -43,6 +43,7 @@ impl Deliver for Owners {
                 let node = r.node_id.clone();
                 self.jobs.on_result(&node, r);
             }
+            Inbound::Event(e) => self.registry.record_event(e),
             Inbound::DynsecAnswer(body) => dynsec::log_response(&body),
         }
         Ok(())

@@ -1,16 +1,18 @@
 //! The hot tier: the controller's live, in-memory view of every node, fed by
 //! status messages and telemetry, read by the API (and later the router).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 
-use fleet_proto::v1::{Node, NodeState, NodeStatus};
+use fleet_proto::v1::{Event, Node, NodeState, NodeStatus, PowerProfile};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
 
 /// Changes buffered per watcher before it is told it lagged.
 const WATCH_BUFFER: usize = 1024;
+/// Recent events kept per node (the dashboard's node page), the oldest dropped first.
+pub const EVENTS_PER_NODE: usize = 16;
 
 /// The live view. Cheap to clone.
 #[derive(Clone)]
@@ -18,6 +20,8 @@ pub struct Registry {
     nodes: Arc<RwLock<HashMap<String, Node>>>,
     // Every change goes here; each WatchNodes stream holds a receiver.
     changes: broadcast::Sender<Node>,
+    /// Each node's latest events, newest last (in memory only: Kafka consumers keep the history).
+    events: Arc<Mutex<HashMap<String, VecDeque<Event>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -25,7 +29,7 @@ impl Registry {
     #[must_use]
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
-        Self { nodes: Arc::default(), changes, metrics }
+        Self { nodes: Arc::default(), changes, events: Arc::default(), metrics }
     }
 
     fn with_nodes<R>(&self, f: impl FnOnce(&mut HashMap<String, Node>) -> R) -> R {
@@ -110,6 +114,29 @@ impl Registry {
         guard.get(node_id).cloned()
     }
 
+    /// Runs `f` on every node without copying them (the read lock is held meanwhile).
+    pub fn read<R>(&self, f: impl FnOnce(&HashMap<String, Node>) -> R) -> R {
+        let guard = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&guard)
+    }
+
+    /// Keeps a node's event (a verified one) among its latest [`EVENTS_PER_NODE`].
+    pub fn record_event(&self, event: Event) {
+        let mut all = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kept = all.entry(event.node_id.clone()).or_default();
+        if kept.len() >= EVENTS_PER_NODE {
+            kept.pop_front();
+        }
+        kept.push_back(event);
+    }
+
+    /// A node's latest events, newest first.
+    #[must_use]
+    pub fn events(&self, node_id: &str) -> Vec<Event> {
+        let all = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.get(node_id).map(|k| k.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
     /// A receiver of every future change.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<Node> {
@@ -123,6 +150,18 @@ pub fn state_word(n: &Node) -> &'static str {
     match n.status.as_ref().map(|s| NodeState::try_from(s.state).unwrap_or_default()) {
         Some(NodeState::Online) => "online",
         Some(NodeState::Offline) => "offline",
+        _ => "unknown",
+    }
+}
+
+/// A node's power profile word, as the agent names it (`unknown` before its first status).
+#[must_use]
+pub fn profile_word(n: &Node) -> &'static str {
+    match n.status.as_ref().map(|s| PowerProfile::try_from(s.power_profile).unwrap_or_default()) {
+        Some(PowerProfile::Performance) => "performance",
+        Some(PowerProfile::Balanced) => "balanced",
+        Some(PowerProfile::Saver) => "saver",
+        Some(PowerProfile::Critical) => "critical",
         _ => "unknown",
     }
 }

@@ -38,6 +38,9 @@ pub struct SimConfig {
     /// Simulated seconds per real second the agent lets pass (1 = real time;
     /// 3600 drains a battery in seconds for a demo or a test).
     pub time_scale: f64,
+    /// While this file exists the mains plug is pulled (a demo or a browser
+    /// test drains one battery without restarting anything).
+    pub unplug_file: Option<std::path::PathBuf>,
 }
 
 impl SimConfig {
@@ -57,6 +60,7 @@ impl SimConfig {
             thermal_tau: Duration::from_secs(120),
             noise: 0.2,
             time_scale: 1.0,
+            unplug_file: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct SimBoard {
     load: f64,
     fan: SimFan,
     governor: SimGovernor,
+    /// Whether `unplug_file` existed at the last step.
+    unplugged: bool,
 }
 
 /// The simulated fan: at full duty it halves the SoC's rise over ambient.
@@ -134,6 +140,7 @@ impl SimBoard {
             load: 0.0,
             fan: SimFan::default(),
             governor: SimGovernor { current: "ondemand".into() },
+            unplugged: false,
         }
     }
 
@@ -151,7 +158,7 @@ impl SimBoard {
     fn input_w(&self) -> f64 {
         match self.cfg.input {
             SimInput::Mains { on } => {
-                if on {
+                if on && !self.unplugged {
                     15.0
                 } else {
                     0.0
@@ -228,6 +235,9 @@ impl Board for SimBoard {
 
     fn advance(&mut self, dt: Duration, cpu_load: f64) {
         self.load = cpu_load.clamp(0.0, 1.0);
+        if let Some(f) = &self.cfg.unplug_file {
+            self.unplugged = f.exists();
+        }
         let dt = dt.mul_f64(self.cfg.time_scale.max(0.0));
         let dt_s = dt.as_secs_f64();
         let net_w = self.input_w().min(self.load_w() + 10.0) - self.load_w();
@@ -259,6 +269,22 @@ mod tests {
     fn same_seed_same_readings() {
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn an_unplug_file_pulls_the_mains_plug_while_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SimConfig::pi_on_ups(1);
+        cfg.unplug_file = Some(dir.path().join("unplugged"));
+        let mut b = SimBoard::new(cfg);
+        b.advance(Duration::from_secs(1), 0.1);
+        assert_eq!(b.read_power().unwrap().input_present, Some(true));
+        std::fs::write(dir.path().join("unplugged"), "").unwrap();
+        b.advance(Duration::from_secs(1), 0.1);
+        assert_eq!(b.read_power().unwrap().input_present, Some(false));
+        std::fs::remove_file(dir.path().join("unplugged")).unwrap();
+        b.advance(Duration::from_secs(1), 0.1);
+        assert_eq!(b.read_power().unwrap().input_present, Some(true));
     }
 
     #[test]

@@ -65,6 +65,9 @@ struct Cli {
     sim_slowdown: f64,
 }
 
+/// In an agent's data directory: while it exists, that simulated node runs on its battery.
+const UNPLUG_FILE: &str = "unplugged";
+
 /// mimalloc: model inference allocates and frees megabytes per layer; glibc
 /// hands such blocks back to the kernel and faults them in again.
 #[global_allocator]
@@ -112,6 +115,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let agents = start_agents(&cli, &mqtt_url, &access, &agents_stop).await?;
     println!("  agents       {} simulated ({}-000 ...), interval {}", cli.agents, cli.node_prefix, cli.interval);
+    println!(
+        "               pull a simulated mains plug: touch {}",
+        cli.data_dir.join("agents").join(format!("{}-000", cli.node_prefix)).join(UNPLUG_FILE).display()
+    );
     println!("Ctrl-C stops everything.");
     let started = Instant::now();
     report_until_stopped(&cli, &access, started).await;
@@ -147,7 +154,8 @@ async fn start_controller(cli: &Cli, stop: CancellationToken) -> anyhow::Result<
     let mut cfg = ControllerConfig {
         data_dir: cli.data_dir.join("controller"),
         grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen },
-        http: fleet_controller::http::HttpConfig { listen: cli.http_listen },
+        // Plain HTTP on loopback (the dashboard says so): a browser on this machine needs no CA.
+        http: fleet_controller::http::HttpConfig { listen: cli.http_listen, tls: fleet_controller::http::HttpTls::Off },
         mqtt: fleet_controller::link::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },
         ..Default::default()
     };
@@ -160,6 +168,14 @@ async fn start_controller(cli: &Cli, stop: CancellationToken) -> anyhow::Result<
     );
     if let (Some(ca), Some(token)) = (&c.api.ca_file, &c.api.token_file) {
         println!("  TLS CA       {}   admin token {}", ca.display(), token.display());
+    }
+    match &c.api.token_file {
+        Some(token) => println!(
+            "  dashboard    http://{}/   log in with the admin token: the text of {}",
+            c.http_addr,
+            token.display()
+        ),
+        None => println!("  dashboard    http://{}/   (API tokens are off: no login)", c.http_addr),
     }
     println!("  metrics      http://{}/metrics", c.http_addr);
     println!("  MQTT broker  {}", c.mqtt_url);
@@ -186,6 +202,7 @@ async fn start_agents(
         cfg.telemetry.status_interval = Duration::from_secs(10);
         cfg.hardware.backend = HardwareBackend::Sim;
         cfg.hardware.sim_seed = i as u64;
+        cfg.hardware.sim_unplug_file = Some(cfg.data_dir.join(UNPLUG_FILE));
         cfg.labels.insert("site".into(), format!("site-{}", i % 3));
         cfg.inference.model_dir = cli.model_dir.clone().unwrap_or_default();
         cfg.inference.sim_slowdown = cli.sim_slowdown;

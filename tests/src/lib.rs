@@ -16,13 +16,14 @@ pub mod lazyfs;
 pub mod need;
 pub mod procs;
 pub mod spool_files;
+pub mod web;
 
 use anyhow::{Context, bail};
 use fleet_agent::board::HardwareBackend;
 use fleet_agent::config::AgentConfig;
 use fleet_controller::api::server::GrpcConfig;
 use fleet_controller::config::ControllerConfig;
-use fleet_controller::http::HttpConfig;
+use fleet_controller::http::{HttpConfig, HttpTls};
 use fleet_controller::store::{PostgresSchema, StorageConfig};
 use fleet_net::client::FleetClient;
 use fleet_proto::v1::{ListNodesRequest, Node, NodeState};
@@ -241,7 +242,8 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
         data_dir: data_dir.to_owned(),
         database_url: database_url.to_owned(),
         grpc: GrpcConfig { listen: any_port() },
-        http: HttpConfig { listen: any_port() },
+        // Plain HTTP: tests read /metrics with `http_get`; tests/tests/dashboard.rs covers TLS.
+        http: HttpConfig { listen: any_port(), tls: HttpTls::Off },
         ..Default::default()
     };
     cfg.mqtt.url = mqtt_url.to_owned();

@@ -45,7 +45,7 @@ fn controller_toml(
     let text = format!(
         "database_url = \"{db}\"\ndata_dir = \"{data}\"\n\
          [mqtt]\nurl = \"{mqtt_url}\"\nshared_group = \"fleet-ingest\"\n\
-         [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[http]\nlisten = \"{http}\"\n\
+         [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[http]\nlisten = \"{http}\"\ntls = \"off\"\n\
          [storage]\njob_interval = \"500ms\"\npostgres_schema = \"postgres\"\n\
          [security]\nrequire_enrollment = false\n{kafka}",
         data = dir.join(name).display(),

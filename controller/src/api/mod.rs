@@ -1,8 +1,10 @@
-//! The gRPC API: the `FleetService` calls (this file) and the server that
-//! serves them with health, reflection, TLS and the token guard (`server`).
+//! The gRPC API: the `FleetService` calls (this file), the server that
+//! serves them with health, reflection, TLS and the token guard (`server`),
+//! and the JSON form of their answers (`json`).
 
 use std::pin::Pin;
 
+pub mod json;
 pub mod server;
 
 use fleet_proto::v1::fleet_service_server::FleetService;

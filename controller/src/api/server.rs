@@ -35,7 +35,7 @@ impl Default for GrpcConfig {
 pub struct Server {
     listener: TcpListener,
     builder: tonic::transport::Server,
-    api: Api,
+    api: Arc<Api>,
     enrollment: Enrollment,
     guard: Arc<Guard>,
 }
@@ -48,7 +48,7 @@ impl Server {
     pub fn new(
         listener: TcpListener,
         tls: Option<ServerTlsConfig>,
-        api: Api,
+        api: Arc<Api>,
         enrollment: Enrollment,
         guard: Arc<Guard>,
     ) -> Result<Self, ControllerError> {
@@ -80,7 +80,7 @@ impl Server {
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(EnrollmentServiceServer::new(self.enrollment))
-            .add_service(Guarded::new(FleetServiceServer::new(self.api), self.guard))
+            .add_service(Guarded::new(FleetServiceServer::from_arc(self.api), self.guard))
             .serve_with_incoming_shutdown(
                 // No Nagle: a small answer must not wait for the client's delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),

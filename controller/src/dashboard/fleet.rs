@@ -6,10 +6,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use fleet_proto::v1::{Node, PowerProfile};
+use fleet_proto::v1::Node;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::state_word;
+use crate::registry::{profile_word, state_word};
 
 /// Rows a page holds by default, and at most.
 pub const PER_PAGE: usize = 50;
@@ -82,26 +82,43 @@ pub struct FleetPage {
     pub rows: Vec<Row>,
 }
 
-/// A power profile's word (as the agent names it).
-fn profile_word(p: PowerProfile) -> &'static str {
-    match p {
-        PowerProfile::Performance => "performance",
-        PowerProfile::Balanced => "balanced",
-        PowerProfile::Saver => "saver",
-        PowerProfile::Critical => "critical",
-        PowerProfile::Unspecified => "unknown",
+/// What filtering and sorting read of one node, borrowed.
+struct View<'a> {
+    node: &'a Node,
+    state: &'static str,
+    profile: &'static str,
+    battery: Option<f64>,
+    temp: Option<f64>,
+    cpu: Option<f64>,
+    spool_bytes: u64,
+    version: &'a str,
+}
+
+fn view(n: &Node) -> View<'_> {
+    let s = n.status.as_ref();
+    let v = s.and_then(|s| s.vitals).unwrap_or_default();
+    View {
+        node: n,
+        state: state_word(n),
+        profile: profile_word(n),
+        battery: v.battery_soc_pct,
+        temp: v.soc_temp_c,
+        cpu: v.cpu_usage_pct,
+        spool_bytes: s.and_then(|s| s.counters.as_ref()).map_or(0, |c| c.spool_bytes),
+        version: s.map_or("", |s| s.agent_version.as_str()),
     }
 }
 
-fn row(n: &Node) -> Row {
+/// One row, for the nodes of the page only.
+#[must_use]
+pub fn row(n: &Node) -> Row {
     let s = n.status.clone().unwrap_or_default();
     let v = s.vitals.unwrap_or_default();
     let c = s.counters.unwrap_or_default();
-    let profile = PowerProfile::try_from(s.power_profile).unwrap_or_default();
     Row {
         node_id: n.node_id.clone(),
         state: state_word(n).to_owned(),
-        profile: profile_word(profile).to_owned(),
+        profile: profile_word(n).to_owned(),
         battery_pct: v.battery_soc_pct,
         on_battery: v.on_battery,
         soc_temp_c: v.soc_temp_c,
@@ -114,15 +131,16 @@ fn row(n: &Node) -> Row {
     }
 }
 
-fn keeps(r: &Row, q: &FleetQuery, search: Option<&str>) -> bool {
+fn keeps(v: &View<'_>, q: &FleetQuery, search: Option<&str>) -> bool {
+    let labels = v.node.status.as_ref().map(|s| &s.labels);
     let label = q.label.as_deref().is_none_or(|l| match l.split_once('=') {
-        Some((k, v)) => r.labels.get(k).is_some_and(|x| x == v),
-        None => r.labels.contains_key(l),
+        Some((k, want)) => labels.and_then(|m| m.get(k)).is_some_and(|x| x == want),
+        None => labels.is_some_and(|m| m.contains_key(l)),
     });
-    q.state.as_deref().is_none_or(|s| r.state == s)
-        && q.profile.as_deref().is_none_or(|p| r.profile == p)
+    q.state.as_deref().is_none_or(|s| v.state == s)
+        && q.profile.as_deref().is_none_or(|p| v.profile == p)
         && label
-        && search.is_none_or(|s| r.node_id.to_ascii_lowercase().contains(s))
+        && search.is_none_or(|s| v.node.node_id.to_ascii_lowercase().contains(s))
 }
 
 /// Missing values sort last whichever the direction.
@@ -138,38 +156,39 @@ fn by_opt(a: Option<f64>, b: Option<f64>, desc: bool) -> Ordering {
     }
 }
 
-fn compare(a: &Row, b: &Row, key: SortKey, desc: bool) -> Ordering {
+fn compare(a: &View<'_>, b: &View<'_>, key: SortKey, desc: bool) -> Ordering {
     let dir = |o: Ordering| if desc { o.reverse() } else { o };
+    let (an, bn) = (a.node, b.node);
     let o = match key {
         SortKey::Id => Ordering::Equal,
-        SortKey::State => dir(a.state.cmp(&b.state)),
-        SortKey::Profile => dir(a.profile.cmp(&b.profile)),
-        SortKey::Battery => by_opt(a.battery_pct, b.battery_pct, desc),
-        SortKey::Temp => by_opt(a.soc_temp_c, b.soc_temp_c, desc),
-        SortKey::Cpu => by_opt(a.cpu_pct, b.cpu_pct, desc),
+        SortKey::State => dir(a.state.cmp(b.state)),
+        SortKey::Profile => dir(a.profile.cmp(b.profile)),
+        SortKey::Battery => by_opt(a.battery, b.battery, desc),
+        SortKey::Temp => by_opt(a.temp, b.temp, desc),
+        SortKey::Cpu => by_opt(a.cpu, b.cpu, desc),
         SortKey::Backlog => dir(a.spool_bytes.cmp(&b.spool_bytes)),
-        SortKey::LastSeen => dir(a.last_seen_unix_ms.cmp(&b.last_seen_unix_ms)),
-        SortKey::Version => dir(a.agent_version.cmp(&b.agent_version)),
+        SortKey::LastSeen => dir(an.last_seen_unix_ms.cmp(&bn.last_seen_unix_ms)),
+        SortKey::Version => dir(a.version.cmp(b.version)),
     };
     // Ties (and the id sort) by id, so pages never overlap.
-    o.then_with(|| if key == SortKey::Id { dir(a.node_id.cmp(&b.node_id)) } else { a.node_id.cmp(&b.node_id) })
+    o.then_with(|| if key == SortKey::Id { dir(an.node_id.cmp(&bn.node_id)) } else { an.node_id.cmp(&bn.node_id) })
 }
 
-/// The page `q` asks for out of `nodes`.
+/// The page `q` asks for out of `nodes` (read in place: only the page's rows are copied).
 #[must_use]
-pub fn page(nodes: &[Node], q: &FleetQuery) -> FleetPage {
+pub fn page<'a>(nodes: impl IntoIterator<Item = &'a Node>, q: &FleetQuery) -> FleetPage {
     let per_page = if q.per_page == 0 { PER_PAGE } else { q.per_page.min(MAX_PER_PAGE) };
     let search = q.q.as_deref().map(str::to_ascii_lowercase).filter(|s| !s.is_empty());
-    let (mut by_state, mut by_profile) = (BTreeMap::new(), BTreeMap::new());
+    let mut counts = Counts::default();
     let mut kept = Vec::new();
     for n in nodes {
-        let r = row(n);
-        *by_state.entry(r.state.clone()).or_insert(0) += 1;
-        *by_profile.entry(r.profile.clone()).or_insert(0) += 1;
-        if keeps(&r, q, search.as_deref()) {
-            kept.push(r);
+        let v = view(n);
+        counts.add(&v);
+        if keeps(&v, q, search.as_deref()) {
+            kept.push(v);
         }
     }
+    let Counts { total, by_state, by_profile } = counts;
     let matching = kept.len();
     let start = q.page.saturating_mul(per_page).min(matching);
     let end = start.saturating_add(per_page).min(matching);
@@ -179,8 +198,43 @@ pub fn page(nodes: &[Node], q: &FleetQuery) -> FleetPage {
         kept.truncate(end);
     }
     kept.sort_unstable_by(|a, b| compare(a, b, q.sort, q.desc));
-    let rows = kept.drain(start..end).collect();
-    FleetPage { total: nodes.len(), matching, by_state, by_profile, page: q.page, per_page, rows }
+    let rows = kept[start..end].iter().map(|v| row(v.node)).collect();
+    FleetPage { total, matching, by_state, by_profile, page: q.page, per_page, rows }
+}
+
+/// Nodes by state and by power profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub by_state: BTreeMap<String, usize>,
+    pub by_profile: BTreeMap<String, usize>,
+}
+
+impl Counts {
+    /// The counts of `nodes`.
+    #[must_use]
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        let mut c = Self::default();
+        for n in nodes {
+            c.add(&view(n));
+        }
+        c
+    }
+
+    fn add(&mut self, v: &View<'_>) {
+        self.total += 1;
+        count(&mut self.by_state, v.state);
+        count(&mut self.by_profile, v.profile);
+    }
+}
+
+fn count(m: &mut BTreeMap<String, usize>, word: &str) {
+    match m.get_mut(word) {
+        Some(n) => *n += 1,
+        None => {
+            m.insert(word.to_owned(), 1);
+        }
+    }
 }
 
 #[cfg(test)]

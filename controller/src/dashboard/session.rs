@@ -1,6 +1,6 @@
 //! The dashboard's sessions: a login with an API token gets a random session
 //! id (the cookie; only its hash is kept) and a CSRF token every mutating
-//! request must echo. Sessions live in memory, at most [`MAX_SESSIONS`],
+//! request must echo (kept, so a reloaded page gets it again). Sessions live in memory, at most [`MAX_SESSIONS`],
 //! each for [`SESSION_TTL`]; they keep the API token's hash, not the token,
 //! so each request can check the token is still valid (a revoke ends its
 //! sessions).
@@ -18,14 +18,14 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// One logged-in browser.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Session {
     /// The API token's name and hash (looked up again on each request).
     pub token_name: String,
     pub token_hash: String,
     pub role: Role,
-    /// Hash of the CSRF token handed to the page.
-    csrf_hash: String,
+    /// The CSRF token handed to the page (again after a reload).
+    pub csrf: Secret,
     expires: Instant,
 }
 
@@ -73,7 +73,7 @@ impl Sessions {
         now: Instant,
     ) -> Result<Login, ControllerError> {
         let (cookie, id_hash) = new_token("fds")?;
-        let (csrf, csrf_hash) = new_token("fdc")?;
+        let (csrf, _) = new_token("fdc")?;
         let mut map = self.map();
         if map.len() >= self.max {
             map.retain(|_, s| s.expires > now);
@@ -89,7 +89,7 @@ impl Sessions {
             token_name: token_name.to_owned(),
             token_hash: token_hash.to_owned(),
             role,
-            csrf_hash,
+            csrf: csrf.clone(),
             expires: now + self.ttl,
         };
         map.insert(id_hash, session);
@@ -114,7 +114,7 @@ impl Sessions {
     /// Whether `csrf` is the CSRF token of `session`.
     #[must_use]
     pub fn csrf_ok(session: &Session, csrf: &str) -> bool {
-        same_secret(&hash_token(csrf), &session.csrf_hash)
+        same_secret(csrf, session.csrf.expose())
     }
 
     /// Ends the session of `cookie` (logout).

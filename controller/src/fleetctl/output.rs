@@ -2,33 +2,16 @@
 //! in one place. Each function returns the text, so tests can read it.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use fleet_proto::v1::{
-    AuditRecord, BootstrapTokenInfo, DesiredStateView, GetUsageResponse, JobStatus, JobTimings, JobView, Node,
-    QueryTelemetryResponse, Site, UsagePeriod,
+    AuditRecord, BootstrapTokenInfo, GetUsageResponse, JobStatus, JobView, Node, QueryTelemetryResponse,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
+pub use crate::api::json::{audit_json, desired_json, job_json, node_json, telemetry_json, usage_json, when, when_ms};
+use crate::api::json::{bootstrap_state, site_of};
 use crate::registry::state_word;
 use crate::store::jobs::status_word as job_status;
-
-/// An RFC 3339 time (seconds), or "-" for none.
-#[must_use]
-pub fn when(ms: i64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-        .to_string()
-}
-
-/// An RFC 3339 time with milliseconds (a sample's time), UTC.
-#[must_use]
-pub fn when_ms(ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-        .to_string()
-}
 
 fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}{unit}"))
@@ -40,35 +23,6 @@ fn ago(ms: i64, now_ms: i64) -> String {
     }
     let d = (now_ms - ms).max(0) / 1000;
     format!("{d}s ago")
-}
-
-/// One node as JSON.
-#[must_use]
-pub fn node_json(n: &Node) -> Value {
-    let s = n.status.clone().unwrap_or_default();
-    let v = s.vitals.unwrap_or_default();
-    let c = s.counters.unwrap_or_default();
-    json!({
-        "node_id": n.node_id,
-        "state": state_word(n),
-        "boot_id": s.boot_id,
-        "hostname": s.hostname,
-        "agent_version": s.agent_version,
-        "last_seen_unix_ms": n.last_seen_unix_ms,
-        "samples_stored": n.samples_stored,
-        "labels": s.labels,
-        "vitals": {
-            "cpu_usage_pct": v.cpu_usage_pct, "mem_used_pct": v.mem_used_pct, "soc_temp_c": v.soc_temp_c,
-            "battery_soc_pct": v.battery_soc_pct, "on_battery": v.on_battery, "input_power_w": v.input_power_w,
-        },
-        "counters": {
-            "samples_taken": c.samples_taken, "batches_published": c.batches_published,
-            "publish_failures": c.publish_failures, "batches_dropped": c.batches_dropped,
-            "batches_unacked": c.batches_unacked, "samples_acked": c.samples_acked,
-            "controller_messages_refused": c.controller_messages_refused,
-            "controller_messages_refused_by_reason": c.controller_messages_refused_by_reason,
-        },
-    })
 }
 
 /// The node table of `nodes list`, "seen" counted back from `now_ms`.
@@ -107,15 +61,7 @@ pub fn watch_line(n: &Node, now_ms: i64) -> String {
 pub fn token_table(tokens: &[BootstrapTokenInfo], now_ms: i64) -> String {
     let mut out = format!("{:<14} {:<10} {:<22} {:<24} LABELS\n", "ID", "STATE", "EXPIRES", "USED BY");
     for t in tokens {
-        let state = if t.revoked_unix_ms != 0 {
-            "revoked"
-        } else if t.used_unix_ms != 0 {
-            "used"
-        } else if t.expires_unix_ms <= now_ms {
-            "expired"
-        } else {
-            "valid"
-        };
+        let state = bootstrap_state(t, now_ms);
         let mut labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
         let _ = writeln!(
@@ -142,15 +88,6 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
     out
 }
 
-/// The audit log as JSON.
-#[must_use]
-pub fn audit_json(records: &[AuditRecord]) -> Value {
-    records
-        .iter()
-        .map(|r| json!({"at_unix_ms": r.at_unix_ms, "actor": r.actor, "action": r.action, "target": r.target, "result": r.result}))
-        .collect()
-}
-
 /// A telemetry answer as a table.
 #[must_use]
 pub fn telemetry_table(r: &QueryTelemetryResponse) -> String {
@@ -169,81 +106,10 @@ pub fn telemetry_table(r: &QueryTelemetryResponse) -> String {
     out
 }
 
-/// A telemetry answer as JSON.
-#[must_use]
-pub fn telemetry_json(r: &QueryTelemetryResponse) -> Value {
-    let pts: Vec<_> = r
-        .points
-        .iter()
-        .map(|p| json!({"time": when_ms(p.time_unix_ms), "time_unix_ms": p.time_unix_ms, "avg": p.avg, "min": p.min, "max": p.max, "last": p.last, "count": p.count}))
-        .collect();
-    json!({"node_id": r.node_id, "metric": r.metric, "bucket_s": r.bucket_s, "truncated": r.truncated, "points": pts})
-}
-
-/// A node's desired state beside what it reported, as JSON.
-#[must_use]
-pub fn desired_json(v: &DesiredStateView) -> Value {
-    let d = v.desired.clone().unwrap_or_default();
-    let r = v.reported.clone().unwrap_or_default();
-    json!({
-        "node_id": d.node_id,
-        "version": d.version,
-        "telemetry_interval_ms": d.telemetry_interval_ms,
-        "labels": d.labels,
-        "models": d.models,
-        "power_policy_toml": d.power_policy_toml,
-        "reported": {
-            "applied_version": r.applied_version,
-            "rejected_version": r.rejected_version,
-            "rejected_reason": r.rejected_reason,
-            "time_unix_ms": r.time_unix_ms,
-        },
-    })
-}
-
-fn site_of(site: i32, node: &str) -> String {
-    match Site::try_from(site).unwrap_or_default() {
-        Site::Edge => format!("edge node {node}"),
-        Site::Cloud => "cloud tier".into(),
-        Site::Unspecified => "-".into(),
-    }
-}
-
 fn ms(us: u64) -> String {
     #[allow(clippy::cast_precision_loss)] // display
     let v = us as f64 / 1000.0;
     format!("{v:.3} ms")
-}
-
-fn timings_json(t: &JobTimings) -> Value {
-    json!({
-        "route_us": t.route_us, "queued_us": t.queued_us, "tokenize_us": t.tokenize_us,
-        "inference_us": t.inference_us, "node_total_us": t.total_us, "transport_us": t.transport_us,
-        "end_to_end_us": t.end_to_end_us,
-    })
-}
-
-/// A job with every attempt, as JSON.
-#[must_use]
-pub fn job_json(j: &JobView) -> Value {
-    let attempts: Vec<_> = j
-        .attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "attempt": a.attempt, "site": site_of(a.site, &a.node_id), "node_id": a.node_id,
-                "status": job_status(a.status), "error": a.error, "reason": a.reason, "label": a.label,
-                "confidence": a.confidence, "timings": timings_json(&a.timings.unwrap_or_default()),
-            })
-        })
-        .collect();
-    json!({
-        "job_id": j.job_id, "model": j.model, "status": job_status(j.status), "error": j.error,
-        "site": site_of(j.site, &j.node_id), "node_id": j.node_id, "reason": j.reason,
-        "label": j.label, "confidence": j.confidence, "embedding": j.embedding,
-        "submitted_unix_ms": j.submitted_unix_ms, "finished_unix_ms": j.finished_unix_ms, "submitted_by": j.submitted_by,
-        "timings": timings_json(&j.timings.unwrap_or_default()), "attempts": attempts,
-    })
 }
 
 /// A job as text: its answer, where it ran and why, each step's time, and
@@ -358,41 +224,6 @@ pub fn usage_table(u: &GetUsageResponse) -> String {
     out
 }
 
-fn period_json(p: &UsagePeriod) -> Value {
-    json!({
-        "start": when(p.start_unix_ms), "start_unix_ms": p.start_unix_ms, "jobs": p.jobs,
-        "node_inference_us": p.node_inference_us, "cloud_inference_us": p.cloud_inference_us,
-        "queries": p.queries, "rows": p.rows,
-    })
-}
-
-/// What each API token used, as JSON (a limit of 0 is unlimited).
-#[must_use]
-pub fn usage_json(u: &GetUsageResponse) -> Value {
-    let tokens: Vec<Value> = u
-        .tokens
-        .iter()
-        .map(|t| {
-            let quotas: Vec<Value> = t
-                .quotas
-                .iter()
-                .map(|q| {
-                    json!({
-                        "quota": q.quota, "limit": q.limit, "unlimited": q.limit == 0, "used": q.used,
-                        "remaining": q.remaining, "resets": when(q.resets_unix_ms), "resets_unix_ms": q.resets_unix_ms,
-                    })
-                })
-                .collect();
-            json!({
-                "token": t.token, "role": t.role, "revoked": t.revoked, "quotas": quotas,
-                "days": t.days.iter().map(period_json).collect::<Vec<_>>(),
-                "hours": t.hours.iter().map(period_json).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    json!({"now": when(u.now_unix_ms), "now_unix_ms": u.now_unix_ms, "tokens": tokens})
-}
-
 /// JSON as `fleetctl` prints it.
 ///
 /// # Errors
@@ -404,7 +235,7 @@ pub fn pretty(v: &Value) -> Result<String, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::v1::{JobAttempt, NodeState, NodeStatus, NodeVitals};
+    use fleet_proto::v1::{JobAttempt, NodeState, NodeStatus, NodeVitals, Site};
 
     #[test]
     fn node_table_shows_state_vitals_and_age() {

@@ -21,7 +21,7 @@ pub struct Verified<'a> {
     pub node_id: &'a str,
     pub channel: Channel,
     /// `None`: nothing to hand on (a retained message cleared, or a channel
-    /// the controller only bridges, such as events).
+    /// the controller does not read).
     pub inbound: Option<Inbound>,
 }
 
@@ -77,12 +77,6 @@ pub fn check(
         return Ok(None);
     }
     let opened = verifier.open(node_id, channel, payload)?;
-    if channel == Channel::Events {
-        // Only bridged, but as genuine and new as every other kind.
-        let e = Event::decode(opened.as_ref()).map_err(|_| Refusal::Decode)?;
-        same_node(&e.node_id, node_id)?;
-        return Ok(None);
-    }
     decode(node_id, channel, &opened).map(Some)
 }
 
@@ -105,6 +99,11 @@ fn decode(node_id: &str, channel: Channel, payload: &[u8]) -> Result<Inbound, Re
             let r = ReportedState::decode(payload).map_err(|_| Refusal::Decode)?;
             same_node(&r.node_id, node_id)?;
             Ok(Inbound::Reported(r))
+        }
+        Channel::Events => {
+            let e = Event::decode(payload).map_err(|_| Refusal::Decode)?;
+            same_node(&e.node_id, node_id)?;
+            Ok(Inbound::Event(e))
         }
         _ => {
             let r = JobResult::decode(payload).map_err(|_| Refusal::Decode)?;
@@ -169,7 +168,7 @@ mod tests {
         let mut huge = batch("a");
         huge.first_seq = u64::MAX;
         assert_eq!(refusal(t, &huge.encode_to_vec()), Refusal::Invalid);
-        // Events are only bridged, yet checked like the rest.
+        // Events are checked like the rest.
         let e = "fleet/v1/nodes/a/events";
         assert_eq!(refusal(e, &[0xff; 16]), Refusal::Decode);
         let other = Event { node_id: "b".into(), kind: "power.profile_changed".into(), ..Default::default() };

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use fleet_proto::v1::{JobResult, NodeStatus, ReportedState, TelemetryBatch};
+use fleet_proto::v1::{Event, JobResult, NodeStatus, ReportedState, TelemetryBatch};
 use tokio::sync::oneshot;
 
 /// A verified message from a node (or from the broker's own control plane).
@@ -19,6 +19,8 @@ pub enum Inbound {
     Reported(ReportedState),
     /// A node's answer to a job.
     Result(JobResult),
+    /// Something that happened on a node (a power profile change, ...), for the dashboard.
+    Event(Event),
     /// An answer of Mosquitto's dynamic-security plugin (JSON).
     DynsecAnswer(Vec<u8>),
 }

@@ -117,7 +117,7 @@ impl Guard {
     pub async fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let method = path.rsplit('/').next().unwrap_or_default();
         if !self.enabled {
-            return Ok(Caller { name: "anonymous".into(), role: Role::Admin, quota: Quota::default() });
+            return Ok(anonymous());
         }
         let token = headers
             .get(http::header::AUTHORIZATION)
@@ -134,7 +134,27 @@ impl Guard {
                 ),
             ));
         };
-        let Some(ApiToken { name, role, quota, .. }) = self.lookup(&hash_token(token)).await? else {
+        let caller = self.caller(&hash_token(token)).await?;
+        self.permit(&caller, method).await?;
+        Ok(caller)
+    }
+
+    /// Whether API tokens are checked at all (`security.api_auth`).
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Who holds the API token whose hash is `hash`, within its rate limit
+    /// (the dashboard's sessions keep the hash, not the token).
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED (unknown or revoked), RESOURCE_EXHAUSTED (rate limit).
+    pub async fn caller(&self, hash: &str) -> Result<Caller, Status> {
+        if !self.enabled {
+            return Ok(anonymous());
+        }
+        let Some(ApiToken { name, role, quota, .. }) = self.lookup(hash).await? else {
             return Err(self.reject(
                 "unauthenticated",
                 Status::unauthenticated(
@@ -150,20 +170,34 @@ impl Guard {
                 )),
             ));
         }
-        let needed = required_role(method);
-        if role < needed {
-            let status = Status::permission_denied(format!(
-                "{method} needs the {} role; token {name:?} has {}",
-                needed.as_str(),
-                role.as_str()
-            ));
-            if mutating(method) {
-                self.audit.record(&name, method, "", Some(&status)).await;
-            }
-            return Err(self.reject("permission_denied", status));
-        }
         Ok(Caller { name, role, quota })
     }
+
+    /// Whether `caller` may call `method`; a denied change is audited.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED naming the role needed.
+    pub async fn permit(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+        let needed = required_role(method);
+        if caller.role >= needed {
+            return Ok(());
+        }
+        let status = Status::permission_denied(format!(
+            "{method} needs the {} role; token {:?} has {}",
+            needed.as_str(),
+            caller.name,
+            caller.role.as_str()
+        ));
+        if mutating(method) {
+            self.audit.record(&caller.name, method, "", Some(&status)).await;
+        }
+        Err(self.reject("permission_denied", status))
+    }
+}
+
+/// Everyone, with `api_auth = false`.
+fn anonymous() -> Caller {
+    Caller { name: "anonymous".into(), role: Role::Admin, quota: Quota::default() }
 }
 
 /// `FleetService` behind the [`Guard`].

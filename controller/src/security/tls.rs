@@ -19,6 +19,22 @@ pub struct ServerTls {
     pub ca_pem: Option<String>,
     /// SHA-256 of the CA (or of the served certificate for "files"), `AA:BB:...`.
     pub fingerprint: String,
+    /// The served certificate (chain) and its key, PEM: the HTTP listener serves them too.
+    pub cert_pem: String,
+    pub key_pem: secrecy_key::KeyPem,
+}
+
+/// A private key's PEM that never prints.
+pub mod secrecy_key {
+    /// Wraps the PEM; `Debug` shows nothing of it.
+    #[derive(Clone)]
+    pub struct KeyPem(pub String);
+
+    impl std::fmt::Debug for KeyPem {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("<private key>")
+        }
+    }
 }
 
 fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> ControllerError {
@@ -73,9 +89,11 @@ pub fn server_tls(cfg: &SecurityConfig, data_dir: &Path) -> Result<Option<Server
             }
             let fingerprint = fingerprint(&pem_der(&cert));
             Ok(Some(ServerTls {
-                config: ServerTlsConfig::new().identity(Identity::from_pem(cert, key)),
+                config: ServerTlsConfig::new().identity(Identity::from_pem(&cert, &key)),
                 ca_pem: None,
                 fingerprint,
+                cert_pem: cert,
+                key_pem: secrecy_key::KeyPem(key),
             }))
         }
         TlsMode::Auto => auto(cfg, &data_dir.join("tls")).map(Some),
@@ -132,10 +150,13 @@ fn auto(cfg: &SecurityConfig, dir: &Path) -> Result<ServerTls, ControllerError> 
     valid_always(&mut params);
     let server = params.signed_by(&server_key, &issuer).map_err(err)?;
     let fingerprint = fingerprint(&pem_der(&ca_pem));
+    let (cert_pem, key_pem) = (server.pem(), server_key.serialize_pem());
     Ok(ServerTls {
-        config: ServerTlsConfig::new().identity(Identity::from_pem(server.pem(), server_key.serialize_pem())),
+        config: ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem)),
         ca_pem: Some(ca_pem),
         fingerprint,
+        cert_pem,
+        key_pem: secrecy_key::KeyPem(key_pem),
     })
 }
 

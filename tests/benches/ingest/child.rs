@@ -41,7 +41,7 @@ impl ChildController {
         };
         let mut cfg = format!(
             "database_url = \"{database_url}\"\ndata_dir = \"{}\"\n[mqtt]\n{broker}\n\
-             [grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\njob_interval = \"1h\"\npostgres_schema = \"{schema}\"\n",
+             [grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls = \"off\"\n[storage]\njob_interval = \"1h\"\npostgres_schema = \"{schema}\"\n",
             dir.path().join("data").display(),
             free_port()?,
         );

@@ -148,7 +148,7 @@ pub fn controller_toml(dir: &Path, admin_password: &str, tag: u32) -> anyhow::Re
             "data_dir = \"{data}\"\n\
              [mqtt]\nurl = \"mqtt://{CONTROLLER_OVERLAY}:{MQTT_PORT}\"\nusername = \"fleet-admin\"\n\
              password = \"{admin_password}\"\ndynsec = true\n\
-             [grpc]\nlisten = \"0.0.0.0:{GRPC_PORT}\"\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\
+             [grpc]\nlisten = \"0.0.0.0:{GRPC_PORT}\"\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\ntls = \"off\"\n\
              [ingest]\nmax_write_delay = \"20ms\"\n\
              [security]\ntls_names = [\"{CONTROLLER_HOST_SIDE}\", \"{CONTROLLER_UNDERLAY}\"]\n\
              node_broker_url = \"mqtt://{CONTROLLER_OVERLAY}:{MQTT_PORT}\"\n\

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use fleet_proto::v1::{AgentCounters, NodeState, NodeStatus, NodeVitals};
+use fleet_proto::v1::{AgentCounters, NodeState, NodeStatus, NodeVitals, PowerProfile};
 
 use super::*;
 
@@ -85,8 +85,9 @@ fn pages_are_disjoint_and_cover_every_match_in_order() {
             seen.extend(p.rows);
         }
         assert_eq!(seen.len(), 1_003, "{sort:?}");
-        let mut all: Vec<Row> = nodes.iter().map(row).collect();
-        all.sort_by(|a, b| compare(a, b, sort, desc));
+        let mut views: Vec<View<'_>> = nodes.iter().map(view).collect();
+        views.sort_by(|a, b| compare(a, b, sort, desc));
+        let all: Vec<Row> = views.iter().map(|v| row(v.node)).collect();
         assert_eq!(seen, all, "{sort:?} desc={desc}: the pages are the whole sorted table");
     }
 }
