@@ -41,7 +41,7 @@ fn status(i: u64, tick: u64) -> NodeStatus {
     NodeStatus {
         node_id: format!("pi-{i:05}"),
         boot_id: "b".into(),
-        state: if i % 10 == 0 { NodeState::Offline } else { NodeState::Online } as i32,
+        state: if i.is_multiple_of(10) { NodeState::Offline } else { NodeState::Online } as i32,
         power_profile: profiles[usize::try_from(i % 4).unwrap_or(0)] as i32,
         agent_version: "0.1.0".into(),
         labels: [("site".to_owned(), format!("site-{}", i % 20))].into(),
@@ -49,7 +49,7 @@ fn status(i: u64, tick: u64) -> NodeStatus {
             cpu_usage_pct: Some(f),
             soc_temp_c: Some(40.0 + f / 4.0),
             battery_soc_pct: Some(100.0 - f),
-            on_battery: Some(i % 3 == 0),
+            on_battery: Some(i.is_multiple_of(3)),
             ..Default::default()
         }),
         counters: Some(AgentCounters { spool_bytes: i * 100, ..Default::default() }),

@@ -130,7 +130,8 @@ pub async fn session(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Rep
             let csrf = s.map_or_else(|| d.open_csrf.expose().to_owned(), |s| s.csrf.expose().to_owned());
             json!({"name": c.name, "role": c.role.as_str(), "csrf": csrf})
         }
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => serde_json::Value::Null,
+        // Not logged in, or refused on this transport (the page shows why).
+        Err(e) if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => serde_json::Value::Null,
         Err(e) => return Err(e),
     };
     Ok(Json(json!({"auth": d.guard.enabled(), "transport": transport, "who": who})))

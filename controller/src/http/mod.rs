@@ -137,3 +137,18 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database: no answer within 2s\n".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_serves_the_dashboard_on_loopback_only() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(transport(at("0.0.0.0:8080"), true), Transport::Tls);
+        assert_eq!(transport(at("127.0.0.1:8080"), false), Transport::LoopbackPlain);
+        assert_eq!(transport(at("[::1]:8080"), false), Transport::LoopbackPlain);
+        let Transport::Refused(why) = transport(at("10.0.0.5:8080"), false) else { panic!("served") };
+        assert!(why.contains("security.tls") && why.contains("127.0.0.1"), "{why}");
+    }
+}
