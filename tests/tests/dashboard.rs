@@ -154,6 +154,25 @@ async fn roles_csrf_and_sessions_hold_like_grpc_and_every_action_is_audited() ->
 }
 
 #[tokio::test]
+async fn a_session_outlives_a_controller_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (c, stop, web, mut admin) = controller(dir.path()).await?;
+    let (b, _) = login(&web, &token(&mut admin, "o", "operator").await?).await?;
+    drop(admin);
+    stop.cancel();
+    c.wait().await;
+    drop(c);
+    // The same data directory: the sessions are in the store, shared by replicas too.
+    let (c, stop, web, _admin) = controller(dir.path()).await?;
+    let s = b.get(&web, "/api/session").await?.json();
+    assert_eq!(s["who"]["name"].as_str(), Some("o"), "{s}");
+    assert_eq!(b.post(&web, "/api/logout", "{}").await?.status, 200, "the CSRF token still holds");
+    stop.cancel();
+    c.wait().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn live_updates_carry_the_watched_nodes_changes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (c, stop, web, mut admin) = controller(dir.path()).await?;

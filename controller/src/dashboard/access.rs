@@ -6,7 +6,6 @@
 //! origin and echo the session's CSRF token. Logins are audited.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +17,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::reply::{ApiError, Reply};
-use super::session::{SESSION_TTL, Session, Sessions};
+use super::session::{SESSION_TTL, csrf_of, csrf_ok};
 use super::{Dashboard, Transport};
 use crate::auth::hash_token;
 use crate::security::guard::Caller;
@@ -50,20 +49,22 @@ impl Dashboard {
         }
     }
 
-    /// The caller of a request, and its session (none with API tokens off).
-    async fn who(&self, headers: &HeaderMap) -> Result<(Caller, Option<Session>), ApiError> {
+    /// The caller of a request, and its session cookie (none with API tokens off).
+    async fn who(&self, headers: &HeaderMap) -> Result<(Caller, Option<String>), ApiError> {
         self.refused()?;
         if !self.guard.enabled() {
             return Ok((self.guard.caller("").await?, None));
         }
-        let session = cookie_value(headers)
-            .and_then(|c| self.sessions.get(&c, Instant::now()))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in: log in with an API token"))?;
+        let unknown = || ApiError::new(StatusCode::UNAUTHORIZED, "not logged in: log in with an API token");
+        let cookie = cookie_value(headers).ok_or_else(unknown)?;
+        let now = fleet_proto::now_unix_ms();
+        let session = self.sessions.get(&cookie, now).await.map_err(Status::from)?.ok_or_else(unknown)?;
         match self.guard.caller(&session.token_hash).await {
-            Ok(c) => Ok((c, Some(session))),
+            Ok(c) => Ok((c, Some(cookie))),
             Err(s) => {
                 if s.code() == tonic::Code::Unauthenticated {
-                    self.sessions.end_token(&session.token_hash);
+                    // Revoked: its sessions end here too (best effort; the check above holds anyway).
+                    let _ = self.sessions.end_token(&session.token_hash).await;
                 }
                 Err(s.into())
             }
@@ -81,10 +82,10 @@ impl Dashboard {
     /// CSRF token, by a role that may call `method` (a refusal is audited).
     pub(super) async fn changer(&self, headers: &HeaderMap, method: &str) -> Result<Caller, ApiError> {
         same_origin(headers)?;
-        let (caller, session) = self.who(headers).await?;
+        let (caller, cookie) = self.who(headers).await?;
         let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let ok = match &session {
-            Some(s) => Sessions::csrf_ok(s, sent),
+        let ok = match &cookie {
+            Some(c) => csrf_ok(c, sent),
             None => crate::auth::same_secret(sent, self.open_csrf.expose()),
         };
         if !ok {
@@ -126,8 +127,8 @@ pub async fn session(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Rep
         Transport::Refused(why) => json!({"tls": false, "refused": why}),
     };
     let who = match d.who(&headers).await {
-        Ok((c, s)) => {
-            let csrf = s.map_or_else(|| d.open_csrf.expose().to_owned(), |s| s.csrf.expose().to_owned());
+        Ok((c, cookie)) => {
+            let csrf = cookie.map_or_else(|| d.open_csrf.expose().to_owned(), |c| csrf_of(&c).expose().to_owned());
             json!({"name": c.name, "role": c.role.as_str(), "csrf": csrf})
         }
         // Not logged in, or refused on this transport (the page shows why).
@@ -158,7 +159,7 @@ pub async fn login(
             return Err(s.into());
         }
     };
-    let login = d.sessions.login(&caller.name, &hash, caller.role, Instant::now()).map_err(Status::from)?;
+    let login = d.sessions.login(&hash, fleet_proto::now_unix_ms()).await.map_err(Status::from)?;
     d.api.security.audit.record(&caller.name, "DashboardLogin", "dashboard", None).await;
     let cookie = Cookie::build((COOKIE, login.cookie.expose().to_owned()))
         .http_only(true)
@@ -179,7 +180,7 @@ pub async fn login(
 pub async fn logout(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = d.changer(&headers, "ListNodes").await?;
     if let Some(c) = cookie_value(&headers) {
-        d.sessions.logout(&c);
+        d.sessions.logout(&c).await.map_err(Status::from)?;
     }
     d.api.security.audit.record(&caller.name, "DashboardLogout", "dashboard", None).await;
     let gone = Cookie::build((COOKIE, "")).path("/").max_age(cookie::time::Duration::ZERO).build();

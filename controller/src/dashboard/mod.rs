@@ -60,7 +60,8 @@ impl Dashboard {
         if let Transport::Refused(why) = &transport {
             tracing::warn!(reason = %why, "The dashboard will not log anyone in.");
         }
-        Ok(Self { api, guard, sessions: Sessions::default(), transport, open_csrf, streams: Arc::default() })
+        let sessions = Sessions::new(api.store.clone());
+        Ok(Self { api, guard, sessions, transport, open_csrf, streams: Arc::default() })
     }
 }
 

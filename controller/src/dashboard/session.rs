@@ -1,32 +1,37 @@
 //! The dashboard's sessions: a login with an API token gets a random session
-//! id (the cookie; only its hash is kept) and a CSRF token every mutating
-//! request must echo (kept, so a reloaded page gets it again). Sessions live in memory, at most [`MAX_SESSIONS`],
-//! each for [`SESSION_TTL`]; they keep the API token's hash, not the token,
-//! so each request can check the token is still valid (a revoke ends its
-//! sessions).
+//! id (the cookie); the store keeps only its hash, with the API token's hash
+//! and when it expires, so every replica knows it and a restart logs no one
+//! out. Each request's lookup is cached briefly ([`CACHE_TTL`]). The CSRF
+//! token is derived from the cookie (a hash the page can read only through
+//! `/api/session`, the cookie itself being HttpOnly), so it needs no storage.
+//! At most [`MAX_SESSIONS`] live at once, each for [`SESSION_TTL`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
 use crate::ControllerError;
-use crate::auth::{Role, Secret, hash_token, new_token, same_secret};
+use crate::auth::{Secret, hash_token, new_token, same_secret};
+use crate::store::Store;
 
 /// Sessions kept at most; a login beyond them (none expired) is refused.
-pub const MAX_SESSIONS: usize = 10_000;
+pub const MAX_SESSIONS: u64 = 10_000;
 /// How long a session lasts from its login.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// How long a lookup is believed: a logout on another replica takes effect within this.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Lookups cached at most (forgotten all at once when full).
+const CACHE_MAX: usize = 10_000;
 
 /// One logged-in browser.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    /// The API token's name and hash (looked up again on each request).
-    pub token_name: String,
+    /// The API token's hash (its name and role are looked up on each request).
     pub token_hash: String,
-    pub role: Role,
-    /// The CSRF token handed to the page (again after a reload).
-    pub csrf: Secret,
-    expires: Instant,
+    pub expires_unix_ms: i64,
 }
 
 /// What a login hands the browser: the cookie's value and the CSRF token.
@@ -36,106 +41,100 @@ pub struct Login {
     pub csrf: Secret,
 }
 
-/// The sessions of one controller.
-#[derive(Debug)]
-pub struct Sessions {
-    by_hash: Mutex<HashMap<String, Session>>,
-    max: usize,
-    ttl: Duration,
+/// The CSRF token of the session whose cookie is `cookie`.
+#[must_use]
+pub fn csrf_of(cookie: &str) -> Secret {
+    let d = Sha256::new().chain_update(b"spark-fleet dashboard csrf\0").chain_update(cookie.as_bytes()).finalize();
+    Secret::new(format!("fdc_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d)))
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new(MAX_SESSIONS, SESSION_TTL)
-    }
+/// Whether `sent` is the CSRF token of the session of `cookie`.
+#[must_use]
+pub fn csrf_ok(cookie: &str, sent: &str) -> bool {
+    same_secret(sent, csrf_of(cookie).expose())
+}
+
+type Cached = (Option<Session>, Instant);
+
+/// The sessions, through the store.
+pub struct Sessions {
+    store: Store,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Sessions {
     #[must_use]
-    pub fn new(max: usize, ttl: Duration) -> Self {
-        Self { by_hash: Mutex::default(), max, ttl }
+    pub fn new(store: Store) -> Self {
+        Self { store, cache: Mutex::default() }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.by_hash.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new session for the API token `token_name` (hash `token_hash`) with `role`.
+    /// A new session for the API token `token_hash`.
     ///
     /// # Errors
     /// `Invalid` when [`MAX_SESSIONS`] live sessions exist; `Random` when no
-    /// secret can be made.
-    pub fn login(
-        &self,
-        token_name: &str,
-        token_hash: &str,
-        role: Role,
-        now: Instant,
-    ) -> Result<Login, ControllerError> {
+    /// secret can be made; database errors.
+    pub async fn login(&self, token_hash: &str, now_ms: i64) -> Result<Login, ControllerError> {
         let (cookie, id_hash) = new_token("fds")?;
-        let (csrf, _) = new_token("fdc")?;
-        let mut map = self.map();
-        if map.len() >= self.max {
-            map.retain(|_, s| s.expires > now);
-        }
-        if map.len() >= self.max {
+        self.store.sweep_sessions(now_ms).await?;
+        if self.store.live_sessions(now_ms).await? >= MAX_SESSIONS {
             return Err(ControllerError::Invalid(format!(
-                "{} dashboard sessions are open, the most this controller keeps: log out elsewhere or wait \
-                 for them to expire",
-                self.max
+                "{MAX_SESSIONS} dashboard sessions are open, the most this controller keeps: log out elsewhere or \
+                 wait for them to expire"
             )));
         }
-        let session = Session {
-            token_name: token_name.to_owned(),
-            token_hash: token_hash.to_owned(),
-            role,
-            csrf: csrf.clone(),
-            expires: now + self.ttl,
-        };
-        map.insert(id_hash, session);
+        let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+        self.store.add_session(&id_hash, token_hash, now_ms.saturating_add(ttl)).await?;
+        let csrf = csrf_of(cookie.expose());
         Ok(Login { cookie, csrf })
     }
 
-    /// The live session of the cookie `cookie`.
-    #[must_use]
-    pub fn get(&self, cookie: &str, now: Instant) -> Option<Session> {
+    /// The live session of the cookie `cookie` at `now_ms`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn get(&self, cookie: &str, now_ms: i64) -> Result<Option<Session>, ControllerError> {
         let hash = hash_token(cookie);
-        let mut map = self.map();
-        match map.get(&hash) {
-            Some(s) if s.expires > now => Some(s.clone()),
-            Some(_) => {
-                map.remove(&hash);
-                None
+        let cached = self.cache().get(&hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(s, _)| s.clone());
+        let found = match cached {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .store
+                    .session(&hash)
+                    .await?
+                    .map(|(token_hash, expires_unix_ms)| Session { token_hash, expires_unix_ms });
+                let mut cache = self.cache();
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hash, (s.clone(), Instant::now()));
+                s
             }
-            None => None,
-        }
-    }
-
-    /// Whether `csrf` is the CSRF token of `session`.
-    #[must_use]
-    pub fn csrf_ok(session: &Session, csrf: &str) -> bool {
-        same_secret(csrf, session.csrf.expose())
+        };
+        Ok(found.filter(|s| s.expires_unix_ms > now_ms))
     }
 
     /// Ends the session of `cookie` (logout).
-    pub fn logout(&self, cookie: &str) {
-        self.map().remove(&hash_token(cookie));
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn logout(&self, cookie: &str) -> Result<(), ControllerError> {
+        let hash = hash_token(cookie);
+        self.cache().remove(&hash);
+        self.store.end_session(&hash).await
     }
 
     /// Ends every session of the API token `token_hash` (it was revoked).
-    pub fn end_token(&self, token_hash: &str) {
-        self.map().retain(|_, s| s.token_hash != token_hash);
-    }
-
-    /// Live sessions (expired ones not yet swept count too).
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn end_token(&self, token_hash: &str) -> Result<(), ControllerError> {
+        self.cache().retain(|_, (s, _)| s.as_ref().is_none_or(|s| s.token_hash != token_hash));
+        self.store.end_sessions_of(token_hash).await
     }
 }
 
@@ -143,45 +142,47 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_is_found_by_its_cookie_only_until_it_expires() {
-        let s = Sessions::new(10, Duration::from_secs(60));
-        let t0 = Instant::now();
-        let login = s.login("ops", "h1", Role::Operator, t0).unwrap();
-        let got = s.get(login.cookie.expose(), t0).unwrap();
-        assert_eq!((got.token_name.as_str(), got.role), ("ops", Role::Operator));
-        assert!(Sessions::csrf_ok(&got, login.csrf.expose()));
-        assert!(!Sessions::csrf_ok(&got, login.cookie.expose()), "the cookie is not the CSRF token");
-        assert!(s.get("fds_forged", t0).is_none());
-        assert!(s.get(login.cookie.expose(), t0 + Duration::from_secs(61)).is_none(), "expired");
-        assert!(s.is_empty(), "an expired session is dropped when met");
+    async fn sessions() -> (Sessions, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Sessions::new(Store::open_sqlite(dir.path()).await.unwrap()), dir)
     }
 
-    #[test]
-    fn logout_and_revocation_end_sessions() {
-        let s = Sessions::new(10, Duration::from_secs(60));
-        let t0 = Instant::now();
-        let a = s.login("a", "ha", Role::Viewer, t0).unwrap();
-        let a2 = s.login("a", "ha", Role::Viewer, t0).unwrap();
-        let b = s.login("b", "hb", Role::Admin, t0).unwrap();
-        s.logout(a.cookie.expose());
-        assert!(s.get(a.cookie.expose(), t0).is_none());
-        assert!(s.get(a2.cookie.expose(), t0).is_some());
-        s.end_token("ha");
-        assert!(s.get(a2.cookie.expose(), t0).is_none());
-        assert!(s.get(b.cookie.expose(), t0).is_some());
+    const H: i64 = 3_600_000;
+
+    #[tokio::test]
+    async fn a_session_is_found_by_its_cookie_only_until_it_expires() {
+        let (s, _dir) = sessions().await;
+        let login = s.login("h1", 0).await.unwrap();
+        let got = s.get(login.cookie.expose(), 1).await.unwrap().unwrap();
+        assert_eq!(got.token_hash, "h1");
+        assert!(csrf_ok(login.cookie.expose(), login.csrf.expose()));
+        assert!(!csrf_ok(login.cookie.expose(), login.cookie.expose()), "the cookie is not the CSRF token");
+        assert!(s.get("fds_forged", 1).await.unwrap().is_none());
+        assert!(s.get(login.cookie.expose(), 12 * H + 1).await.unwrap().is_none(), "expired");
     }
 
-    #[test]
-    fn sessions_are_bounded_and_expired_ones_make_room() {
-        let s = Sessions::new(2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        s.login("a", "ha", Role::Viewer, t0).unwrap();
-        s.login("b", "hb", Role::Viewer, t0 + Duration::from_secs(30)).unwrap();
-        let full = s.login("c", "hc", Role::Viewer, t0 + Duration::from_secs(31)).unwrap_err();
-        assert!(full.to_string().contains("log out elsewhere"), "{full}");
-        // The first expires at 60 s: room for one more.
-        s.login("c", "hc", Role::Viewer, t0 + Duration::from_secs(61)).unwrap();
-        assert_eq!(s.len(), 2);
+    #[tokio::test]
+    async fn another_replica_sees_the_session_and_logout_and_revocation_end_it() {
+        let (s, _dir) = sessions().await;
+        let other = Sessions::new(s.store.clone());
+        let a = s.login("ha", 0).await.unwrap();
+        let a2 = s.login("ha", 0).await.unwrap();
+        let b = s.login("hb", 0).await.unwrap();
+        assert!(other.get(a.cookie.expose(), 1).await.unwrap().is_some(), "shared by replicas");
+        s.logout(a.cookie.expose()).await.unwrap();
+        assert!(s.get(a.cookie.expose(), 1).await.unwrap().is_none());
+        s.end_token("ha").await.unwrap();
+        assert!(s.get(a2.cookie.expose(), 1).await.unwrap().is_none());
+        assert!(s.get(b.cookie.expose(), 1).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_swept_at_login() {
+        let (s, _dir) = sessions().await;
+        s.login("ha", 0).await.unwrap();
+        s.login("hb", 6 * H).await.unwrap();
+        assert_eq!(s.store.live_sessions(6 * H).await.unwrap(), 2);
+        s.login("hc", 12 * H + 1).await.unwrap();
+        assert_eq!(s.store.live_sessions(12 * H + 1).await.unwrap(), 2, "the first expired");
     }
 }

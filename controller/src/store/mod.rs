@@ -21,6 +21,7 @@ mod query;
 pub mod replay;
 mod rollup_query;
 pub mod security;
+mod sessions;
 mod telemetry;
 mod tiers;
 mod upkeep;

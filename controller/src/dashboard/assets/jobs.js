@@ -16,9 +16,9 @@ function table(jobs) {
     h('tbody', {}, jobs.map((j) => h('tr', { 'data-job': j.job_id },
       h('td', { class: 'mono', title: j.job_id }, j.job_id.slice(0, 8)),
       h('td', {}, j.submitted_unix_ms ? new Date(j.submitted_unix_ms).toISOString().slice(11, 19) : '-'),
-      h('td', {}, j.model), h('td', {}, j.status), h('td', {}, j.site), h('td', {}, j.reason),
+      h('td', {}, j.model), h('td', {}, j.status), h('td', {}, j.site), h('td', { class: 'wrap' }, j.reason),
       h('td', {}, j.error || (j.label ? `${j.label} (${Number(j.confidence).toFixed(2)})` : j.embedding.length ? `embedding ${j.embedding.length}` : '')),
-      h('td', { class: 'muted' }, steps(j.timings)),
+      h('td', { class: 'muted wrap' }, steps(j.timings)),
       h('td', {}, j.attempts.map((a) => `${a.attempt}: ${a.site} ${a.status}`).join('; ')))))));
 }
 

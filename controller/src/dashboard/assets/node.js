@@ -44,7 +44,7 @@ function jobsTable(jobs) {
   return h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
     ['job', 'model', 'status', 'answer', 'why'].map((t) => h('th', {}, t)))),
     h('tbody', {}, jobs.map((j) => h('tr', {}, h('td', { class: 'mono' }, j.job_id.slice(0, 8)), h('td', {}, j.model),
-      h('td', {}, j.status), h('td', {}, j.label), h('td', {}, j.reason))))));
+      h('td', {}, j.status), h('td', {}, j.label), h('td', { class: 'wrap' }, j.reason))))));
 }
 
 async function loadCharts(id, charts, range) {
