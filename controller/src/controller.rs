@@ -176,13 +176,14 @@ impl Controller {
             _ => None,
         };
         let transport = crate::http::transport(http_addr, http_tls.is_some());
+        let dashboard_url = format!("{}://{http_addr}/", if http_tls.is_some() { "https" } else { "http" });
         let dashboard = Arc::new(Dashboard::new(api.clone(), services.guard.clone(), transport)?);
         let tls = prepared.tls.map(|t| t.config);
         let server = Server::new(grpc, tls, api, Enrollment(services.security), services.guard)?;
         tasks.spawn(server.run(shutdown.clone()));
         tasks.spawn(Http::new(http, http_tls, metrics.clone(), store.clone(), dashboard).run(shutdown.clone()));
         tasks.close();
-        tracing::info!(%grpc_addr, %http_addr, %mqtt_url, store = store.backend(), "Controller started.");
+        tracing::info!(%grpc_addr, dashboard = %dashboard_url, %mqtt_url, store = store.backend(), "Controller started.");
         Ok(Self { grpc_addr, http_addr, mqtt_url, metrics, registry, store, jobs, api: access, tasks, verifier, usage })
     }
 
