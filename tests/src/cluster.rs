@@ -74,6 +74,8 @@ impl ControllerProc {
         // Plain PostgreSQL unless the test asks for TimescaleDB (the cluster has it preloaded).
         let schema = if setup.timescaledb { "timescaledb" } else { "postgres" };
         let storage = format!("[storage]\npostgres_schema = \"{schema}\"\n");
+        // Plain HTTP: the tests read /metrics with `http_get` (tests/tests/dashboard.rs covers TLS).
+        let storage = format!("{storage}[http]\ntls = \"off\"\n");
         let text = format!("{storage}[security]\nrequire_enrollment = {}\n{}", !setup.lab, setup.extra);
         std::fs::write(&conf, text)?;
         // A port picked free may be taken by another test before the controller

@@ -60,10 +60,13 @@ async fn message_counters(ctl: &ControllerProc) -> String {
 async fn taken_by_controller(ctl: &ControllerProc, events_before: f64) -> anyhow::Result<()> {
     for (channel, want) in [("events", events_before + 1.0), ("results", 1.0)] {
         let name = format!("fleet_messages_received_total{{channel=\"{channel}\"}}");
-        wait_for(T, &format!("the controller took B's {channel}"), || async {
+        let taken = wait_for(T, &format!("the controller took B's {channel}"), || async {
             (metric(ctl, &name).await >= want).then_some(())
         })
-        .await?;
+        .await;
+        if let Err(e) = taken {
+            anyhow::bail!("{e}; the controller's message counters:\n{}", message_counters(ctl).await);
+        }
     }
     let seen = node(ctl, "rb").and_then(|v| v["samples_stored"].as_u64()).unwrap_or(0);
     wait_for(T, "B's later telemetry stored", || async {

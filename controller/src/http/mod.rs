@@ -26,13 +26,12 @@ use crate::store::Store;
 
 /// `[http]`: where `/metrics`, `/healthz` and the dashboard are served.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Socket address to listen on. Default 127.0.0.1:8080.
     pub listen: SocketAddr,
     /// `auto`: HTTPS with the controller's certificate when `security.tls` is
     /// on (default); `off`: plain HTTP (the dashboard then only on loopback).
-    #[serde(default)]
     pub tls: HttpTls,
 }
 
