@@ -54,23 +54,62 @@ impl MessageKind {
     }
 }
 
-/// The bytes a node's signature covers: the domain, then each field with its
-/// length (so no two different messages share the same bytes).
-#[must_use]
-pub fn signed_bytes(node_id: &str, kind: i32, boot_no: u64, msg_seq: u64, payload: &[u8]) -> Vec<u8> {
-    bytes_in(DOMAIN, node_id, kind, boot_no, msg_seq, payload)
+/// Longest trace context accepted in an envelope (a W3C `traceparent` is 55 bytes).
+pub const MAX_TRACEPARENT: usize = 128;
+
+/// What a signature covers besides the domain.
+struct Covered<'a> {
+    node_id: &'a str,
+    kind: i32,
+    boot_no: u64,
+    msg_seq: u64,
+    payload: &'a [u8],
+    traceparent: &'a str,
 }
 
-fn bytes_in(domain: &[u8], node_id: &str, kind: i32, boot_no: u64, msg_seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(domain.len() + node_id.len() + payload.len() + 40);
+impl<'a> Covered<'a> {
+    fn of(m: &'a SignedMessage) -> Self {
+        Self {
+            node_id: &m.node_id,
+            kind: m.kind,
+            boot_no: m.boot_no,
+            msg_seq: m.msg_seq,
+            payload: &m.payload,
+            traceparent: &m.traceparent,
+        }
+    }
+}
+
+/// The bytes a node's signature covers: the domain, then each field with its
+/// length (so no two different messages share the same bytes); the trace
+/// context last, only when there is one (so messages without it sign as
+/// before it existed).
+#[must_use]
+pub fn signed_bytes(
+    node_id: &str,
+    kind: i32,
+    boot_no: u64,
+    msg_seq: u64,
+    payload: &[u8],
+    traceparent: &str,
+) -> Vec<u8> {
+    bytes_in(DOMAIN, &Covered { node_id, kind, boot_no, msg_seq, payload, traceparent })
+}
+
+fn bytes_in(domain: &[u8], c: &Covered<'_>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(domain.len() + c.node_id.len() + c.payload.len() + c.traceparent.len() + 48);
     b.extend_from_slice(domain);
-    b.extend_from_slice(&(node_id.len() as u64).to_be_bytes());
-    b.extend_from_slice(node_id.as_bytes());
-    b.extend_from_slice(&kind.to_be_bytes());
-    b.extend_from_slice(&boot_no.to_be_bytes());
-    b.extend_from_slice(&msg_seq.to_be_bytes());
-    b.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    b.extend_from_slice(payload);
+    b.extend_from_slice(&(c.node_id.len() as u64).to_be_bytes());
+    b.extend_from_slice(c.node_id.as_bytes());
+    b.extend_from_slice(&c.kind.to_be_bytes());
+    b.extend_from_slice(&c.boot_no.to_be_bytes());
+    b.extend_from_slice(&c.msg_seq.to_be_bytes());
+    b.extend_from_slice(&(c.payload.len() as u64).to_be_bytes());
+    b.extend_from_slice(c.payload);
+    if !c.traceparent.is_empty() {
+        b.extend_from_slice(&(c.traceparent.len() as u64).to_be_bytes());
+        b.extend_from_slice(c.traceparent.as_bytes());
+    }
     b
 }
 
@@ -84,8 +123,33 @@ pub fn sign(
     msg_seq: u64,
     payload: Vec<u8>,
 ) -> SignedMessage {
-    let signature = key.sign(&signed_bytes(node_id, kind as i32, boot_no, msg_seq, &payload)).to_bytes().to_vec();
-    SignedMessage { node_id: node_id.into(), kind: kind as i32, boot_no, msg_seq, payload, signature }
+    sign_traced(key, node_id, kind, boot_no, msg_seq, payload, "")
+}
+
+/// Signs `payload` as the node's message of `kind`, carrying `traceparent`
+/// (empty: none; longer than [`MAX_TRACEPARENT`]: left out).
+#[must_use]
+pub fn sign_traced(
+    key: &SigningKey,
+    node_id: &str,
+    kind: MessageKind,
+    boot_no: u64,
+    msg_seq: u64,
+    payload: Vec<u8>,
+    traceparent: &str,
+) -> SignedMessage {
+    let traceparent = if traceparent.len() > MAX_TRACEPARENT { "" } else { traceparent };
+    let bytes = signed_bytes(node_id, kind as i32, boot_no, msg_seq, &payload, traceparent);
+    let signature = key.sign(&bytes).to_bytes().to_vec();
+    SignedMessage {
+        node_id: node_id.into(),
+        kind: kind as i32,
+        boot_no,
+        msg_seq,
+        payload,
+        signature,
+        traceparent: traceparent.to_owned(),
+    }
 }
 
 fn known_kind(m: &SignedMessage, from_controller: bool) -> Result<MessageKind, Refused> {
@@ -97,7 +161,10 @@ fn known_kind(m: &SignedMessage, from_controller: bool) -> Result<MessageKind, R
 
 fn check(key: &VerifyingKey, domain: &[u8], m: &SignedMessage) -> Result<(), Refused> {
     let sig: [u8; 64] = m.signature.as_slice().try_into().map_err(|_| Refused::Malformed)?;
-    let bytes = bytes_in(domain, &m.node_id, m.kind, m.boot_no, m.msg_seq, &m.payload);
+    if m.traceparent.len() > MAX_TRACEPARENT {
+        return Err(Refused::Malformed);
+    }
+    let bytes = bytes_in(domain, &Covered::of(m));
     key.verify(&bytes, &Signature::from_bytes(&sig)).map_err(|_| Refused::BadSignature)
 }
 
@@ -123,8 +190,24 @@ pub fn sign_for_node(
     time_ms: u64,
     payload: Vec<u8>,
 ) -> SignedMessage {
-    let bytes = bytes_in(CONTROLLER_DOMAIN, node_id, kind as i32, generation, time_ms, &payload);
-    let signature = key.sign(&bytes).to_bytes().to_vec();
+    sign_for_node_traced(key, generation, node_id, kind, time_ms, payload, "")
+}
+
+/// [`sign_for_node`] carrying `traceparent` (empty: none; too long: left out).
+#[must_use]
+pub fn sign_for_node_traced(
+    key: &SigningKey,
+    generation: u64,
+    node_id: &str,
+    kind: MessageKind,
+    time_ms: u64,
+    payload: Vec<u8>,
+    traceparent: &str,
+) -> SignedMessage {
+    let traceparent = if traceparent.len() > MAX_TRACEPARENT { "" } else { traceparent };
+    let covered =
+        Covered { node_id, kind: kind as i32, boot_no: generation, msg_seq: time_ms, payload: &payload, traceparent };
+    let signature = key.sign(&bytes_in(CONTROLLER_DOMAIN, &covered)).to_bytes().to_vec();
     SignedMessage {
         node_id: node_id.into(),
         kind: kind as i32,
@@ -132,6 +215,7 @@ pub fn sign_for_node(
         msg_seq: time_ms,
         payload,
         signature,
+        traceparent: traceparent.to_owned(),
     }
 }
 
@@ -301,6 +385,54 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_context_is_signed_when_there_is_one() {
+        let k = key(7);
+        let public = k.verifying_key();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let m = sign_traced(&k, "pi-a", MessageKind::Telemetry, 3, 41, b"batch".to_vec(), tp);
+        assert_eq!((verify(&public, &m), m.traceparent.as_str()), (Ok(MessageKind::Telemetry), tp));
+        // Changed, added or removed on the way: refused.
+        let other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01";
+        assert_eq!(
+            verify(&public, &SignedMessage { traceparent: other.into(), ..m.clone() }),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            verify(&public, &SignedMessage { traceparent: String::new(), ..m.clone() }),
+            Err(Refused::BadSignature)
+        );
+        let plain = sign(&k, "pi-a", MessageKind::Telemetry, 3, 41, b"batch".to_vec());
+        assert_eq!(
+            verify(&public, &SignedMessage { traceparent: tp.into(), ..plain.clone() }),
+            Err(Refused::BadSignature)
+        );
+        // Without one, the bytes are those of an envelope from before trace contexts.
+        let mut before = DOMAIN.to_vec();
+        for part in [
+            &4u64.to_be_bytes()[..],
+            b"pi-a",
+            &(MessageKind::Telemetry as i32).to_be_bytes(),
+            &3u64.to_be_bytes(),
+            &41u64.to_be_bytes(),
+            &5u64.to_be_bytes(),
+            b"batch",
+        ] {
+            before.extend_from_slice(part);
+        }
+        assert_eq!(signed_bytes("pi-a", MessageKind::Telemetry as i32, 3, 41, b"batch", ""), before);
+        // Too long: left out when signing, refused when received.
+        let long = "x".repeat(MAX_TRACEPARENT + 1);
+        assert_eq!(sign_traced(&k, "pi-a", MessageKind::Telemetry, 3, 41, b"b".to_vec(), &long).traceparent, "");
+        assert_eq!(verify(&public, &SignedMessage { traceparent: long, ..plain }), Err(Refused::Malformed));
+        let c = sign_for_node_traced(&k, 1, "pi-a", MessageKind::Job, 5, b"j".to_vec(), tp);
+        assert_eq!(verify_from_controller(&public, "pi-a", &c), Ok(MessageKind::Job));
+        assert_eq!(
+            verify_from_controller(&public, "pi-a", &SignedMessage { traceparent: other.into(), ..c }),
+            Err(Refused::BadSignature)
+        );
+    }
+
+    #[test]
     fn the_controllers_messages_verify_only_as_the_controllers_for_their_node() {
         let (controller, node) = (key(1), key(2));
         let m = sign_for_node(&controller, 3, "pi-a", MessageKind::Desired, 1_700_000_000_000, b"state".to_vec());
@@ -332,7 +464,8 @@ mod tests {
     #[test]
     fn field_boundaries_cannot_be_shifted() {
         // "ab" + payload "c" must not sign the same bytes as "a" + payload "bc".
-        assert_ne!(signed_bytes("ab", 1, 0, 0, b"c"), signed_bytes("a", 1, 0, 0, b"bc"));
+        assert_ne!(signed_bytes("ab", 1, 0, 0, b"c", ""), signed_bytes("a", 1, 0, 0, b"bc", ""));
+        assert_ne!(signed_bytes("a", 1, 0, 0, b"c", "t"), signed_bytes("a", 1, 0, 0, b"ct", ""));
     }
 
     #[test]
