@@ -24,4 +24,6 @@ pub enum NetError {
     WireGuard { iface: String, source: std::io::Error, hint: String },
     #[error("peer key {0:?} is not base64")]
     PeerKey(String),
+    #[error("[otel] {0}")]
+    Otel(String),
 }
