@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::v1::{AgentCounters, Event, EventSeverity, JobResult, NodeState, NodeStatus, Sample};
+use fleet_proto::v1::{AgentCounters, Event, EventSeverity, NodeState, NodeStatus, Sample};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
@@ -134,7 +134,7 @@ impl Agent {
     ///
     /// # Errors
     /// Bad configuration, or a data directory that cannot be used.
-    pub fn start(mut cfg: AgentConfig) -> Result<(Self, mpsc::Receiver<JobResult>), AgentError> {
+    pub fn start(mut cfg: AgentConfig) -> Result<(Self, mpsc::Receiver<crate::jobs::Finished>), AgentError> {
         let mut node_id = String::new();
         let (overlay, signer, controller) = identity(&mut cfg, &mut node_id)?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
@@ -386,9 +386,14 @@ impl Agent {
     }
 
     /// Takes a job from the controller; a refusal is answered at once.
-    fn take_job(&mut self, job: fleet_proto::v1::Job) {
+    fn take_job(&mut self, job: fleet_proto::v1::Job, traceparent: &str) {
+        // A child of the controller's dispatch (the trace context came in the job's envelope).
+        let span =
+            tracing::info_span!("job.run", job.id = %job.job_id, job.model = %job.model, job.attempt = job.attempt);
+        fleet_net::otel::follow(&span, traceparent);
         let (max_jobs, profile) = (self.power.max_jobs(), self.power.profile().name());
-        if let Some(r) = self.jobs.take(job, max_jobs, profile, self.desired.models()) {
+        if let Some(r) = self.jobs.take(job, span.clone(), max_jobs, profile, self.desired.models()) {
+            let _in = span.enter();
             tracing::debug!(job_id = %r.job_id, reason = %r.error, "Job not run.");
             self.out.result(&r);
         }
@@ -409,7 +414,7 @@ impl Agent {
                 self.report();
                 self.delivery.tick(&mut self.out);
             }
-            UplinkEvent::Job(job) => self.take_job(*job),
+            UplinkEvent::Job { job, traceparent } => self.take_job(*job, &traceparent),
             UplinkEvent::KeyRotation(k) => {
                 if self.overlay.as_ref().is_some_and(|o| o.on_key_rotation(&k)) {
                     self.report();

@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub inference: InferenceConfig,
     /// The WireGuard overlay.
     pub overlay: OverlayConfig,
+    /// Traces to an OTLP endpoint (docs/tracing.md). Default off.
+    pub otel: fleet_net::otel::OtelConfig,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
             power: PowerPolicy::default(),
             inference: InferenceConfig::default(),
             overlay: OverlayConfig::default(),
+            otel: fleet_net::otel::OtelConfig::default(),
         }
     }
 }
@@ -122,6 +125,7 @@ impl AgentConfig {
         }
         self.mqtt.validate()?;
         self.inference.validate()?;
+        self.otel.validate().map_err(|e| AgentError::Invalid(e.to_string()))?;
         self.telemetry.validate()?;
         self.spool.validate()?;
         self.power.validate()

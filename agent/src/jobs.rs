@@ -64,6 +64,9 @@ impl InferenceConfig {
     }
 }
 
+/// A run's result, and the span it ran in (its result is sent within it).
+pub type Finished = (JobResult, tracing::Span);
+
 /// What the agent holds of its inference jobs.
 pub struct Jobs {
     node_id: String,
@@ -77,7 +80,7 @@ pub struct Jobs {
     pool: Option<Pool>,
     /// Results of finished runs, for the event loop to publish. Bounded by
     /// the pool's places (each run sends one), so a send never waits long.
-    results_tx: mpsc::Sender<JobResult>,
+    results_tx: mpsc::Sender<Finished>,
     /// The runs in progress, so shutdown can wait for them (bounded).
     tasks: TaskTracker,
     /// Refusing everything from now on (shutting down).
@@ -93,7 +96,7 @@ fn us(d: Duration) -> u64 {
 impl Jobs {
     /// Starts loading the models (when enabled). The receiver gets every result to publish.
     #[must_use]
-    pub fn start(cfg: &InferenceConfig, node_id: &str, sim_hardware: bool) -> (Self, mpsc::Receiver<JobResult>) {
+    pub fn start(cfg: &InferenceConfig, node_id: &str, sim_hardware: bool) -> (Self, mpsc::Receiver<Finished>) {
         let loading = cfg.enabled.then(|| {
             let dir = (!cfg.model_dir.as_os_str().is_empty()).then(|| cfg.model_dir.clone());
             tokio::task::spawn_blocking(move || Runtime::open(dir.as_deref(), &[]))
@@ -155,8 +158,15 @@ impl Jobs {
         self.pool.as_ref().map_or(0, |p| u32::try_from(p.active()).unwrap_or(u32::MAX))
     }
 
-    /// Takes a job: starts it, or answers at once why not (the returned result).
-    pub fn take(&mut self, job: Job, max_jobs: u32, profile: &str, wanted: &[String]) -> Option<JobResult> {
+    /// Takes a job: starts it within `span`, or answers at once why not (the returned result).
+    pub fn take(
+        &mut self,
+        job: Job,
+        span: tracing::Span,
+        max_jobs: u32,
+        profile: &str,
+        wanted: &[String],
+    ) -> Option<JobResult> {
         let received = Instant::now();
         let mut r = JobResult {
             job_id: job.job_id.clone(),
@@ -202,36 +212,41 @@ impl Jobs {
         let deadline = received + Duration::from_millis(u64::from(job.budget_ms));
         let tx = self.results_tx.clone();
         self.ran += 1;
-        self.tasks.spawn(async move {
-            let ran = place.run(job.model, text, deadline).await;
-            let total = received.elapsed();
-            match ran {
-                Ok(ran) => {
-                    r.timings = Some(JobTimings {
-                        queued_us: us(ran.queued),
-                        tokenize_us: us(ran.answer.times.tokenize),
-                        inference_us: us(ran.answer.times.inference),
-                        total_us: us(total),
-                        ..Default::default()
-                    });
-                    r.confidence = ran.answer.confidence();
-                    match ran.answer.output {
-                        Output::Embedding(v) => r.embedding = v,
-                        Output::Class(c) => r.label = c.label,
+        let run_span = span.clone();
+        self.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let ran = place.run(job.model, text, deadline).await;
+                let total = received.elapsed();
+                match ran {
+                    Ok(ran) => {
+                        r.timings = Some(JobTimings {
+                            queued_us: us(ran.queued),
+                            tokenize_us: us(ran.answer.times.tokenize),
+                            inference_us: us(ran.answer.times.inference),
+                            total_us: us(total),
+                            ..Default::default()
+                        });
+                        r.confidence = ran.answer.confidence();
+                        match ran.answer.output {
+                            Output::Embedding(v) => r.embedding = v,
+                            Output::Class(c) => r.label = c.label,
+                        }
+                        r.status =
+                            if Instant::now() > deadline { JobStatus::Expired } else { JobStatus::Succeeded } as i32;
                     }
-                    r.status = if Instant::now() > deadline { JobStatus::Expired } else { JobStatus::Succeeded } as i32;
+                    Err(RunError::Expired) => {
+                        r.status = JobStatus::Expired as i32;
+                        r.error = "the deadline passed while the job waited for a worker".into();
+                    }
+                    Err(e) => {
+                        r.status = JobStatus::Failed as i32;
+                        r.error = e.to_string();
+                    }
                 }
-                Err(RunError::Expired) => {
-                    r.status = JobStatus::Expired as i32;
-                    r.error = "the deadline passed while the job waited for a worker".into();
-                }
-                Err(e) => {
-                    r.status = JobStatus::Failed as i32;
-                    r.error = e.to_string();
-                }
-            }
-            let _ = tx.send(r).await;
-        });
+                let _ = tx.send((r, span)).await;
+            },
+            run_span,
+        ));
         None
     }
 
@@ -262,7 +277,7 @@ mod tests {
         }
     }
 
-    async fn started(queue: usize) -> (Jobs, mpsc::Receiver<JobResult>) {
+    async fn started(queue: usize) -> (Jobs, mpsc::Receiver<Finished>) {
         let cfg = InferenceConfig { workers: 1, queue, ..Default::default() };
         let (mut jobs, rx) = Jobs::start(&cfg, "n1", false);
         assert!(jobs.models(&[]).is_empty(), "nothing offered before the models are loaded");
@@ -274,8 +289,8 @@ mod tests {
     async fn runs_and_answers_with_timings() {
         let (mut jobs, mut rx) = started(1).await;
         assert_eq!(jobs.models(&[]), ["severity"]);
-        assert!(jobs.take(job("severity", 5000), 4, "performance", &[]).is_none());
-        let r = rx.recv().await.unwrap();
+        assert!(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &[]).is_none());
+        let (r, _span) = rx.recv().await.unwrap();
         assert_eq!((r.status, r.attempt, r.label.as_str(), r.node_id.as_str()), (3, 2, "critical", "n1"));
         let t = r.timings.unwrap();
         assert!(t.total_us >= t.inference_us && r.confidence > 0.5);
@@ -285,25 +300,25 @@ mod tests {
     async fn refuses_what_it_should_not_run() {
         let (mut jobs, _rx) = started(0).await;
         let why = |r: Option<JobResult>| r.map(|r| (r.status, r.error)).unwrap();
-        let (s, e) = why(jobs.take(job("minilm", 5000), 4, "performance", &[]));
+        let (s, e) = why(jobs.take(job("minilm", 5000), tracing::Span::none(), 4, "performance", &[]));
         assert_eq!(s, JobStatus::Refused as i32);
         assert!(e.contains("not on this node"), "{e}");
-        let (s, e) = why(jobs.take(job("severity", 5000), 0, "critical", &[]));
+        let (s, e) = why(jobs.take(job("severity", 5000), tracing::Span::none(), 0, "critical", &[]));
         assert_eq!(s, JobStatus::Refused as i32);
         assert!(e.contains("power profile critical admits 0"), "{e}");
-        let (s, _) = why(jobs.take(job("severity", 0), 4, "performance", &[]));
+        let (s, _) = why(jobs.take(job("severity", 0), tracing::Span::none(), 4, "performance", &[]));
         assert_eq!(s, JobStatus::Expired as i32);
         // The desired state narrows the models offered and taken.
         let wanted = vec!["minilm".to_owned()];
         assert!(jobs.models(&wanted).is_empty());
-        assert!(jobs.take(job("severity", 5000), 4, "performance", &wanted).is_some());
+        assert!(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &wanted).is_some());
         // One worker, no queue: the second job at once is refused.
-        assert!(jobs.take(job("severity", 5000), 4, "performance", &[]).is_none());
-        let (s, e) = why(jobs.take(job("severity", 5000), 4, "performance", &[]));
+        assert!(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &[]).is_none());
+        let (s, e) = why(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &[]));
         assert_eq!(s, JobStatus::Refused as i32);
         assert!(e.contains("admits") || e.contains("queue is full"), "{e}");
         jobs.stop();
-        let (_, e) = why(jobs.take(job("severity", 5000), 4, "performance", &[]));
+        let (_, e) = why(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &[]));
         assert!(e.contains("shutting down"), "{e}");
         assert!(jobs.models(&[]).is_empty());
     }

@@ -34,7 +34,7 @@ pub mod uplink;
 
 use std::time::Duration;
 
-use fleet_proto::v1::{AgentCounters, JobResult, NodeState};
+use fleet_proto::v1::{AgentCounters, NodeState};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +116,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             }
             _ = ticks.status.tick() => a.publish_status(NodeState::Online),
             () = a.jobs.loaded(), if a.jobs.is_loading() => a.publish_status(NodeState::Online),
-            Some(r) = results.recv() => a.out.result(&r),
+            Some((r, span)) = results.recv() => span.in_scope(|| a.out.result(&r)),
             ev = a.out.next_event() => {
                 if let Some(every) = a.on_event(ev) {
                     ticks.sample = ticker(every, MissedTickBehavior::Skip);
@@ -132,14 +132,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
 /// awaited for `shutdown_grace`, then the offline status and goodbye.
 async fn stop(
     mut a: Agent,
-    results: &mut mpsc::Receiver<JobResult>,
+    results: &mut mpsc::Receiver<jobs::Finished>,
     deliver: &mut Interval,
 ) -> Result<AgentReport, AgentError> {
     a.jobs.stop();
     a.publish_status(NodeState::Online);
     a.jobs.drain(JOB_DRAIN).await;
-    while let Ok(r) = results.try_recv() {
-        a.out.result(&r);
+    while let Ok((r, span)) = results.try_recv() {
+        span.in_scope(|| a.out.result(&r));
     }
     a.flush();
     a.delivery.make_durable();

@@ -62,7 +62,6 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -75,6 +74,15 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("fleet-agent: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Traces only for the running agent, not for its one-shot commands.
+    let otel = if cli.command.is_none() { cfg.otel.clone() } else { fleet_net::otel::OtelConfig::default() };
+    let traces = match logging(&rt, &otel) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fleet-agent: {e}");
+            return ExitCode::from(2);
         }
     };
     match cli.command {
@@ -92,16 +100,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::GenerateConfig) | None => run(&rt, cfg),
+        Some(Command::GenerateConfig) | None => {
+            let code = run(&rt, cfg);
+            if let Some(t) = traces {
+                // On a blocking thread while the runtime runs: the exporter's client lives on it.
+                let _ = rt.block_on(async move { tokio::task::spawn_blocking(move || t.shutdown()).await });
+            }
+            code
+        }
     }
 }
 
 /// Logs to stdout (the journal) at `RUST_LOG`'s levels (`info` when unset):
 /// `level` or `target=level`, comma-separated. A plain target filter, not
 /// `EnvFilter`: the agent does without the regex engine that one runs on.
-fn logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
+/// With `otel.endpoint` set, spans go to that OTLP endpoint too.
+fn logging(
+    rt: &tokio::runtime::Runtime,
+    otel: &fleet_net::otel::OtelConfig,
+) -> Result<Option<fleet_net::otel::Traces>, fleet_net::NetError> {
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let targets = match spec.parse::<tracing_subscriber::filter::Targets>() {
         Ok(t) if !spec.trim().is_empty() => t,
@@ -111,7 +128,9 @@ fn logging() {
             tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
         }
     };
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer()).with(targets).init();
+    // The exporter's gRPC client is made on the runtime.
+    let _in = rt.enter();
+    fleet_net::otel::init(targets, otel, "fleet-agent")
 }
 
 /// The config file (or the defaults) with the flags applied.

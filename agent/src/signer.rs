@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use fleet_proto::signing::{WILL_SEQ, sign};
+use fleet_proto::signing::{WILL_SEQ, sign, sign_traced};
 use fleet_proto::v1::MessageKind;
 use prost::Message;
 
@@ -58,11 +58,13 @@ impl Signer {
         self.boot_no
     }
 
-    /// Wraps `payload` in a signed envelope with the next sequence number.
+    /// Wraps `payload` in a signed envelope with the next sequence number and
+    /// the trace context of the current span (none when nothing is traced).
     pub fn seal(&mut self, kind: MessageKind, payload: Vec<u8>) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        sign(&self.key, &self.node_id, kind, self.boot_no, seq, payload).encode_to_vec()
+        let traceparent = fleet_net::otel::current_traceparent();
+        sign_traced(&self.key, &self.node_id, kind, self.boot_no, seq, payload, &traceparent).encode_to_vec()
     }
 
     /// The last will (an offline status), outside the sequence.

@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub cloud: CloudConfig,
     pub security: SecurityConfig,
     pub wireguard: WireGuardConfig,
+    /// Traces to an OTLP endpoint (docs/tracing.md). Default off.
+    pub otel: fleet_net::otel::OtelConfig,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +61,7 @@ impl Default for ControllerConfig {
             cloud: CloudConfig::default(),
             security: SecurityConfig::default(),
             wireguard: WireGuardConfig::default(),
+            otel: fleet_net::otel::OtelConfig::default(),
         }
     }
 }
@@ -103,6 +106,7 @@ impl ControllerConfig {
         self.jobs.validate()?;
         self.security.validate()?;
         self.wireguard.validate()?;
+        self.otel.validate().map_err(|e| ControllerError::Invalid(e.to_string()))?;
         self.router.validate()
     }
 }

@@ -30,18 +30,18 @@ pub struct Owners {
 impl Deliver for Owners {
     async fn deliver(&self, msg: Inbound) -> Result<(), Closed> {
         match msg {
-            Inbound::Telemetry { batch, done } => {
+            Inbound::Telemetry { batch, done, span } => {
                 self.metrics.ingest_queue.inc();
-                self.ingest.send(WriteItem::new(batch, done)).await.map_err(|_| Closed)?;
+                self.ingest.send(WriteItem::new(batch, done, span)).await.map_err(|_| Closed)?;
             }
             Inbound::Status(s) => self.registry.update_status(*s),
             Inbound::Reported(r) => {
                 self.rotation.on_reported(&r).await;
                 self.registry.update_reported(r);
             }
-            Inbound::Result(r) => {
+            Inbound::Result(r, span) => {
                 let node = r.node_id.clone();
-                self.jobs.on_result(&node, r);
+                span.in_scope(|| self.jobs.on_result(&node, r));
             }
             Inbound::Event(e) => self.registry.record_event(e),
             Inbound::DynsecAnswer(body) => dynsec::log_response(&body),

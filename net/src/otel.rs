@@ -59,7 +59,8 @@ impl OtelConfig {
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err(NetError::Otel(format!("sample_ratio = {} must be between 0 and 1", self.sample_ratio)));
         }
-        if !self.endpoint.is_empty() && !self.endpoint.starts_with("http://") && !self.endpoint.starts_with("https://") {
+        if !self.endpoint.is_empty() && !self.endpoint.starts_with("http://") && !self.endpoint.starts_with("https://")
+        {
             return Err(NetError::Otel(format!(
                 "endpoint = {:?} must be an OTLP/gRPC URL such as http://127.0.0.1:4317",
                 self.endpoint
@@ -150,7 +151,9 @@ pub fn current_traceparent() -> String {
 }
 
 /// Makes `span` a child of the span `traceparent` names (from the wire);
-/// nothing when it is empty or not a valid trace context.
+/// nothing when it is empty or not a valid trace context. Call it before
+/// `span` is entered or gets children: an OpenTelemetry span's parent is
+/// fixed once it starts.
 pub fn follow(span: &tracing::Span, traceparent: &str) {
     if traceparent.is_empty() {
         return;

@@ -14,6 +14,7 @@ pub mod enrolled;
 pub mod faketime;
 pub mod lazyfs;
 pub mod need;
+pub mod otlp;
 pub mod procs;
 pub mod spool_files;
 pub mod web;

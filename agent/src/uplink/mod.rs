@@ -37,8 +37,11 @@ pub enum UplinkEvent {
     Failed(Position),
     /// The controller published a desired state for this node (MQTT).
     Desired(fleet_proto::v1::DesiredState),
-    /// The controller sent an inference job (MQTT).
-    Job(Box<fleet_proto::v1::Job>),
+    /// The controller sent an inference job (MQTT), with the trace context it came in.
+    Job {
+        job: Box<fleet_proto::v1::Job>,
+        traceparent: String,
+    },
     /// A WireGuard key rotation step (MQTT).
     KeyRotation(fleet_proto::v1::KeyRotation),
 }

@@ -243,7 +243,7 @@ fn queue(tx: &mpsc::Sender<UplinkEvent>, ev: UplinkEvent) {
     if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
         match ev {
             UplinkEvent::Ack(_) => tracing::debug!("Ack queue full; the ack is dropped (a later one covers it)."),
-            UplinkEvent::Job(_) => tracing::warn!("Queue full; an inference job is dropped."),
+            UplinkEvent::Job { .. } => tracing::warn!("Queue full; an inference job is dropped."),
             _ => tracing::warn!("Queue full; a retained message is dropped (it comes again)."),
         }
     }

@@ -197,7 +197,7 @@ impl Trust {
             self.take_keys(&m.payload)?;
             return Ok(None);
         }
-        let ev = self.event(kind, &m.payload, now_ms)?;
+        let ev = self.event(kind, &m.payload, &m.traceparent, now_ms)?;
         // The controller signs with the newer key: the rotation is over for this node.
         if let Controller::Keys(h) = &mut self.controller
             && h.promote(m.boot_no)
@@ -220,13 +220,13 @@ impl Trust {
     }
 
     /// The event of a checked message, by its kind's own replay rule.
-    fn event(&mut self, kind: MessageKind, payload: &[u8], now_ms: i64) -> Result<UplinkEvent, Refused> {
+    fn event(&mut self, kind: MessageKind, payload: &[u8], trace: &str, now_ms: i64) -> Result<UplinkEvent, Refused> {
         match kind {
             MessageKind::Ack => Ack::decode(payload).map(UplinkEvent::Ack).map_err(|_| Refused::Malformed),
             MessageKind::Job => {
                 let job = Job::decode(payload).map_err(|_| Refused::Malformed)?;
                 self.fresh_job(&job, now_ms)?;
-                Ok(UplinkEvent::Job(Box::new(job)))
+                Ok(UplinkEvent::Job { job: Box::new(job), traceparent: trace.to_owned() })
             }
             MessageKind::Desired => {
                 let d = DesiredState::decode(payload).map_err(|_| Refused::Malformed)?;

@@ -136,9 +136,14 @@ impl FleetService for Api {
 
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<JobView>, Status> {
         let who = caller(&req);
+        // The job's trace: a child of the caller's when it sent a `traceparent` (docs/tracing.md).
+        let span = tracing::info_span!("SubmitJob", api.token = %who.name);
+        if let Some(tp) = req.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+            fleet_net::otel::follow(&span, tp);
+        }
         let submitted = match self.usage.admit_job(&who.name, &who.quota).await {
             Ok(admitted) => {
-                let r = self.jobs.submit(req.into_inner(), &who.name);
+                let r = span.in_scope(|| self.jobs.submit(req.into_inner(), &who.name));
                 if r.is_err() {
                     self.usage.refund_job(&who.name, admitted);
                 }

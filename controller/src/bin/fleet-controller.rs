@@ -68,12 +68,6 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into()),
-        )
-        .init();
     let mut cfg = match cli.config.as_deref().map(ControllerConfig::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
@@ -106,6 +100,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Traces only for the running controller, not for backup and restore.
+    let otel = if cli.command.is_none() { cfg.otel.clone() } else { fleet_net::otel::OtelConfig::default() };
+    let logs = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into());
+    let traces = {
+        let _in = rt.enter();
+        match fleet_net::otel::init(logs, &otel, "fleet-controller") {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("fleet-controller: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     match cli.command {
         Some(Command::Backup { to }) => {
             return report("backup", &to, rt.block_on(fleet_controller::backup::backup(&cfg, &to)));
@@ -124,6 +132,9 @@ fn main() -> ExitCode {
         });
         fleet_controller::run(cfg, shutdown).await
     });
+    if let Some(t) = traces {
+        let _ = rt.block_on(async move { tokio::task::spawn_blocking(move || t.shutdown()).await });
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,6 +17,8 @@ pub struct WriteItem {
     pub queued_at: Instant,
     /// Its rows' share of the queue, given back once written.
     pub(super) permit: Option<OwnedSemaphorePermit>,
+    /// Its trace's span, open until its rows are committed (docs/tracing.md).
+    pub span: tracing::Span,
 }
 
 /// The queue to the writers, bounded twice: at most `batches` batches and
@@ -51,9 +53,9 @@ impl WriteQueue {
 }
 
 impl WriteItem {
-    /// A batch for the writers; `done`, if any, hears whether its rows were committed.
+    /// A batch for the writers in `span`; `done`, if any, hears whether its rows were committed.
     #[must_use]
-    pub fn new(batch: TelemetryBatch, done: Option<tokio::sync::oneshot::Sender<bool>>) -> Self {
-        Self { batch, done, queued_at: Instant::now(), permit: None }
+    pub fn new(batch: TelemetryBatch, done: Option<tokio::sync::oneshot::Sender<bool>>, span: tracing::Span) -> Self {
+        Self { batch, done, queued_at: Instant::now(), permit: None, span }
     }
 }

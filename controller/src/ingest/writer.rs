@@ -57,14 +57,16 @@ impl Writer {
             self.metrics.ingest_queue.dec_by(i64::try_from(group.len()).unwrap_or(0));
             let oldest = group.iter().map(|w| w.queued_at).min();
             let mut permits = Vec::with_capacity(group.len());
+            let mut spans = Vec::with_capacity(group.len());
             let (batches, dones): (Vec<TelemetryBatch>, Vec<_>) = group
                 .into_iter()
                 .map(|w| {
                     permits.push(w.permit);
+                    spans.push(w.span);
                     (w.batch, w.done)
                 })
                 .unzip();
-            let ok = self.write_group(batches).await.is_ok();
+            let ok = self.write_traced(batches, &spans).await.is_ok();
             drop(permits);
             if let Some(t) = oldest {
                 self.metrics.ingest_lag_ms.set(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX));
@@ -106,7 +108,29 @@ impl Writer {
         Some(group)
     }
 
-    async fn write_group(&self, group: Vec<TelemetryBatch>) -> Result<(), ControllerError> {
+    /// [`Self::write_group`] with each batch's trace: a `db.write` span per
+    /// batch over the shared write and commit, and its node's ack sent in
+    /// `ack.publish` under that node's last batch.
+    async fn write_traced(&self, group: Vec<TelemetryBatch>, spans: &[tracing::Span]) -> Result<(), ControllerError> {
+        let writes: Vec<tracing::Span> = spans
+            .iter()
+            .zip(&group)
+            .map(|(s, b)| tracing::info_span!(parent: s, "db.write", batches = group.len(), node.id = %b.node_id))
+            .collect();
+        let mut acks: HashMap<String, tracing::Span> = HashMap::new();
+        for (s, b) in spans.iter().zip(&group) {
+            acks.insert(b.node_id.clone(), s.clone());
+        }
+        let r = self.write_group(group, &acks).await;
+        drop(writes);
+        r
+    }
+
+    async fn write_group(
+        &self,
+        group: Vec<TelemetryBatch>,
+        spans: &HashMap<String, tracing::Span>,
+    ) -> Result<(), ControllerError> {
         // Every batch's whole seq range counts as handled for its run's ack,
         // also the samples a value rule refuses below.
         let runs: Vec<RunRange> = group
@@ -155,7 +179,7 @@ impl Writer {
         for (node, n) in per_node {
             self.registry.record_samples(node, n);
         }
-        self.acknowledge(written.marks);
+        self.acknowledge(written.marks, spans);
         Ok(())
     }
 
@@ -188,10 +212,12 @@ impl Writer {
     }
 
     /// Each run's committed mark, as an `Ack` to its node.
-    fn acknowledge(&self, marks: Vec<(String, String, RunMark)>) {
+    fn acknowledge(&self, marks: Vec<(String, String, RunMark)>, spans: &HashMap<String, tracing::Span>) {
         for (node, boot, mark) in marks {
             if let Some(up_to) = mark.up_to() {
                 let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
+                let span = spans.get(&node).map(|s| tracing::info_span!(parent: s, "ack.publish", up_to_seq = up_to));
+                let _in = span.as_ref().map(tracing::Span::enter);
                 match self.link.ack(&node, &Ack { boot_id: boot, up_to_seq: up_to, committed }) {
                     Ok(()) => {
                         self.metrics.acks_published.inc();

@@ -20,6 +20,7 @@ impl JobManager {
                 None => {
                     let cloud = self.cloud_view(&l.view.model);
                     let (labels, placement, node, tried) = (&l.labels, l.placement, &l.pin, &l.tried);
+                    let _in = tracing::info_span!(parent: &l.span, "job.route").entered();
                     st.router.route(&JobSpec { model: &l.view.model, labels, placement, node, tried }, cloud)
                 }
             };
@@ -72,7 +73,9 @@ impl JobManager {
                     attempt,
                     budget_ms: u32::try_from(l.deadline.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX),
                 };
-                let ok = self.inner.link.job(id, &job).is_ok();
+                // The job goes out in this span's context (the node's run is its child).
+                let span = tracing::info_span!(parent: &l.span, "job.dispatch", node.id = %id, job.attempt = attempt);
+                let ok = span.in_scope(|| self.inner.link.job(id, &job).is_ok());
                 if ok {
                     st.router.dispatched(id);
                 }

@@ -164,6 +164,8 @@ struct Live {
     deadline: Instant,
     /// Callers waiting for the end (SubmitJob without detach).
     waiters: Vec<oneshot::Sender<JobView>>,
+    /// The job's span, open until it ends; routing, dispatch and results are its children.
+    span: tracing::Span,
 }
 
 impl Live {
@@ -308,6 +310,7 @@ impl JobManager {
             submitted,
             deadline: submitted + timeout,
             waiters: if req.detach { Vec::new() } else { vec![tx] },
+            span: tracing::info_span!("job", job.id = %job_id),
         };
         let mut st = self.state();
         if st.live.len() >= self.inner.cfg.max_in_flight {

@@ -76,11 +76,16 @@ pub fn check(
     if !read || (payload.is_empty() && matches!(channel, Channel::Status | Channel::Reported)) {
         return Ok(None);
     }
+    // The sender's span (from the envelope) is this one's parent: set before
+    // the span is entered or has children (an OpenTelemetry span's parent is
+    // fixed once it starts).
+    let span = tracing::info_span!("message.verify", node.id = node_id, channel = channel.as_str());
     let opened = verifier.open(node_id, channel, payload)?;
-    decode(node_id, channel, &opened).map(Some)
+    fleet_net::otel::follow(&span, &opened.traceparent);
+    decode(node_id, channel, &opened.payload, &span).map(Some)
 }
 
-fn decode(node_id: &str, channel: Channel, payload: &[u8]) -> Result<Inbound, Refusal> {
+fn decode(node_id: &str, channel: Channel, payload: &[u8], verified: &tracing::Span) -> Result<Inbound, Refusal> {
     match channel {
         Channel::Telemetry => {
             let b = TelemetryBatch::decode(payload).map_err(|_| Refusal::Decode)?;
@@ -88,7 +93,8 @@ fn decode(node_id: &str, channel: Channel, payload: &[u8]) -> Result<Inbound, Re
             if !valid_batch(&b) {
                 return Err(Refusal::Invalid);
             }
-            Ok(Inbound::Telemetry { batch: b, done: None })
+            let span = tracing::info_span!(parent: verified, "batch.ingest", samples = b.samples.len(), first_seq = b.first_seq);
+            Ok(Inbound::Telemetry { batch: b, done: None, span })
         }
         Channel::Status => {
             let s = NodeStatus::decode(payload).map_err(|_| Refusal::Decode)?;
@@ -108,7 +114,8 @@ fn decode(node_id: &str, channel: Channel, payload: &[u8]) -> Result<Inbound, Re
         _ => {
             let r = JobResult::decode(payload).map_err(|_| Refusal::Decode)?;
             same_node(&r.node_id, node_id)?;
-            Ok(Inbound::Result(r))
+            let span = tracing::info_span!(parent: verified, "job.result", job.id = %r.job_id, job.attempt = r.attempt);
+            Ok(Inbound::Result(r, span))
         }
     }
 }

@@ -226,10 +226,10 @@ impl TelemetryConsumer {
             return Ok(());
         }
         match accept(m, Channel::Telemetry, self.max_payload, &self.verifier) {
-            Ok(Some(Inbound::Telemetry { batch, .. })) => {
+            Ok(Some(Inbound::Telemetry { batch, span, .. })) => {
                 self.metrics.received.get_or_create(&ChannelLabel { channel: "kafka_telemetry" }).inc();
                 let (tx, rx) = oneshot::channel();
-                owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
+                owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx), span }).await?;
                 taken.batch = Some((batch, rx));
             }
             Ok(_) => {}
@@ -258,7 +258,8 @@ impl TelemetryConsumer {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     let (tx, rx) = oneshot::channel();
-                    owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx) }).await?;
+                    let span = tracing::info_span!("batch.ingest", again = true);
+                    owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx), span }).await?;
                     ok = rx.await.unwrap_or(false);
                 }
             }

@@ -11,14 +11,15 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub enum Inbound {
     /// A telemetry batch for ingest. `done` (Kafka) hears whether its rows
-    /// were committed, so the consumer commits its offsets only after them.
-    Telemetry { batch: TelemetryBatch, done: Option<oneshot::Sender<bool>> },
+    /// were committed, so the consumer commits its offsets only after them;
+    /// `span` lives until they are (docs/tracing.md).
+    Telemetry { batch: TelemetryBatch, done: Option<oneshot::Sender<bool>>, span: tracing::Span },
     /// A node's status for the live view.
     Status(Box<NodeStatus>),
     /// What a node runs of its desired state, and its WireGuard keys.
     Reported(ReportedState),
-    /// A node's answer to a job.
-    Result(JobResult),
+    /// A node's answer to a job, in its span (a child of the node's run).
+    Result(JobResult, tracing::Span),
     /// Something that happened on a node (a power profile change, ...), for the dashboard.
     Event(Event),
     /// An answer of Mosquitto's dynamic-security plugin (JSON).

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use ed25519_dalek::SigningKey;
-use fleet_proto::signing::sign_for_node;
+use fleet_proto::signing::sign_for_node_traced;
 use fleet_proto::v1::{ControllerKeys, MessageKind};
 use prost::Message;
 
@@ -120,6 +120,8 @@ impl Sealer {
     fn seal_with(k: &Keys, generation: u64, node_id: &str, kind: MessageKind, payload: Vec<u8>) -> Option<Vec<u8>> {
         let key = k.by_generation.get(&generation)?;
         let now = u64::try_from(fleet_proto::now_unix_ms()).unwrap_or(0);
-        Some(sign_for_node(key, generation, node_id, kind, now, payload).encode_to_vec())
+        // The current span's context goes along (a job's dispatch, a batch's ack).
+        let traceparent = fleet_net::otel::current_traceparent();
+        Some(sign_for_node_traced(key, generation, node_id, kind, now, payload, &traceparent).encode_to_vec())
     }
 }

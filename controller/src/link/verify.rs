@@ -182,10 +182,10 @@ impl Verifier {
     ///
     /// # Errors
     /// Why it is not believed (each a `reason` of `fleet_messages_dropped_total`).
-    pub fn open<'a>(&self, node_id: &str, channel: Channel, payload: &'a [u8]) -> Result<Cow<'a, [u8]>, Refusal> {
+    pub fn open<'a>(&self, node_id: &str, channel: Channel, payload: &'a [u8]) -> Result<Opened<'a>, Refusal> {
         let known = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(node_id).cloned();
         let Some(k) = known else {
-            return if self.required { Err(Refusal::UnknownNode) } else { Ok(Cow::Borrowed(payload)) };
+            return if self.required { Err(Refusal::UnknownNode) } else { Ok(Opened::bare(payload)) };
         };
         if k.revoked {
             return Err(Refusal::Revoked);
@@ -203,7 +203,21 @@ impl Verifier {
         }
         let mut guards = self.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guards.entry(node_id.to_owned()).or_default().accept(m.boot_no, m.msg_seq).map_err(|_| Refusal::Replay)?;
-        Ok(Cow::Owned(m.payload))
+        Ok(Opened { payload: Cow::Owned(m.payload), traceparent: m.traceparent })
+    }
+}
+
+/// A message that passed every check: its payload, and the trace context
+/// its envelope carried (empty for a bare message or an untraced sender).
+#[derive(Debug)]
+pub struct Opened<'a> {
+    pub payload: Cow<'a, [u8]>,
+    pub traceparent: String,
+}
+
+impl<'a> Opened<'a> {
+    fn bare(payload: &'a [u8]) -> Self {
+        Self { payload: Cow::Borrowed(payload), traceparent: String::new() }
     }
 }
 
@@ -299,7 +313,7 @@ mod tests {
         let v = Verifier::new(true, 1000);
         v.set(&[identity("a", &a, false), identity("b", &b, false)]);
         let m = sign(&a, "a", MessageKind::Telemetry, 1, 1, b"batch".to_vec()).encode_to_vec();
-        assert_eq!(v.open("a", Channel::Telemetry, &m).unwrap().as_ref(), b"batch");
+        assert_eq!(v.open("a", Channel::Telemetry, &m).unwrap().payload.as_ref(), b"batch");
         assert_eq!(v.open("a", Channel::Telemetry, &m).unwrap_err(), Refusal::Replay);
         // B's topic, A's message and key: the envelope names A.
         assert_eq!(v.open("b", Channel::Telemetry, &m).unwrap_err(), Refusal::NodeMismatch);
@@ -314,7 +328,7 @@ mod tests {
         // Not enrolled: not heard when enrollment is required, taken as is otherwise.
         assert_eq!(v.open("c", Channel::Telemetry, b"plain").unwrap_err(), Refusal::UnknownNode);
         let open = Verifier::new(false, 1000);
-        assert_eq!(open.open("c", Channel::Telemetry, b"plain").unwrap().as_ref(), b"plain");
+        assert_eq!(open.open("c", Channel::Telemetry, b"plain").unwrap().payload.as_ref(), b"plain");
         // Revoked: refused whatever it sends.
         v.set(&[identity("a", &a, true), identity("b", &b, false)]);
         let m2 = sign(&a, "a", MessageKind::Telemetry, 1, 2, b"batch".to_vec()).encode_to_vec();
