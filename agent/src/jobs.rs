@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_inference::{InferenceError, Output, Pool, RunError, Runtime};
+use fleet_inference::{InferenceError, Output, Place, Pool, RunError, Runtime};
 use fleet_proto::v1::{Job, JobResult, JobStatus, JobTimings, job};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -91,6 +91,45 @@ pub struct Jobs {
 
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Runs one job in its place of the pool and fills in its result.
+async fn run(
+    place: Place,
+    model: String,
+    text: String,
+    received: Instant,
+    deadline: Instant,
+    mut r: JobResult,
+) -> JobResult {
+    let ran = place.run(model, text, deadline).await;
+    let total = received.elapsed();
+    match ran {
+        Ok(ran) => {
+            r.timings = Some(JobTimings {
+                queued_us: us(ran.queued),
+                tokenize_us: us(ran.answer.times.tokenize),
+                inference_us: us(ran.answer.times.inference),
+                total_us: us(total),
+                ..Default::default()
+            });
+            r.confidence = ran.answer.confidence();
+            match ran.answer.output {
+                Output::Embedding(v) => r.embedding = v,
+                Output::Class(c) => r.label = c.label,
+            }
+            r.status = if Instant::now() > deadline { JobStatus::Expired } else { JobStatus::Succeeded } as i32;
+        }
+        Err(RunError::Expired) => {
+            r.status = JobStatus::Expired as i32;
+            r.error = "the deadline passed while the job waited for a worker".into();
+        }
+        Err(e) => {
+            r.status = JobStatus::Failed as i32;
+            r.error = e.to_string();
+        }
+    }
+    r
 }
 
 impl Jobs {
@@ -215,34 +254,7 @@ impl Jobs {
         let run_span = span.clone();
         self.tasks.spawn(tracing::Instrument::instrument(
             async move {
-                let ran = place.run(job.model, text, deadline).await;
-                let total = received.elapsed();
-                match ran {
-                    Ok(ran) => {
-                        r.timings = Some(JobTimings {
-                            queued_us: us(ran.queued),
-                            tokenize_us: us(ran.answer.times.tokenize),
-                            inference_us: us(ran.answer.times.inference),
-                            total_us: us(total),
-                            ..Default::default()
-                        });
-                        r.confidence = ran.answer.confidence();
-                        match ran.answer.output {
-                            Output::Embedding(v) => r.embedding = v,
-                            Output::Class(c) => r.label = c.label,
-                        }
-                        r.status =
-                            if Instant::now() > deadline { JobStatus::Expired } else { JobStatus::Succeeded } as i32;
-                    }
-                    Err(RunError::Expired) => {
-                        r.status = JobStatus::Expired as i32;
-                        r.error = "the deadline passed while the job waited for a worker".into();
-                    }
-                    Err(e) => {
-                        r.status = JobStatus::Failed as i32;
-                        r.error = e.to_string();
-                    }
-                }
+                let r = run(place, job.model, text, received, deadline, r).await;
                 let _ = tx.send((r, span)).await;
             },
             run_span,

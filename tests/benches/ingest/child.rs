@@ -33,6 +33,7 @@ impl ChildController {
         kafka: Option<&str>,
         mqtt: Option<&str>,
         schema: &str,
+        otel: Option<&str>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let broker = match mqtt {
@@ -47,6 +48,9 @@ impl ChildController {
         );
         if let Some(b) = kafka {
             cfg.push_str(&format!("[kafka]\nbrokers = \"{b}\"\nbridge = false\n"));
+        }
+        if let Some(endpoint) = otel {
+            cfg.push_str(&format!("[otel]\nendpoint = \"{endpoint}\"\n"));
         }
         let path = dir.path().join("controller.toml");
         std::fs::write(&path, cfg)?;
@@ -163,6 +167,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub async fn controller_child(config: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config)?;
     let cfg = ControllerConfig::from_toml(&text, &config.display().to_string())?;
+    // As the controller's binary logs (to stderr here: stdout is the ready line), and traces with [otel].
+    let traces = subscriber(&cfg.otel)?;
     let stop = CancellationToken::new();
     let c = Controller::start(cfg, stop.clone()).await?;
     println!("ready {} {} {}", c.mqtt_url, c.http_addr, c.api.url);
@@ -174,5 +180,28 @@ pub async fn controller_child(config: &Path) -> anyhow::Result<()> {
     .await?;
     stop.cancel();
     c.wait().await;
+    if let Some(t) = traces {
+        tokio::task::spawn_blocking(move || t.shutdown()).await?;
+    }
     Ok(())
+}
+
+/// The child's subscriber: log lines at the binary's default levels on
+/// stderr, and spans to OTLP when `otel.endpoint` is set.
+fn subscriber(otel: &fleet_net::otel::OtelConfig) -> anyhow::Result<Option<fleet_net::otel::Traces>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn,sqlx=warn");
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs);
+    Ok(match fleet_net::otel::layer(otel, "fleet-controller")? {
+        Some((layer, traces)) => {
+            tracing_subscriber::registry().with(fmt).with(layer).init();
+            Some(traces)
+        }
+        None => {
+            tracing_subscriber::registry().with(fmt).init();
+            None
+        }
+    })
 }

@@ -8,6 +8,9 @@
 //! (d) agent batches -> MQTT -> controller -> SQLite,
 //! (e) as (a) and (b), into a TimescaleDB hypertable (COPY into a twin
 //!     hypertable, then the full path into the controller's),
+//! (t) (b) twice in one run, with tracing off and then on (every batch's
+//!     spans exported to an OTLP receiver in this process; docs/tracing.md):
+//!     `tracing_on_vs_off_ratio=`; only when asked (`--only t`),
 //! and prints rows/s of each, the controller's peak RSS on each path (it runs
 //! as a child process of the bench), `timescaledb_ingest_vs_copy_ratio=` and
 //! as its last line `ingest_vs_copy_ratio=<(b)/(a)>`.
@@ -111,6 +114,24 @@ impl Bench {
         Ok(rate)
     }
 
+    /// (t): the full path to PostgreSQL with tracing off, then on, each into
+    /// a database of its own; prints both rates, the spans the receiver got
+    /// and `tracing_on_vs_off_ratio=`.
+    async fn tracing_cost(&self, new_db: &mut impl AsyncFnMut(&str) -> anyhow::Result<String>) -> anyhow::Result<()> {
+        let receiver = fleet_tests::otlp::Receiver::start().await?;
+        let mut rates = Vec::new();
+        for (tag, otel) in [("trace_off", None), ("trace_on", Some(receiver.endpoint()))] {
+            let url = new_db(tag).await?;
+            let c = ChildController::start(&url, None, self.mqtt.as_deref(), "postgres", otel.as_deref()).await?;
+            let what = format!("(t) agent batches -> MQTT -> controller -> PostgreSQL, tracing {}", &tag[6..]);
+            rates.push(self.over_mqtt(&c, &what).await?);
+            c.stop()?;
+        }
+        println!("spans received with tracing on: {}", receiver.spans().len());
+        println!("tracing_on_vs_off_ratio={:.3}", rates[1] / rates[0]);
+        Ok(())
+    }
+
     /// (c): through Kafka (a given cluster, else librdkafka's mock) into the controller.
     async fn over_kafka(&self, url: &str) -> anyhow::Result<()> {
         let mock;
@@ -126,7 +147,7 @@ impl Bench {
                 mock.bootstrap_servers()
             }
         };
-        let c = ChildController::start(url, Some(&brokers), self.mqtt.as_deref(), "postgres").await?;
+        let c = ChildController::start(url, Some(&brokers), self.mqtt.as_deref(), "postgres", None).await?;
         let sealed: Vec<Sealed> = self.sealed(&c).await?.into_iter().map(|(_, s)| s).collect();
         let n = self.n;
         let (rate, rss) = c.measure(n as u64, || publish::kafka(brokers.clone(), sealed)).await?;
@@ -178,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         let only = bench.only.clone();
         if only.contains('a') || only.contains('b') {
             let url = new_db("mqtt").await?;
-            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "postgres").await?;
+            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "postgres", None).await?;
             if only.contains('a') {
                 copy_rate = Some(copy(&url, &data, nodes, false).await?);
             }
@@ -191,17 +212,20 @@ async fn main() -> anyhow::Result<()> {
             bench.over_kafka(&new_db("kafka").await?).await?;
         }
         if only.contains('d') {
-            let c = ChildController::start("", None, bench.mqtt.as_deref(), "postgres").await?;
+            let c = ChildController::start("", None, bench.mqtt.as_deref(), "postgres", None).await?;
             bench.over_mqtt(&c, "(d) agent batches -> MQTT -> controller -> SQLite").await?;
             c.stop()?;
         }
         if only.contains('e') {
             let url = new_db("tsdb").await?;
-            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "timescaledb").await?;
+            let c = ChildController::start(&url, None, bench.mqtt.as_deref(), "timescaledb", None).await?;
             let copied = copy(&url, &data, nodes, true).await?;
             let path = bench.over_mqtt(&c, "(e) agent batches -> MQTT -> controller -> TimescaleDB").await?;
             println!("timescaledb_ingest_vs_copy_ratio={:.3}", path / copied);
             c.stop()?;
+        }
+        if only.contains('t') {
+            bench.tracing_cost(&mut new_db).await?;
         }
         if let (Some(c), Some(p)) = (copy_rate, path_rate) {
             println!("ingest_vs_copy_ratio={:.3}", p / c);
