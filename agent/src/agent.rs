@@ -56,6 +56,8 @@ pub struct Agent {
     samples_taken: u64,
     /// What `fleet-agent status` reads (None: the socket could not be made).
     local: Option<watch::Sender<local::Live>>,
+    /// What the Prometheus endpoint shows (None: `[metrics] listen` is empty).
+    metrics: Option<watch::Sender<crate::metrics::Snapshot>>,
     /// When the agent last said it is not enrolled.
     nagged: Option<std::time::Instant>,
     /// The controller's messages it did not believe.
@@ -182,12 +184,16 @@ impl Agent {
             overlay,
             samples_taken: 0,
             local: None,
+            metrics: None,
             nagged: None,
             trust,
             node,
             cfg,
         };
         agent.local = agent.serve_local();
+        if let Some(addr) = agent.cfg.metrics.addr()? {
+            agent.metrics = Some(crate::metrics::serve(addr)?.0);
+        }
         if let Some(d) = desired::load(&agent.cfg.data_dir) {
             agent.apply_desired(&d, false);
         }
@@ -226,6 +232,20 @@ impl Agent {
             samples_acked: c.samples_acked,
         };
         tx.send_if_modified(|l| std::mem::replace(l, live) != live);
+    }
+
+    /// Refreshes what a scrape of the metrics endpoint shows (when it is on;
+    /// at each flush, about once a second).
+    pub fn publish_metrics(&self) {
+        let Some(tx) = &self.metrics else { return };
+        let snapshot = crate::metrics::Snapshot {
+            status: self.status(NodeState::Online),
+            connected: self.out.connected(),
+            jobs_ran: self.jobs.ran,
+            jobs_refused: self.jobs.refused,
+            last_ack_unix_ms: self.delivery.last_ack_unix_ms,
+        };
+        tx.send_replace(snapshot);
     }
 
     /// Says that the node is not enrolled, at start and then once a minute
@@ -389,7 +409,7 @@ impl Agent {
     fn take_job(&mut self, job: fleet_proto::v1::Job, traceparent: &str) {
         // A child of the controller's dispatch (the trace context came in the job's envelope).
         let span =
-            tracing::info_span!("job.run", job.id = %job.job_id, job.model = %job.model, job.attempt = job.attempt);
+            tracing::debug_span!("job.run", job.id = %job.job_id, job.model = %job.model, job.attempt = job.attempt);
         fleet_net::otel::follow(&span, traceparent);
         let (max_jobs, profile) = (self.power.max_jobs(), self.power.profile().name());
         if let Some(r) = self.jobs.take(job, span.clone(), max_jobs, profile, self.desired.models()) {

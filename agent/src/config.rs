@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub overlay: OverlayConfig,
     /// Traces to an OTLP endpoint (docs/tracing.md). Default off.
     pub otel: fleet_net::otel::OtelConfig,
+    /// The Prometheus endpoint (docs/metrics.md). Default off.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +72,7 @@ impl Default for AgentConfig {
             inference: InferenceConfig::default(),
             overlay: OverlayConfig::default(),
             otel: fleet_net::otel::OtelConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl AgentConfig {
         self.mqtt.validate()?;
         self.inference.validate()?;
         self.otel.validate().map_err(|e| AgentError::Invalid(e.to_string()))?;
+        self.metrics.addr()?;
         self.telemetry.validate()?;
         self.spool.validate()?;
         self.power.validate()

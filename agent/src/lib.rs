@@ -22,6 +22,7 @@ pub mod error;
 pub mod identity;
 pub mod jobs;
 pub mod local;
+pub mod metrics;
 pub mod outbox;
 pub mod overlay;
 pub mod power;
@@ -109,7 +110,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
                     ticks.sample.reset();
                 }
             }
-            _ = ticks.flush.tick() => a.flush(),
+            _ = ticks.flush.tick() => {
+                a.flush();
+                a.publish_metrics();
+            }
             _ = ticks.deliver.tick() => {
                 a.delivery.tick(&mut a.out);
                 a.publish_local();

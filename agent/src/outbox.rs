@@ -67,7 +67,7 @@ impl Outbox {
     /// The batch's position when the uplink's queue is full (the spool keeps it).
     pub fn telemetry(&mut self, mut out: Outgoing) -> Result<(), Position> {
         // The batch's trace starts here; its context goes out in the envelope.
-        let span = tracing::info_span!("batch.publish", spool.segment = out.pos.seg, spool.offset = out.pos.off);
+        let span = tracing::debug_span!("batch.publish", spool.segment = out.pos.seg, spool.offset = out.pos.off);
         let _in = span.enter();
         out.wire = self.seal(MessageKind::Telemetry, std::mem::take(&mut out.wire));
         match self.uplink.send_telemetry(out) {

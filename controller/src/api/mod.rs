@@ -137,7 +137,7 @@ impl FleetService for Api {
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<JobView>, Status> {
         let who = caller(&req);
         // The job's trace: a child of the caller's when it sent a `traceparent` (docs/tracing.md).
-        let span = tracing::info_span!("SubmitJob", api.token = %who.name);
+        let span = tracing::debug_span!("SubmitJob", api.token = %who.name);
         if let Some(tp) = req.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
             fleet_net::otel::follow(&span, tp);
         }

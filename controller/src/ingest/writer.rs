@@ -115,7 +115,7 @@ impl Writer {
         let writes: Vec<tracing::Span> = spans
             .iter()
             .zip(&group)
-            .map(|(s, b)| tracing::info_span!(parent: s, "db.write", batches = group.len(), node.id = %b.node_id))
+            .map(|(s, b)| tracing::debug_span!(parent: s, "db.write", batches = group.len(), node.id = %b.node_id))
             .collect();
         let mut acks: HashMap<String, tracing::Span> = HashMap::new();
         for (s, b) in spans.iter().zip(&group) {
@@ -216,7 +216,7 @@ impl Writer {
         for (node, boot, mark) in marks {
             if let Some(up_to) = mark.up_to() {
                 let committed = mark.ranges(ACK_RANGES).map(|(start, end)| SeqRange { start, end }).collect();
-                let span = spans.get(&node).map(|s| tracing::info_span!(parent: s, "ack.publish", up_to_seq = up_to));
+                let span = spans.get(&node).map(|s| tracing::debug_span!(parent: s, "ack.publish", up_to_seq = up_to));
                 let _in = span.as_ref().map(tracing::Span::enter);
                 match self.link.ack(&node, &Ack { boot_id: boot, up_to_seq: up_to, committed }) {
                     Ok(()) => {

@@ -20,7 +20,7 @@ impl JobManager {
                 None => {
                     let cloud = self.cloud_view(&l.view.model);
                     let (labels, placement, node, tried) = (&l.labels, l.placement, &l.pin, &l.tried);
-                    let _in = tracing::info_span!(parent: &l.span, "job.route").entered();
+                    let _in = tracing::debug_span!(parent: &l.span, "job.route").entered();
                     st.router.route(&JobSpec { model: &l.view.model, labels, placement, node, tried }, cloud)
                 }
             };
@@ -74,7 +74,7 @@ impl JobManager {
                     budget_ms: u32::try_from(l.deadline.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX),
                 };
                 // The job goes out in this span's context (the node's run is its child).
-                let span = tracing::info_span!(parent: &l.span, "job.dispatch", node.id = %id, job.attempt = attempt);
+                let span = tracing::debug_span!(parent: &l.span, "job.dispatch", node.id = %id, job.attempt = attempt);
                 let ok = span.in_scope(|| self.inner.link.job(id, &job).is_ok());
                 if ok {
                     st.router.dispatched(id);

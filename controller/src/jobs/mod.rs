@@ -310,7 +310,7 @@ impl JobManager {
             submitted,
             deadline: submitted + timeout,
             waiters: if req.detach { Vec::new() } else { vec![tx] },
-            span: tracing::info_span!("job", job.id = %job_id),
+            span: tracing::debug_span!("job", job.id = %job_id),
         };
         let mut st = self.state();
         if st.live.len() >= self.inner.cfg.max_in_flight {

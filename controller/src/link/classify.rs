@@ -79,7 +79,7 @@ pub fn check(
     // The sender's span (from the envelope) is this one's parent: set before
     // the span is entered or has children (an OpenTelemetry span's parent is
     // fixed once it starts).
-    let span = tracing::info_span!("message.verify", node.id = node_id, channel = channel.as_str());
+    let span = tracing::debug_span!("message.verify", node.id = node_id, channel = channel.as_str());
     let opened = verifier.open(node_id, channel, payload)?;
     fleet_net::otel::follow(&span, &opened.traceparent);
     decode(node_id, channel, &opened.payload, &span).map(Some)
@@ -93,7 +93,7 @@ fn decode(node_id: &str, channel: Channel, payload: &[u8], verified: &tracing::S
             if !valid_batch(&b) {
                 return Err(Refusal::Invalid);
             }
-            let span = tracing::info_span!(parent: verified, "batch.ingest", samples = b.samples.len(), first_seq = b.first_seq);
+            let span = tracing::debug_span!(parent: verified, "batch.ingest", samples = b.samples.len(), first_seq = b.first_seq);
             Ok(Inbound::Telemetry { batch: b, done: None, span })
         }
         Channel::Status => {
@@ -114,7 +114,8 @@ fn decode(node_id: &str, channel: Channel, payload: &[u8], verified: &tracing::S
         _ => {
             let r = JobResult::decode(payload).map_err(|_| Refusal::Decode)?;
             same_node(&r.node_id, node_id)?;
-            let span = tracing::info_span!(parent: verified, "job.result", job.id = %r.job_id, job.attempt = r.attempt);
+            let span =
+                tracing::debug_span!(parent: verified, "job.result", job.id = %r.job_id, job.attempt = r.attempt);
             Ok(Inbound::Result(r, span))
         }
     }

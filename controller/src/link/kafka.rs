@@ -258,7 +258,7 @@ impl TelemetryConsumer {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     let (tx, rx) = oneshot::channel();
-                    let span = tracing::info_span!("batch.ingest", again = true);
+                    let span = tracing::debug_span!("batch.ingest", again = true);
                     owner.deliver(Inbound::Telemetry { batch: batch.clone(), done: Some(tx), span }).await?;
                     ok = rx.await.unwrap_or(false);
                 }
