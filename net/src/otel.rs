@@ -8,6 +8,7 @@
 //! context.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -19,7 +20,9 @@ use serde::Deserialize;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::Layered;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -30,6 +33,8 @@ use crate::NetError;
 const OUR_CRATES: [&str; 5] = ["fleet_agent", "fleet_controller", "fleet_net", "fleet_inference", "fleet_local"];
 /// The W3C header the context travels in.
 const TRACEPARENT: &str = "traceparent";
+/// Whether this process exports traces: when not, carrying a context is skipped at once.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// `[otel]` of the agent's and the controller's config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,28 +118,34 @@ where
     // Our spans are DEBUG: without this layer no one wants them and they cost nothing.
     let ours = OUR_CRATES.iter().fold(Targets::new(), |t, c| t.with_target(*c, tracing::Level::DEBUG));
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours);
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Some((layer, Traces { provider })))
 }
 
 /// Installs the process's subscriber: log lines filtered by `logs`, and
 /// with `cfg.endpoint` set the spans of our crates to OTLP (whatever the log
 /// level). Our spans are at DEBUG: with traces off and logs at INFO, none is
-/// ever made. Call inside a Tokio runtime.
+/// ever made, and the subscriber is the plain one (one global filter).
+/// Call inside a Tokio runtime.
 ///
 /// # Errors
 /// Settings the exporter refuses.
 pub fn init<F>(logs: F, cfg: &OtelConfig, program: &str) -> Result<Option<Traces>, NetError>
 where
-    F: tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
+    F: tracing_subscriber::layer::Filter<Registry>
+        + Layer<Layered<tracing_subscriber::fmt::Layer<Registry>, Registry>>
+        + Send
+        + Sync
+        + 'static,
 {
-    let fmt = tracing_subscriber::fmt::layer().with_filter(logs);
     match layer(cfg, program)? {
         Some((otel, traces)) => {
+            let fmt = tracing_subscriber::fmt::layer().with_filter(logs);
             tracing_subscriber::registry().with(fmt).with(otel).init();
             Ok(Some(traces))
         }
         None => {
-            tracing_subscriber::registry().with(fmt).init();
+            tracing_subscriber::registry().with(tracing_subscriber::fmt::layer()).with(logs).init();
             Ok(None)
         }
     }
@@ -143,6 +154,9 @@ where
 /// The W3C `traceparent` of the current span, or empty when nothing is traced.
 #[must_use]
 pub fn current_traceparent() -> String {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return String::new();
+    }
     let cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid() {
         return String::new();
@@ -157,7 +171,7 @@ pub fn current_traceparent() -> String {
 /// `span` is entered or gets children: an OpenTelemetry span's parent is
 /// fixed once it starts.
 pub fn follow(span: &tracing::Span, traceparent: &str) {
-    if traceparent.is_empty() {
+    if traceparent.is_empty() || !EXPORTING.load(Ordering::Relaxed) {
         return;
     }
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
@@ -182,6 +196,7 @@ mod tests {
 
     #[test]
     fn without_a_tracer_nothing_travels() {
+        // No subscriber in this test's thread: nothing to carry, exporting or not.
         let span = tracing::info_span!("x");
         let _in = span.enter();
         assert_eq!(current_traceparent(), "");
@@ -191,6 +206,7 @@ mod tests {
     #[test]
     fn a_context_goes_out_and_comes_back_as_the_parent() {
         use opentelemetry::trace::TracerProvider as _;
+        EXPORTING.store(true, Ordering::Relaxed);
         let provider = SdkTracerProvider::builder().build();
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
