@@ -186,21 +186,22 @@ pub async fn controller_child(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The child's subscriber: log lines at the binary's default levels on
-/// stderr, and spans to OTLP when `otel.endpoint` is set.
+/// The child's subscriber, composed as `fleet_net::otel::init` composes the
+/// binary's (log lines at its default levels, here on stderr: stdout is the
+/// ready line), with spans to OTLP when `otel.endpoint` is set.
 fn subscriber(otel: &fleet_net::otel::OtelConfig) -> anyhow::Result<Option<fleet_net::otel::Traces>> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let logs = tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn,sqlx=warn");
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     Ok(match fleet_net::otel::layer(otel, "fleet-controller")? {
         Some((layer, traces)) => {
-            tracing_subscriber::registry().with(fmt).with(layer).init();
+            tracing_subscriber::registry().with(fmt.with_filter(logs)).with(layer).init();
             Some(traces)
         }
         None => {
-            tracing_subscriber::registry().with(fmt).init();
+            tracing_subscriber::registry().with(fmt).with(logs).init();
             None
         }
     })
