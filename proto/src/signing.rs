@@ -138,9 +138,25 @@ pub fn sign_traced(
     payload: Vec<u8>,
     traceparent: &str,
 ) -> SignedMessage {
+    seal(key, DOMAIN, node_id, kind, boot_no, msg_seq, payload, traceparent)
+}
+
+/// The envelope of `payload` signed under `domain` (a node's or the
+/// controller's); a trace context longer than [`MAX_TRACEPARENT`] is left out.
+#[allow(clippy::too_many_arguments)] // the envelope's fields, each named
+fn seal(
+    key: &SigningKey,
+    domain: &[u8],
+    node_id: &str,
+    kind: MessageKind,
+    boot_no: u64,
+    msg_seq: u64,
+    payload: Vec<u8>,
+    traceparent: &str,
+) -> SignedMessage {
     let traceparent = if traceparent.len() > MAX_TRACEPARENT { "" } else { traceparent };
-    let bytes = signed_bytes(node_id, kind as i32, boot_no, msg_seq, &payload, traceparent);
-    let signature = key.sign(&bytes).to_bytes().to_vec();
+    let covered = Covered { node_id, kind: kind as i32, boot_no, msg_seq, payload: &payload, traceparent };
+    let signature = key.sign(&bytes_in(domain, &covered)).to_bytes().to_vec();
     SignedMessage {
         node_id: node_id.into(),
         kind: kind as i32,
@@ -204,19 +220,7 @@ pub fn sign_for_node_traced(
     payload: Vec<u8>,
     traceparent: &str,
 ) -> SignedMessage {
-    let traceparent = if traceparent.len() > MAX_TRACEPARENT { "" } else { traceparent };
-    let covered =
-        Covered { node_id, kind: kind as i32, boot_no: generation, msg_seq: time_ms, payload: &payload, traceparent };
-    let signature = key.sign(&bytes_in(CONTROLLER_DOMAIN, &covered)).to_bytes().to_vec();
-    SignedMessage {
-        node_id: node_id.into(),
-        kind: kind as i32,
-        boot_no: generation,
-        msg_seq: time_ms,
-        payload,
-        signature,
-        traceparent: traceparent.to_owned(),
-    }
+    seal(key, CONTROLLER_DOMAIN, node_id, kind, generation, time_ms, payload, traceparent)
 }
 
 /// Checks a message from the controller on node `own_id`: a controller's

@@ -112,15 +112,12 @@ impl Writer {
     /// batch over the shared write and commit, and its node's ack sent in
     /// `ack.publish` under that node's last batch.
     async fn write_traced(&self, group: Vec<TelemetryBatch>, spans: &[tracing::Span]) -> Result<(), ControllerError> {
-        let writes: Vec<tracing::Span> = spans
-            .iter()
-            .zip(&group)
+        // Not tracing (the spans are disabled): nothing to make per batch on this hot path.
+        let traced = || spans.iter().zip(&group).filter(|(s, _)| !s.is_disabled());
+        let writes: Vec<tracing::Span> = traced()
             .map(|(s, b)| tracing::debug_span!(parent: s, "db.write", batches = group.len(), node.id = %b.node_id))
             .collect();
-        let mut acks: HashMap<String, tracing::Span> = HashMap::new();
-        for (s, b) in spans.iter().zip(&group) {
-            acks.insert(b.node_id.clone(), s.clone());
-        }
+        let acks: HashMap<String, tracing::Span> = traced().map(|(s, b)| (b.node_id.clone(), s.clone())).collect();
         let r = self.write_group(group, &acks).await;
         drop(writes);
         r
