@@ -154,6 +154,37 @@ async fn roles_csrf_and_sessions_hold_like_grpc_and_every_action_is_audited() ->
 }
 
 #[tokio::test]
+async fn an_admins_actions_reach_the_api_and_are_audited() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (c, stop, web, mut admin) = controller(dir.path()).await?;
+    let (a, _) = login(&web, &token(&mut admin, "adm", "admin").await?).await?;
+    // Each action is the API call it names: its answer, and its audit record under the session's token.
+    let revoke = a.post(&web, "/api/nodes/ghost/revoke", "{}").await?;
+    let rotate = a.post(&web, "/api/nodes/ghost/rotate-key", "{}").await?;
+    let job = a.post(&web, "/api/jobs", r#"{"model":"severity","text":"disk full"}"#).await?;
+    for (what, r) in [("RevokeNode", &revoke), ("RotateNodeKey", &rotate)] {
+        assert_eq!(r.status, 404, "{what}: {r:?}");
+        assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("not enrolled")), "{what}: {r:?}");
+        audited(&admin, "adm", what, "NotFound").await?;
+    }
+    assert_eq!((job.status, job.json()["status"].as_str()), (200, Some("succeeded")), "{job:?}");
+    audited(&admin, "adm", "SubmitJob", "ok").await?;
+    let created = a.post(&web, "/api/bootstrap-tokens", r#"{"ttl_s":600}"#).await?;
+    assert_eq!(created.status, 200, "{created:?}");
+    let id = created.json()["token_id"].as_str().unwrap_or_default().to_owned();
+    assert!(created.json()["token"].as_str().is_some_and(|t| t.starts_with("fbt_")), "{created:?}");
+    let revoked = a.post(&web, &format!("/api/bootstrap-tokens/{id}/revoke"), "{}").await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let sec = a.get(&web, "/api/security").await?.json();
+    let state =
+        sec["bootstrap_tokens"].as_array().and_then(|t| t.iter().find(|t| t["token_id"] == id.as_str()).cloned());
+    assert_eq!(state.map(|t| t["state"].clone()), Some(serde_json::json!("revoked")), "{sec}");
+    stop.cancel();
+    c.wait().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_session_outlives_a_controller_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (c, stop, web, mut admin) = controller(dir.path()).await?;
