@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 pub mod cluster;
 pub mod enrolled;
 pub mod faketime;
+pub mod grafana;
 pub mod lazyfs;
 pub mod need;
 pub mod otlp;
 pub mod procs;
+pub mod prometheus;
 pub mod spool_files;
 pub mod web;
 
