@@ -35,6 +35,7 @@ pub mod uplink;
 
 use std::time::Duration;
 
+use fleet_net::systemd;
 use fleet_proto::v1::{AgentCounters, NodeState};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval};
@@ -61,6 +62,8 @@ const DELIVER_TICK: Duration = Duration::from_millis(100);
 const TRIM_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping agent lets running jobs finish.
 const JOB_DRAIN: Duration = Duration::from_secs(2);
+/// The watchdog tick outside systemd (or without `WatchdogSec=`), where a ping is a no-op.
+const NO_WATCHDOG: Duration = Duration::from_secs(3600);
 
 fn ticker(every: Duration, missed: MissedTickBehavior) -> Interval {
     let mut t = interval(every);
@@ -74,6 +77,8 @@ struct Ticks {
     flush: Interval,
     status: Interval,
     deliver: Interval,
+    /// systemd's watchdog (`WatchdogSec=`): pinged from this loop, so a hung loop gets the agent restarted.
+    watchdog: Interval,
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops cleanly: the last
@@ -92,7 +97,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         flush: ticker(t.flush_interval, MissedTickBehavior::Delay),
         status: ticker(t.status_interval, MissedTickBehavior::Delay),
         deliver: ticker(DELIVER_TICK, MissedTickBehavior::Delay),
+        watchdog: ticker(systemd::watchdog_every().unwrap_or(NO_WATCHDOG), MissedTickBehavior::Delay),
     };
+    systemd::ready(&format!("node {} sampling", a.node.id));
     let trim = tokio::time::sleep(TRIM_AFTER);
     tokio::pin!(trim);
     let mut trimmed = false;
@@ -119,6 +126,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
                 a.publish_local();
             }
             _ = ticks.status.tick() => a.publish_status(NodeState::Online),
+            _ = ticks.watchdog.tick() => systemd::watchdog(),
             () = a.jobs.loaded(), if a.jobs.is_loading() => a.publish_status(NodeState::Online),
             Some((r, span)) = results.recv() => span.in_scope(|| a.out.result(&r)),
             ev = a.out.next_event() => {
@@ -139,6 +147,7 @@ async fn stop(
     results: &mut mpsc::Receiver<jobs::Finished>,
     deliver: &mut Interval,
 ) -> Result<AgentReport, AgentError> {
+    systemd::stopping();
     a.jobs.stop();
     a.publish_status(NodeState::Online);
     a.jobs.drain(JOB_DRAIN).await;

@@ -101,6 +101,7 @@ impl ControllerConfig {
             ));
         }
         self.mqtt.validate()?;
+        self.grpc.health_addr()?;
         self.ingest.validate()?;
         self.cloud.validate()?;
         self.jobs.validate()?;

@@ -109,6 +109,10 @@ impl Controller {
         // Before any listener: the admin token and TLS files exist, the overlay is up.
         let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;
         let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
+        let grpc_health = match cfg.grpc.health_addr()? {
+            Some(addr) => Some(bind(addr, "gRPC health (plaintext)", "[grpc] health_listen").await?),
+            None => None,
+        };
         let http = bind(cfg.http.listen, "HTTP listener (metrics, dashboard)", "--http-listen").await?;
         let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
         let (tasks, metrics) = (TaskTracker::new(), Arc::new(Metrics::new()));
@@ -179,7 +183,7 @@ impl Controller {
         let dashboard_url = format!("{}://{http_addr}/", if http_tls.is_some() { "https" } else { "http" });
         let dashboard = Arc::new(Dashboard::new(api.clone(), services.guard.clone(), transport)?);
         let tls = prepared.tls.map(|t| t.config);
-        let server = Server::new(grpc, tls, api, Enrollment(services.security), services.guard)?;
+        let server = Server::new((grpc, grpc_health), tls, api, Enrollment(services.security), services.guard)?;
         tasks.spawn(server.run(shutdown.clone()));
         tasks.spawn(Http::new(http, http_tls, metrics.clone(), store.clone(), dashboard).run(shutdown.clone()));
         tasks.close();

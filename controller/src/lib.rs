@@ -37,6 +37,9 @@ pub mod usage;
 pub use config::ControllerConfig;
 pub use controller::{ADMIN_TOKEN_FILE, ApiAccess, Controller};
 pub use error::ControllerError;
+use std::time::Duration;
+
+use fleet_net::systemd;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the controller until `shutdown` is cancelled, then stops its tasks.
@@ -45,8 +48,17 @@ use tokio_util::sync::CancellationToken;
 /// As `Controller::start`.
 pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<(), ControllerError> {
     let c = Controller::start(cfg, shutdown.clone()).await?;
-    shutdown.cancelled().await;
-    if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait()).await.is_err() {
+    systemd::ready(&format!("gRPC on {}, HTTP on {}", c.grpc_addr, c.http_addr));
+    // systemd's watchdog (`WatchdogSec=`): a runtime too stuck to run this loop gets the controller restarted.
+    let mut watchdog = tokio::time::interval(systemd::watchdog_every().unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = watchdog.tick() => systemd::watchdog(),
+        }
+    }
+    systemd::stopping();
+    if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
         tracing::warn!("Some controller tasks did not stop within 10 s.");
     }
     Ok(())

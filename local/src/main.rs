@@ -153,7 +153,7 @@ fn existing_controller(cli: &Cli) -> anyhow::Result<fleet_controller::ApiAccess>
 async fn start_controller(cli: &Cli, stop: CancellationToken) -> anyhow::Result<fleet_controller::Controller> {
     let mut cfg = ControllerConfig {
         data_dir: cli.data_dir.join("controller"),
-        grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen },
+        grpc: fleet_controller::api::server::GrpcConfig { listen: cli.grpc_listen, ..Default::default() },
         // Plain HTTP on loopback (the dashboard says so): a browser on this machine needs no CA.
         http: fleet_controller::http::HttpConfig { listen: cli.http_listen, tls: fleet_controller::http::HttpTls::Off },
         mqtt: fleet_controller::link::MqttConfig { embedded_listen: cli.mqtt_listen, ..Default::default() },

@@ -211,16 +211,55 @@ pub fn output(mut cmd: Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Which agent binary runs a node: this workspace's, or another build run
+/// through a prefix (the Pi's aarch64 build under `qemu-aarch64-static`).
+#[derive(Debug, Clone, Default)]
+pub enum AgentBin {
+    #[default]
+    Native,
+    /// `runner agent ...` with `env`.
+    Emulated { runner: PathBuf, agent: PathBuf, env: Vec<(String, String)> },
+}
+
+impl AgentBin {
+    /// The command that runs the agent (in `ns` if given); arguments follow.
+    ///
+    /// # Errors
+    /// When this workspace's agent was not built.
+    pub fn command(&self, ns: Option<&NetNs>) -> anyhow::Result<Command> {
+        let program = match self {
+            AgentBin::Native => bin("fleet-agent")?,
+            AgentBin::Emulated { runner, .. } => runner.clone(),
+        };
+        let mut cmd = match ns {
+            Some(ns) => ns.command(&program),
+            None => Command::new(&program),
+        };
+        if let AgentBin::Emulated { agent, env, .. } = self {
+            cmd.arg(agent).envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        Ok(cmd)
+    }
+}
+
 /// Enrolls a node with the real command lines: `fleetctl tokens create` with
 /// the controller's admin token, then `fleet-agent enroll` with it.
 ///
 /// # Errors
 /// When either command fails.
 pub fn enroll(ctl: &ControllerProc, config: &Path) -> anyhow::Result<()> {
+    enroll_with(ctl, config, &AgentBin::Native)
+}
+
+/// [`enroll`] with the agent binary `agent`.
+///
+/// # Errors
+/// When either command fails.
+pub fn enroll_with(ctl: &ControllerProc, config: &Path, agent: &AgentBin) -> anyhow::Result<()> {
     let mut create = ctl.fleetctl()?;
     create.args(["tokens", "create", "--ttl", "10m"]);
     let token = output(create, "fleetctl tokens create")?.trim().to_owned();
-    let mut cmd = Command::new(bin("fleet-agent")?);
+    let mut cmd = agent.command(None)?;
     cmd.arg("--config")
         .arg(config)
         .args(["enroll", "--controller", &ctl.server(), "--ca"])
@@ -271,11 +310,22 @@ pub fn start_agent(
     ns: Option<&NetNs>,
     log_filter: &str,
 ) -> anyhow::Result<Proc> {
-    let program = bin("fleet-agent")?;
-    let mut cmd = match ns {
-        Some(ns) => ns.command(&program),
-        None => Command::new(&program),
-    };
+    start_agent_with(&AgentBin::Native, node, dir, config, ns, log_filter)
+}
+
+/// [`start_agent`] with the agent binary `agent`.
+///
+/// # Errors
+/// When it cannot start.
+pub fn start_agent_with(
+    agent: &AgentBin,
+    node: &str,
+    dir: &Path,
+    config: &Path,
+    ns: Option<&NetNs>,
+    log_filter: &str,
+) -> anyhow::Result<Proc> {
+    let mut cmd = agent.command(ns)?;
     cmd.arg("--config").arg(config).env("RUST_LOG", log_filter).env("NO_COLOR", "1");
     Proc::spawn(node, cmd, &dir.join(format!("{node}.log")))
 }

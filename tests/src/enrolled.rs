@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cluster::{Broker, ControllerProc, ControllerSetup, agent_config, enroll, output, start_agent};
+use crate::cluster::{
+    AgentBin, Broker, ControllerProc, ControllerSetup, agent_config, enroll_with, output, start_agent_with,
+};
 use crate::procs::Proc;
 use crate::wait_for;
 
@@ -18,6 +20,8 @@ pub struct EnrolledFleet {
     pub ctl: ControllerProc,
     /// Each node's config file and its process, if running.
     pub agents: Vec<(String, PathBuf, Option<Proc>)>,
+    /// The agent binary the nodes run.
+    pub agent_bin: AgentBin,
 }
 
 impl EnrolledFleet {
@@ -26,6 +30,14 @@ impl EnrolledFleet {
     /// # Errors
     /// When the controller or an agent does not start, or enrollment fails.
     pub async fn start(broker: Broker, ids: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(broker, ids, AgentBin::Native).await
+    }
+
+    /// [`EnrolledFleet::start`] with the nodes running `agent_bin`.
+    ///
+    /// # Errors
+    /// When the controller or an agent does not start, or enrollment fails.
+    pub async fn start_with(broker: Broker, ids: &[&str], agent_bin: AgentBin) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let setup = ControllerSetup {
             database_url: None,
@@ -40,10 +52,10 @@ impl EnrolledFleet {
             Broker::Embedded(port) => format!("mqtt://127.0.0.1:{port}"),
             Broker::External(url) => url.clone(),
         };
-        let mut fleet = Self { dir, ctl, agents: Vec::new() };
+        let mut fleet = Self { dir, ctl, agents: Vec::new(), agent_bin };
         for &node in ids {
             let conf = agent_config(node, fleet.dir.path(), &fleet.dir.path().join(node), &url, "1s", 1 << 20);
-            enroll(&fleet.ctl, &conf)?;
+            enroll_with(&fleet.ctl, &conf, &fleet.agent_bin)?;
             fleet.agents.push((node.to_owned(), conf, None));
             fleet.start_node(node)?;
         }
@@ -64,7 +76,7 @@ impl EnrolledFleet {
         let dir: &Path = self.dir.path();
         let (_, conf, proc) =
             self.agents.iter_mut().find(|(n, ..)| n == node).ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
-        *proc = Some(start_agent(node, dir, conf, None, "info")?);
+        *proc = Some(start_agent_with(&self.agent_bin, node, dir, conf, None, "info")?);
         Ok(())
     }
 

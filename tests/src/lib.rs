@@ -244,7 +244,7 @@ pub fn controller_config(data_dir: &Path, mqtt_url: &str, database_url: &str) ->
     let mut cfg = ControllerConfig {
         data_dir: data_dir.to_owned(),
         database_url: database_url.to_owned(),
-        grpc: GrpcConfig { listen: any_port() },
+        grpc: GrpcConfig { listen: any_port(), ..Default::default() },
         // Plain HTTP: tests read /metrics with `http_get`; tests/tests/dashboard.rs covers TLS.
         http: HttpConfig { listen: any_port(), tls: HttpTls::Off },
         ..Default::default()

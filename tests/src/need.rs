@@ -1,7 +1,7 @@
 //! What a test needs from the machine, and what happens when it is missing:
 //! where `scripts/test` asked for it (`FLEET_REQUIRE_ROOT`, `FLEET_REQUIRE_MODEL`,
 //! `FLEET_REQUIRE_TANSU`, `FLEET_REQUIRE_LAZYFS`, `FLEET_REQUIRE_TIMESCALEDB`,
-//! `FLEET_REQUIRE_PROMETHEUS` set to 1) the test fails saying what to install or do;
+//! `FLEET_REQUIRE_PROMETHEUS`, `FLEET_REQUIRE_PI` set to 1) the test fails saying what to install or do;
 //! elsewhere it says on stderr that it skipped, and writes one line to
 //! `FLEET_SKIP_LOG` (if set) so `scripts/test` can count the skips at the end.
 //! A test never passes silently without having run.
@@ -24,6 +24,8 @@ pub enum Need {
     TimescaleDb,
     /// Debian's `prometheus` (the server; promtool comes with it).
     Prometheus,
+    /// The Pi's aarch64 binaries (scripts/build-pi, in `FLEET_PI_BIN_DIR`) and `qemu-aarch64-static`.
+    Pi,
 }
 
 impl Need {
@@ -37,6 +39,7 @@ impl Need {
             Need::LazyFs => "FLEET_REQUIRE_LAZYFS",
             Need::TimescaleDb => "FLEET_REQUIRE_TIMESCALEDB",
             Need::Prometheus => "FLEET_REQUIRE_PROMETHEUS",
+            Need::Pi => "FLEET_REQUIRE_PI",
         }
     }
 

@@ -1,6 +1,7 @@
 //! The gRPC server: `FleetService` behind the token guard, the open
 //! `EnrollmentService`, the standard health service and reflection, with
-//! TLS when configured.
+//! TLS when configured; and, where `[grpc] health_listen` is set, the health
+//! service alone in plaintext (Kubernetes' gRPC probes speak no TLS).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,17 +24,41 @@ use crate::security::guard::{Guard, Guarded};
 pub struct GrpcConfig {
     /// Socket address to listen on. Default 127.0.0.1:50051.
     pub listen: SocketAddr,
+    /// Where `grpc.health.v1.Health` alone is served without TLS, e.g.
+    /// `0.0.0.0:50052` for Kubernetes' gRPC probes. Empty (default): nowhere.
+    #[serde(default)]
+    pub health_listen: String,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50051)), health_listen: String::new() }
+    }
+}
+
+impl GrpcConfig {
+    /// The plaintext health address, if any.
+    ///
+    /// # Errors
+    /// `health_listen` that is no socket address.
+    pub fn health_addr(&self) -> Result<Option<SocketAddr>, ControllerError> {
+        if self.health_listen.is_empty() {
+            return Ok(None);
+        }
+        self.health_listen.parse().map(Some).map_err(|e| {
+            ControllerError::Invalid(format!(
+                "key `grpc.health_listen` = {:?}: {e}; give an address such as 0.0.0.0:50052, or leave it empty",
+                self.health_listen
+            ))
+        })
     }
 }
 
 /// The gRPC server, ready to serve on its bound listener.
 pub struct Server {
     listener: TcpListener,
+    /// The plaintext health listener (`health_listen`).
+    health: Option<TcpListener>,
     builder: tonic::transport::Server,
     api: Arc<Api>,
     enrollment: Enrollment,
@@ -41,12 +66,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `api` and `enrollment` on `listener`.
+    /// A server for `api` and `enrollment` on `listener`, and for health
+    /// alone on `health` if given.
     ///
     /// # Errors
     /// TLS settings tonic refuses.
     pub fn new(
-        listener: TcpListener,
+        (listener, health): (TcpListener, Option<TcpListener>),
         tls: Option<ServerTlsConfig>,
         api: Arc<Api>,
         enrollment: Enrollment,
@@ -58,13 +84,23 @@ impl Server {
                 ControllerError::Config(format!("gRPC TLS settings: {e}; check security.tls_cert/tls_key"))
             })?;
         }
-        Ok(Self { listener, builder, api, enrollment, guard })
+        Ok(Self { listener, health, builder, api, enrollment, guard })
     }
 
     /// Serves until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<Api>>().await;
+        if let Some(listener) = self.health.take() {
+            let probes = tonic::transport::Server::builder().add_service(health_service.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(e) = probes.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "The plaintext gRPC health server stopped.");
+                }
+            });
+        }
         // Both versions of reflection: grpcurl speaks v1, Python's grpcio-reflection and
         // older tools v1alpha.
         let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {

@@ -21,6 +21,15 @@ struct Cli {
     /// Address of the embedded broker.
     #[arg(long, env = "FLEET_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
+    /// Overrides `kafka.brokers`, e.g. kafka-1:9092,kafka-2:9092.
+    #[arg(long, env = "FLEET_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Overrides `mqtt.username` (from a secret store: Kubernetes Secrets, systemd credentials).
+    #[arg(long, env = "FLEET_MQTT_USERNAME", hide_env_values = true)]
+    mqtt_username: Option<String>,
+    /// Overrides `mqtt.password`; give it in FLEET_MQTT_PASSWORD (flags show in `ps`).
+    #[arg(long, env = "FLEET_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
     /// PostgreSQL URL; default: SQLite in --data-dir.
     #[arg(long, env = "FLEET_DATABASE_URL")]
     database_url: Option<String>,
@@ -80,6 +89,15 @@ fn main() -> ExitCode {
     }
     if let Some(v) = cli.mqtt_listen {
         cfg.mqtt.embedded_listen = v;
+    }
+    if let Some(v) = cli.kafka_brokers {
+        cfg.kafka.brokers = v;
+    }
+    if let Some(v) = cli.mqtt_username {
+        cfg.mqtt.username = v;
+    }
+    if let Some(v) = cli.mqtt_password {
+        cfg.mqtt.password = v;
     }
     if let Some(v) = cli.database_url {
         cfg.database_url = v;

@@ -31,12 +31,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLEET_SERVER")]
     server: Option<String>,
     /// File holding the API token [default: from the config file, else the
-    /// controller's admin.token in ./fleet-data/controller or ./fleet-data].
+    /// controller's admin.token in ./fleet-data/controller, ./fleet-data or /var/lib/fleet-controller].
     /// The token itself may come in FLEET_TOKEN instead (never as a flag: flags show in `ps`).
     #[arg(long, global = true, env = "FLEET_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// The controller's CA (PEM) for https:// [default: from the config file,
-    /// else tls/ca.pem in ./fleet-data/controller or ./fleet-data].
+    /// else tls/ca.pem in ./fleet-data/controller, ./fleet-data or /var/lib/fleet-controller].
     #[arg(long, global = true, env = "FLEET_CA")]
     ca: Option<PathBuf>,
     /// Config file with `server`, `token_file` and `ca` [default: ~/.config/fleet/fleetctl.toml when present].

@@ -18,8 +18,9 @@ struct FileConfig {
 }
 
 /// Where the controller's files are when it runs from this directory
-/// (`fleet-local`, then `fleet-controller` on its defaults).
-const LOCAL_DATA_DIRS: [&str; 2] = ["./fleet-data/controller", "./fleet-data"];
+/// (`fleet-local`, then `fleet-controller` on its defaults), then where the
+/// package's controller keeps them.
+const LOCAL_DATA_DIRS: [&str; 3] = ["./fleet-data/controller", "./fleet-data", "/var/lib/fleet-controller"];
 
 /// The server, CA file, token file and config file as given by flags (or their environment variables).
 #[derive(Debug, Clone, Default)]
