@@ -91,7 +91,7 @@ impl Server {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServiceServer<Api>>().await;
-        if let Some(listener) = self.health.take() {
+        let probes = self.health.take().map(|listener| {
             let probes = tonic::transport::Server::builder().add_service(health_service.clone());
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -99,8 +99,8 @@ impl Server {
                 if let Err(e) = probes.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
                     tracing::error!(error = %e, "The plaintext gRPC health server stopped.");
                 }
-            });
-        }
+            })
+        });
         // Both versions of reflection: grpcurl speaks v1, Python's grpcio-reflection and
         // older tools v1alpha.
         let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
@@ -125,6 +125,9 @@ impl Server {
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "gRPC server stopped.");
+        }
+        if let Some(p) = probes {
+            let _ = p.await;
         }
     }
 }
