@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
-use crate::api::server::Server;
+use crate::api::server::{GrpcConfig, Server};
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
 use crate::dashboard::Dashboard;
@@ -91,6 +91,16 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Resul
     TcpListener::bind(addr).await.map_err(|e| ControllerError::PortInUse { what, addr, flag, reason: e.to_string() })
 }
 
+/// The API's listener, and the plaintext health one where `health_listen` is set.
+async fn bind_grpc(cfg: &GrpcConfig) -> Result<(TcpListener, Option<TcpListener>), ControllerError> {
+    let api = bind(cfg.listen, "gRPC API", "--grpc-listen").await?;
+    let health = match cfg.health_addr()? {
+        Some(addr) => Some(bind(addr, "gRPC health (plaintext)", "[grpc] health_listen").await?),
+        None => None,
+    };
+    Ok((api, health))
+}
+
 fn local_addr(l: &TcpListener) -> Result<SocketAddr, ControllerError> {
     l.local_addr().map_err(|e| ControllerError::Io(e.to_string()))
 }
@@ -108,11 +118,7 @@ impl Controller {
         let store = Store::open(&cfg.data_dir, &cfg.database_url, &cfg.storage).await?;
         // Before any listener: the admin token and TLS files exist, the overlay is up.
         let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;
-        let grpc = bind(cfg.grpc.listen, "gRPC API", "--grpc-listen").await?;
-        let grpc_health = match cfg.grpc.health_addr()? {
-            Some(addr) => Some(bind(addr, "gRPC health (plaintext)", "[grpc] health_listen").await?),
-            None => None,
-        };
+        let (grpc, grpc_health) = bind_grpc(&cfg.grpc).await?;
         let http = bind(cfg.http.listen, "HTTP listener (metrics, dashboard)", "--http-listen").await?;
         let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
         let (tasks, metrics) = (TaskTracker::new(), Arc::new(Metrics::new()));

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fleet_proto::v1::SubmitJobRequest;
+use fleet_proto::v1::{JobConstraints, SubmitJobRequest};
 use fleet_tests::grafana::{self, Query, Range, Source};
 use fleet_tests::prometheus::{self, Prometheus};
 use fleet_tests::*;
@@ -38,9 +38,13 @@ async fn drive(c: &fleet_controller::Controller) -> anyhow::Result<()> {
         }
     })
     .await?;
-    for i in 0..6 {
+    // Two jobs on each node (the node dashboard charts the first node's), two anywhere.
+    let places = NODES.iter().flat_map(|n| [*n, *n]).chain(["", ""]);
+    for (i, node) in places.enumerate() {
         let text = format!("disk {i} failing on the edge node");
-        let job = SubmitJobRequest { model: "severity".into(), text, timeout_ms: 15_000, ..Default::default() };
+        let constraints = Some(JobConstraints { node_id: node.into(), ..Default::default() });
+        let job =
+            SubmitJobRequest { model: "severity".into(), text, timeout_ms: 15_000, constraints, ..Default::default() };
         admin.submit_job(job).await?;
     }
     // An API call with a token that is none.

@@ -66,13 +66,44 @@ enum Command {
     },
 }
 
+/// The flags and their environment variables, over the config file.
+fn overrides(cli: &mut Cli, cfg: &mut ControllerConfig) {
+    if let Some(v) = cli.mqtt_url.take() {
+        cfg.mqtt.url = v;
+    }
+    if let Some(v) = cli.mqtt_listen.take() {
+        cfg.mqtt.embedded_listen = v;
+    }
+    if let Some(v) = cli.kafka_brokers.take() {
+        cfg.kafka.brokers = v;
+    }
+    if let Some(v) = cli.mqtt_username.take() {
+        cfg.mqtt.username = v;
+    }
+    if let Some(v) = cli.mqtt_password.take() {
+        cfg.mqtt.password = v;
+    }
+    if let Some(v) = cli.database_url.take() {
+        cfg.database_url = v;
+    }
+    if let Some(v) = cli.data_dir.take() {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = cli.grpc_listen.take() {
+        cfg.grpc.listen = v;
+    }
+    if let Some(v) = cli.http_listen.take() {
+        cfg.http.listen = v;
+    }
+}
+
 /// mimalloc: model inference allocates and frees megabytes per layer; glibc
 /// hands such blocks back to the kernel and faults them in again.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(Command::GenerateConfig) = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
@@ -84,33 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(v) = cli.mqtt_url {
-        cfg.mqtt.url = v;
-    }
-    if let Some(v) = cli.mqtt_listen {
-        cfg.mqtt.embedded_listen = v;
-    }
-    if let Some(v) = cli.kafka_brokers {
-        cfg.kafka.brokers = v;
-    }
-    if let Some(v) = cli.mqtt_username {
-        cfg.mqtt.username = v;
-    }
-    if let Some(v) = cli.mqtt_password {
-        cfg.mqtt.password = v;
-    }
-    if let Some(v) = cli.database_url {
-        cfg.database_url = v;
-    }
-    if let Some(v) = cli.data_dir {
-        cfg.data_dir = v;
-    }
-    if let Some(v) = cli.grpc_listen {
-        cfg.grpc.listen = v;
-    }
-    if let Some(v) = cli.http_listen {
-        cfg.http.listen = v;
-    }
+    overrides(&mut cli, &mut cfg);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
