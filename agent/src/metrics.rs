@@ -38,15 +38,7 @@ impl MetricsConfig {
     /// # Errors
     /// `listen` that is no socket address.
     pub fn addr(&self) -> Result<Option<SocketAddr>, AgentError> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|e| {
-            AgentError::Invalid(format!(
-                "key `metrics.listen` = {:?}: {e}; give an address such as 127.0.0.1:9464, or leave it empty",
-                self.listen
-            ))
-        })
+        fleet_net::optional_listen("metrics.listen", &self.listen, "127.0.0.1:9464").map_err(AgentError::Invalid)
     }
 }
 

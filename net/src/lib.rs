@@ -13,3 +13,19 @@ pub mod overlay;
 pub mod systemd;
 
 pub use error::NetError;
+
+/// An optional listen address from a config key: empty is none; anything
+/// else must be a socket address, or the message names the key and an
+/// example to give instead.
+///
+/// # Errors
+/// A value that is no socket address.
+pub fn optional_listen(key: &str, value: &str, example: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("key `{key}` = {value:?}: {e}; give an address such as {example}, or leave it empty"))
+}

@@ -42,15 +42,8 @@ impl GrpcConfig {
     /// # Errors
     /// `health_listen` that is no socket address.
     pub fn health_addr(&self) -> Result<Option<SocketAddr>, ControllerError> {
-        if self.health_listen.is_empty() {
-            return Ok(None);
-        }
-        self.health_listen.parse().map(Some).map_err(|e| {
-            ControllerError::Invalid(format!(
-                "key `grpc.health_listen` = {:?}: {e}; give an address such as 0.0.0.0:50052, or leave it empty",
-                self.health_listen
-            ))
-        })
+        fleet_net::optional_listen("grpc.health_listen", &self.health_listen, "0.0.0.0:50052")
+            .map_err(ControllerError::Invalid)
     }
 }
 
