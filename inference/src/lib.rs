@@ -11,12 +11,14 @@ pub mod embed;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod selftest;
 
 pub use classify::{Classification, TextClassifier};
 pub use embed::{SentenceEmbedder, cosine};
 pub use pool::{Place, Pool, Ran, RunError};
 pub use registry::{Model, ModelKind, ModelManifest, ModelRegistry};
 pub use runtime::{Answer, Output, Runtime};
+pub use selftest::SelfTest;
 
 /// Why inference could not be done; every message says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,16 @@
 //! The model registry: a directory with one folder per model, each holding a
-//! `model.toml` manifest (name, kind, files with their sha256) and the files.
-//! A model is offered only when every file is there and matches its digest.
+//! `model.toml` manifest (name, kind, version, files with their sha256 and
+//! size, an optional self-test) and the files. A model is offered only when
+//! every file is there and matches its digest (and size, when given).
 //!
 //! ```toml
 //! name = "minilm"
 //! kind = "sentence-embedding"
+//! version = "2026.12.1"
 //! [[files]]
 //! path = "model.safetensors"
 //! sha256 = "53aa5117..."
+//! size = 90868376
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,9 +21,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::InferenceError;
+use crate::selftest::SelfTest;
 
-/// Largest manifest read (it is a few lines).
-const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Largest manifest read (a few lines, and the self-test's reference outputs).
+pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024;
 
 /// What a model does, so callers know which runner loads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -51,22 +55,79 @@ pub struct ModelFile {
     pub path: String,
     /// Lower-case hex sha256 of the file.
     pub sha256: String,
+    /// Its length in bytes: required for a version the controller serves
+    /// (a node reserves the space before downloading), optional by hand.
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 /// A model's `model.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
     pub name: String,
     pub kind: ModelKind,
+    /// The version (1-64 letters, digits, '-', '_', '.', '+'): required for a
+    /// version the controller serves, empty for a model copied in by hand.
+    #[serde(default)]
+    pub version: String,
     /// For a classifier: the embedding model it reads (a registry name).
     #[serde(default)]
     pub base: Option<String>,
     pub files: Vec<ModelFile>,
+    /// Reference inputs and outputs the node checks after activating it.
+    #[serde(default)]
+    pub self_test: Option<SelfTest>,
+}
+
+impl ModelManifest {
+    /// Parses and checks a manifest's text: the name, version, file paths and
+    /// self-test (not the files themselves).
+    ///
+    /// # Errors
+    /// What is wrong, to be fixed in the manifest.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let m: ModelManifest = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        if !is_name(&m.name, "-_.") {
+            return Err(format!("name {:?}: use 1-64 letters, digits, '-', '_' or '.'", m.name));
+        }
+        if !m.version.is_empty() && !is_name(&m.version, "-_.+") {
+            return Err(format!("version {:?}: use 1-64 letters, digits, '-', '_', '.' or '+'", m.version));
+        }
+        if m.files.is_empty() {
+            return Err("no [[files]]: list every file with its sha256".into());
+        }
+        for f in &m.files {
+            if f.path.is_empty()
+                || f.path == "model.toml"
+                || Path::new(&f.path).components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!("file {:?}: a path inside the model's folder", f.path));
+            }
+            if f.sha256.len() != 64 || !f.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("file {:?}: sha256 must be 64 hex digits", f.path));
+            }
+        }
+        if let Some(t) = &m.self_test {
+            t.validate()?;
+        }
+        Ok(m)
+    }
+
+    /// Bytes of all files (those with a size).
+    #[must_use]
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().filter_map(|f| f.size).sum()
+    }
+}
+
+/// 1-64 ASCII letters, digits or one of `extra`.
+fn is_name(s: &str, extra: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
 }
 
 /// A model whose files were checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub manifest: ModelManifest,
     pub dir: PathBuf,
@@ -158,26 +219,16 @@ pub fn load_model(folder: &Path) -> Result<Model, InferenceError> {
     std::fs::File::open(&path)
         .and_then(|f| f.take(MAX_MANIFEST_BYTES).read_to_string(&mut text))
         .map_err(|e| bad(e.to_string()))?;
-    let manifest: ModelManifest = toml::from_str(&text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
-    let name_ok = !manifest.name.is_empty()
-        && manifest.name.len() <= 64
-        && manifest.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !name_ok {
-        return Err(bad(format!("name {:?}: use 1-64 letters, digits, '-', '_' or '.'", manifest.name)));
-    }
-    if manifest.files.is_empty() {
-        return Err(bad("no [[files]]: list every file with its sha256".into()));
-    }
+    let manifest = ModelManifest::parse(&text).map_err(bad)?;
     for f in &manifest.files {
-        if f.path.is_empty() || Path::new(&f.path).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(bad(format!("file {:?}: a path inside the model's folder", f.path)));
-        }
         let file = folder.join(&f.path);
-        let actual = sha256_file(&file).map_err(|e| InferenceError::MissingFile {
-            model: manifest.name.clone(),
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+        let missing =
+            |reason: String| InferenceError::MissingFile { model: manifest.name.clone(), file: file.clone(), reason };
+        let len = std::fs::metadata(&file).map_err(|e| missing(e.to_string()))?.len();
+        if f.size.is_some_and(|size| size != len) {
+            return Err(missing(format!("{len} bytes, the manifest says {}", f.size.unwrap_or_default())));
+        }
+        let actual = sha256_file(&file).map_err(|e| missing(e.to_string()))?;
         if !actual.eq_ignore_ascii_case(f.sha256.trim()) {
             return Err(InferenceError::Checksum {
                 model: manifest.name.clone(),
@@ -255,9 +306,40 @@ mod tests {
         assert!(load_model(&folder).is_err());
         std::fs::write(
             folder.join("model.toml"),
-            "name = \"evil\"\nkind = \"text-classifier\"\n[[files]]\npath = \"gone\"\nsha256 = \"00\"\n",
+            &format!(
+                "name = \"evil\"\nkind = \"text-classifier\"\n[[files]]\npath = \"gone\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            ),
         )
         .unwrap();
         assert!(matches!(load_model(&folder), Err(InferenceError::MissingFile { .. })));
+    }
+
+    #[test]
+    fn versions_sizes_and_self_tests_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("m");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("w.bin"), b"abc").unwrap();
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let manifest = |version: &str, size: u64, extra: &str| {
+            format!(
+                "name = \"m\"\nkind = \"text-classifier\"\nversion = \"{version}\"\n[[files]]\npath = \"w.bin\"\n\
+                 sha256 = \"{digest}\"\nsize = {size}\n{extra}"
+            )
+        };
+        std::fs::write(folder.join("model.toml"), manifest("1.0+b", 3, "")).unwrap();
+        let m = load_model(&folder).unwrap();
+        assert_eq!((m.manifest.version.as_str(), m.manifest.total_size()), ("1.0+b", 3));
+        std::fs::write(folder.join("model.toml"), manifest("1.0", 4, "")).unwrap();
+        assert!(load_model(&folder).unwrap_err().to_string().contains("3 bytes, the manifest says 4"));
+        std::fs::write(folder.join("model.toml"), manifest("1 0", 3, "")).unwrap();
+        assert!(load_model(&folder).unwrap_err().to_string().contains("version"));
+        let test = "[self_test]\ntolerance = 0.0\n[[self_test.cases]]\ntext = \"x\"\nlabel = \"critical\"\n";
+        std::fs::write(folder.join("model.toml"), manifest("2", 3, test)).unwrap();
+        assert_eq!(load_model(&folder).unwrap().manifest.self_test.unwrap().cases.len(), 1);
+        std::fs::write(folder.join("model.toml"), manifest("2", 3, "[self_test]\ntolerance = 0.0\ncases = []\n"))
+            .unwrap();
+        assert!(load_model(&folder).unwrap_err().to_string().contains("self_test"));
     }
 }
