@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
+use crate::api::models::Fetch;
 use crate::api::server::{GrpcConfig, Server};
+use crate::artifacts::Artifacts;
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
 use crate::dashboard::Dashboard;
@@ -116,6 +118,7 @@ impl Controller {
     pub async fn start(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<Self, ControllerError> {
         cfg.validate().map_err(|e| ControllerError::Config(e.to_string()))?;
         let store = Store::open(&cfg.data_dir, &cfg.database_url, &cfg.storage).await?;
+        let artifacts = Artifacts::open(&cfg.data_dir)?;
         // Before any listener: the admin token and TLS files exist, the overlay is up.
         let prepared = security::setup::prepare(&cfg.security, &cfg.wireguard, &cfg.data_dir, &store).await?;
         let (grpc, grpc_health) = bind_grpc(&cfg.grpc).await?;
@@ -123,7 +126,6 @@ impl Controller {
         let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
         let (tasks, metrics) = (TaskTracker::new(), Arc::new(Metrics::new()));
         let registry = Registry::new(metrics.clone());
-
         let verifier = Arc::new(Verifier::new(cfg.security.require_enrollment, cfg.security.node_rate_per_s));
         verifier.set(&store.identities().await?);
         verifier.resume(&store.replay_marks().await?);
@@ -179,6 +181,7 @@ impl Controller {
             rotation: services.rotation,
             controller_key: services.controller_key,
             usage: usage.clone(),
+            artifacts: artifacts.clone(),
         });
         let access = api_access(&cfg, &prepared, grpc_addr);
         let http_tls = match (&prepared.tls, cfg.http.tls) {
@@ -189,7 +192,8 @@ impl Controller {
         let dashboard_url = format!("{}://{http_addr}/", if http_tls.is_some() { "https" } else { "http" });
         let dashboard = Arc::new(Dashboard::new(api.clone(), services.guard.clone(), transport)?);
         let tls = prepared.tls.map(|t| t.config);
-        let server = Server::new((grpc, grpc_health), tls, api, Enrollment(services.security), services.guard)?;
+        let open = (Enrollment(services.security), Fetch::new(artifacts, &verifier, &metrics));
+        let server = Server::new((grpc, grpc_health), tls, api, open, services.guard)?;
         tasks.spawn(server.run(shutdown.clone()));
         tasks.spawn(Http::new(http, http_tls, metrics.clone(), store.clone(), dashboard).run(shutdown.clone()));
         tasks.close();

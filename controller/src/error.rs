@@ -35,14 +35,25 @@ pub enum ControllerError {
     OverQuota(String),
     #[error("no API token named {0:?} (fleetctl usage lists every token)")]
     UnknownToken(String),
+    /// Something asked for is not there; the sentence names it and where to look.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something to create is there already and never changes.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// An offset past the end of what is there.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 impl From<ControllerError> for tonic::Status {
     fn from(e: ControllerError) -> Self {
         match e {
-            ControllerError::UnknownNode(_) | ControllerError::UnknownToken(_) => {
+            ControllerError::UnknownNode(_) | ControllerError::UnknownToken(_) | ControllerError::NotFound(_) => {
                 tonic::Status::not_found(e.to_string())
             }
+            ControllerError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
+            ControllerError::OutOfRange(_) => tonic::Status::out_of_range(e.to_string()),
             ControllerError::OverQuota(_) => tonic::Status::resource_exhausted(e.to_string()),
             ControllerError::Config(_) | ControllerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
             ControllerError::Db(_) | ControllerError::Migrate(_) => {

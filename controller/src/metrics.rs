@@ -50,6 +50,7 @@ pub struct Metrics {
     pub jobs_in_flight: Gauge,
     pub api_rejected: Family<ReasonLabel, Counter>,
     pub usage_dropped: Counter,
+    pub model_bytes_served: Counter,
 }
 
 impl Default for Metrics {
@@ -85,8 +86,10 @@ impl Metrics {
             jobs_in_flight: Gauge::default(),
             api_rejected: Family::default(),
             usage_dropped: Counter::default(),
+            model_bytes_served: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register("model_bytes_served", "Bytes of model files sent to nodes", m.model_bytes_served.clone());
         registry.register("messages_received", "MQTT messages received, by channel", m.received.clone());
         registry.register("messages_dropped", "Messages dropped, by reason", m.dropped.clone());
         registry.register("rows_written", "Telemetry rows inserted", m.rows_written.clone());

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use crate::classify::{BUILTIN_NAME, Classification, TextClassifier};
 use crate::embed::SentenceEmbedder;
 use crate::registry::{Model, ModelKind, ModelRegistry};
+use crate::selftest::{Observed, SelfTest};
 use crate::{InferenceError, StepTimes};
 
 /// What a model answered.
@@ -183,6 +184,19 @@ impl Runtime {
             Runner::Embed(e) => e.embed_timed(text).map(|(v, times)| Answer { output: Output::Embedding(v), times }),
             Runner::Classify(c) => c.classify_timed(text).map(|(c, times)| Answer { output: Output::Class(c), times }),
         }
+    }
+}
+
+impl Runtime {
+    /// Runs `test`'s cases through `model` (loading it first).
+    ///
+    /// # Errors
+    /// The first case that failed and how, or why the model cannot run.
+    pub fn self_test(&self, model: &str, test: &SelfTest) -> Result<(), String> {
+        test.check(|text| match self.run(model, text).map_err(|e| e.to_string())?.output {
+            Output::Embedding(v) => Ok(Observed::Embedding(v)),
+            Output::Class(c) => Ok(Observed::Label(c.label)),
+        })
     }
 }
 

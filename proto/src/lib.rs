@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fetch;
 pub mod metrics;
 pub mod signing;
 pub mod topics;

@@ -23,7 +23,7 @@ const CONTROLLER_LAYERS: &[&[&str]] = &[
     &["desired", "jobs", "ingest", "security"],
     &["link"],
     &["router", "registry", "usage"],
-    &["store"],
+    &["store", "artifacts"],
     &["metrics", "auth", "clock", "error"],
 ];
 

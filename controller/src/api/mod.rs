@@ -5,6 +5,7 @@
 use std::pin::Pin;
 
 pub mod json;
+pub mod models;
 pub mod server;
 
 use fleet_proto::v1::fleet_service_server::FleetService;
@@ -18,7 +19,9 @@ use fleet_proto::v1::{
     RotateControllerKeyRequest, RotateNodeKeyRequest, RotateNodeKeyResponse, SetDesiredStateRequest,
     SetTokenQuotaRequest, SetTokenQuotaResponse, SubmitJobRequest, WatchNodesRequest,
 };
-use fleet_proto::v1::{GetUsageRequest, GetUsageResponse};
+use fleet_proto::v1::{
+    GetUsageRequest, GetUsageResponse, ListModelsRequest, ListModelsResponse, ModelChunk, ModelVersion,
+};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,6 +60,8 @@ pub struct Api {
     pub controller_key: std::sync::Arc<crate::security::controller_key::ControllerKey>,
     /// What each API token uses, and its quotas.
     pub usage: Usage,
+    /// Model versions kept for nodes.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 /// The caller the guard put on the call: its name and quotas (none when no guard ran).
@@ -315,6 +320,18 @@ impl FleetService for Api {
         let what = if finish_now { "finish now" } else { "open" };
         self.security.audit.record_result(&actor, "RotateControllerKey", what, &r).await;
         r.map(Response::new)
+    }
+
+    async fn push_model(&self, req: Request<tonic::Streaming<ModelChunk>>) -> Result<Response<ModelVersion>, Status> {
+        let actor = caller(&req).name;
+        let r = models::push(&self.artifacts, req.into_inner()).await;
+        let target = r.as_ref().map(|v| format!("{} {}", v.name, v.version)).unwrap_or_default();
+        self.security.audit.record_result(&actor, "PushModel", &target, &r).await;
+        r.map(Response::new)
+    }
+
+    async fn list_models(&self, req: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        models::list(&self.artifacts, &req.into_inner().name).await.map(Response::new)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use fleet_proto::v1::artifact_service_server::ArtifactServiceServer;
 use fleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use fleet_proto::v1::fleet_service_server::FleetServiceServer;
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
 use super::Api;
+use super::models::Fetch;
 use crate::ControllerError;
 use crate::security::enroll::Enrollment;
 use crate::security::guard::{Guard, Guarded};
@@ -55,12 +57,13 @@ pub struct Server {
     builder: tonic::transport::Server,
     api: Arc<Api>,
     enrollment: Enrollment,
+    fetch: Fetch,
     guard: Arc<Guard>,
 }
 
 impl Server {
-    /// A server for `api` and `enrollment` on `listener`, and for health
-    /// alone on `health` if given.
+    /// A server for `api` and the services open to nodes (`enrollment`,
+    /// `fetch`) on `listener`, and for health alone on `health` if given.
     ///
     /// # Errors
     /// TLS settings tonic refuses.
@@ -68,7 +71,7 @@ impl Server {
         (listener, health): (TcpListener, Option<TcpListener>),
         tls: Option<ServerTlsConfig>,
         api: Arc<Api>,
-        enrollment: Enrollment,
+        (enrollment, fetch): (Enrollment, Fetch),
         guard: Arc<Guard>,
     ) -> Result<Self, ControllerError> {
         let mut builder = tonic::transport::Server::builder();
@@ -77,7 +80,7 @@ impl Server {
                 ControllerError::Config(format!("gRPC TLS settings: {e}; check security.tls_cert/tls_key"))
             })?;
         }
-        Ok(Self { listener, health, builder, api, enrollment, guard })
+        Ok(Self { listener, health, builder, api, enrollment, fetch, guard })
     }
 
     /// Serves until `shutdown`.
@@ -109,6 +112,7 @@ impl Server {
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(EnrollmentServiceServer::new(self.enrollment))
+            .add_service(ArtifactServiceServer::new(self.fetch))
             .add_service(Guarded::new(FleetServiceServer::from_arc(self.api), self.guard))
             .serve_with_incoming_shutdown(
                 // No Nagle: a small answer must not wait for the client's delayed ACK (40 ms).

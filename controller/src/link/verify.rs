@@ -145,6 +145,13 @@ impl Verifier {
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
     }
 
+    /// The enrolled, unrevoked key of `node_id` (a node's signed download requests).
+    #[must_use]
+    pub fn key_of(&self, node_id: &str) -> Option<VerifyingKey> {
+        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.get(node_id).filter(|k| !k.revoked).map(|k| k.key)
+    }
+
     /// Starts each node's replay guard from its saved mark (at start, before
     /// any message is read): nothing taken before the restart is taken again.
     pub fn resume(&self, marks: &[crate::store::replay::ReplayMark]) {

@@ -41,10 +41,13 @@ pub struct Caller {
 pub fn required_role(method: &str) -> Role {
     match method {
         "ListNodes" | "GetNode" | "WatchNodes" | "QueryTelemetry" | "GetDesiredState" | "GetJob" | "ListJobs"
-        | "ListAuditLog" => Role::Viewer,
-        "SetDesiredState" | "SubmitJob" | "CreateBootstrapToken" | "ListBootstrapTokens" | "RevokeBootstrapToken" => {
-            Role::Operator
-        }
+        | "ListAuditLog" | "ListModels" => Role::Viewer,
+        "SetDesiredState"
+        | "SubmitJob"
+        | "CreateBootstrapToken"
+        | "ListBootstrapTokens"
+        | "RevokeBootstrapToken"
+        | "PushModel" => Role::Operator,
         _ => Role::Admin,
     }
 }
