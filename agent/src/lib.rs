@@ -23,6 +23,7 @@ pub mod identity;
 pub mod jobs;
 pub mod local;
 pub mod metrics;
+pub mod models;
 pub mod outbox;
 pub mod overlay;
 pub mod power;

@@ -306,7 +306,7 @@ mod tests {
         assert!(load_model(&folder).is_err());
         std::fs::write(
             folder.join("model.toml"),
-            &format!(
+            format!(
                 "name = \"evil\"\nkind = \"text-classifier\"\n[[files]]\npath = \"gone\"\nsha256 = \"{}\"\n",
                 "0".repeat(64)
             ),

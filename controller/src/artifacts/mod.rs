@@ -213,10 +213,10 @@ async fn subfolders(dir: &Path) -> Result<Vec<String>, ControllerError> {
     let mut out = Vec::new();
     let mut rd = tokio::fs::read_dir(dir).await.map_err(|e| io("cannot list", dir, &e))?;
     while let Some(e) = rd.next_entry().await.map_err(|e| io("cannot list", dir, &e))? {
-        if e.file_type().await.is_ok_and(|t| t.is_dir()) {
-            if let Some(n) = e.file_name().to_str() {
-                out.push(n.to_owned());
-            }
+        if e.file_type().await.is_ok_and(|t| t.is_dir())
+            && let Some(n) = e.file_name().to_str()
+        {
+            out.push(n.to_owned());
         }
     }
     out.sort();

@@ -1,6 +1,6 @@
 //! `fleetctl`, the operator's command line for the controller's gRPC API:
-//! one module per noun (`nodes`, `telemetry`, `desired`, `jobs`, `tokens`,
-//! `audit`, `usage`), every table and JSON shape in `output`, where the controller
+//! one module per noun (`nodes`, `telemetry`, `desired`, `jobs`, `models`,
+//! `tokens`, `audit`, `usage`), every table and JSON shape in `output`, where the controller
 //! and the token are found in `settings`. The binary only parses and runs.
 
 pub mod args;
@@ -9,6 +9,7 @@ pub mod controller_key;
 pub mod desired;
 pub mod error;
 pub mod jobs;
+pub mod models;
 pub mod nodes;
 pub mod output;
 pub mod settings;
@@ -66,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
+    /// Model versions the controller keeps and serves to nodes.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
     /// One-time bootstrap tokens that enroll nodes (`fleet-agent enroll --token`).
     Tokens {
         #[command(subcommand)]
@@ -102,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Nodes { command } => nodes::run(&mut client, command, out).await,
         Command::Desired { command } => desired::run(&mut client, command).await,
         Command::Jobs { command } => jobs::run(&mut client, command, out).await,
+        Command::Models { command } => models::run(&mut client, command, out).await,
         Command::Tokens { command } => tokens::run(&mut client, command, out).await,
         Command::ApiTokens { command } => tokens::run_api(&mut client, command).await,
         Command::Audit(a) => audit::run(&mut client, a, out).await,

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use fleet_proto::v1::{
-    AuditRecord, BootstrapTokenInfo, GetUsageResponse, JobStatus, JobView, Node, QueryTelemetryResponse,
+    AuditRecord, BootstrapTokenInfo, GetUsageResponse, JobStatus, JobView, ModelVersion, Node, QueryTelemetryResponse,
 };
 use serde_json::Value;
 
@@ -170,6 +170,46 @@ pub fn job_table(jobs: &[JobView]) -> String {
         );
     }
     out
+}
+
+/// Model versions as a table (`models list`).
+#[must_use]
+pub fn model_table(versions: &[ModelVersion]) -> String {
+    let mut out = format!(
+        "{:<20} {:<16} {:<18} {:>12} {:>5} {:>9}  {}\n",
+        "MODEL", "VERSION", "KIND", "BYTES", "FILES", "SELF-TEST", "PUSHED"
+    );
+    for v in versions {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<18} {:>12} {:>5} {:>9}  {}",
+            v.name,
+            v.version,
+            v.kind,
+            v.total_bytes,
+            v.files.len(),
+            v.self_test_cases,
+            v.pushed_at
+        );
+    }
+    out
+}
+
+/// Model versions as JSON (`models list -o json`).
+#[must_use]
+pub fn models_json(versions: &[ModelVersion]) -> Value {
+    let files = |v: &ModelVersion| -> Vec<Value> {
+        v.files.iter().map(|f| serde_json::json!({"path": f.path, "sha256": f.sha256, "size": f.size})).collect()
+    };
+    Value::Array(
+        versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({"name": v.name, "version": v.version, "kind": v.kind, "total_bytes": v.total_bytes,
+                    "files": files(v), "self_test_cases": v.self_test_cases, "pushed_at": v.pushed_at})
+            })
+            .collect(),
+    )
 }
 
 fn secs(us: u64) -> String {
