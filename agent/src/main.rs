@@ -152,10 +152,14 @@ fn config(cli: &Cli) -> Result<AgentConfig, fleet_agent::AgentError> {
 fn run(rt: &tokio::runtime::Runtime, cfg: AgentConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
-        let signals = shutdown.clone();
+        // Handlers are in place before the agent says READY: on this
+        // one-thread runtime a spawned task is first polled only later, and
+        // a SIGTERM before that would kill the agent without its clean stop.
+        let signals = Signals::install();
+        let cancel = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
-            signals.cancel();
+            signals.wait().await;
+            cancel.cancel();
         });
         fleet_agent::run(cfg, shutdown).await
     });
@@ -219,24 +223,42 @@ async fn enroll(
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered when made (not when first awaited).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (self.term, self.int);
+            if term.is_none() && int.is_none() {
                 let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                Some(()) = async { term.as_mut()?.recv().await } => {}
+                Some(()) = async { int.as_mut()?.recv().await } => {}
+                else => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
