@@ -13,6 +13,7 @@ use anyhow::{Context, ensure};
 use fleet_tests::cluster::{self, ControllerProc, ControllerSetup, enroll};
 use fleet_tests::procs::{Proc, bin};
 use fleet_tests::{free_port, wait_for};
+use sha2::Digest;
 
 const NODE: &str = "cli-pi";
 
@@ -220,6 +221,43 @@ async fn settings_and_errors(f: &Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A model folder whose manifest gives `version` and the digest of `weights`.
+fn model_folder(f: &Fleet, version: &str, weights: &[u8], digest_of: &[u8]) -> anyhow::Result<PathBuf> {
+    let dir = f.dir.path().join(format!("model-{version}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("w.bin"), weights)?;
+    let digest: String = sha2::Sha256::digest(digest_of).iter().map(|b| format!("{b:02x}")).collect();
+    let size = digest_of.len();
+    std::fs::write(
+        dir.join("model.toml"),
+        format!(
+            "name = \"sev\"\nkind = \"text-classifier\"\nversion = \"{version}\"\n[[files]]\npath = \"w.bin\"\nsha256 = \"{digest}\"\nsize = {size}\n"
+        ),
+    )?;
+    Ok(dir)
+}
+
+async fn models(f: &Fleet) -> anyhow::Result<()> {
+    let weights: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let good = model_folder(f, "1.0", &weights, &weights)?;
+    let out = f.admin(&["models", "push", good.to_str().context("path")?])?.ok("models push")?;
+    ensure!(out.contains("pushed model sev version 1.0 (3000000 bytes in 1 files)"), "models push: {out}");
+    let table = f.admin(&["models", "list"])?.ok("models list")?;
+    ensure!(table.starts_with("MODEL") && table.contains("sev") && table.contains("3000000"), "{table}");
+    let j = f.admin(&["models", "list", "sev", "-o", "json"])?.json("models list")?;
+    ensure!(j[0]["version"] == "1.0" && j[0]["files"][0]["size"] == 3_000_000, "{j}");
+    ensure!(j[0]["pushed_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{j}");
+    let again = f.admin(&["models", "push", good.to_str().context("path")?])?;
+    again.refused("models push twice", "versions never change")?;
+    let damaged = model_folder(f, "2.0", b"not the weights", &weights)?;
+    f.admin(&["models", "push", damaged.to_str().context("path")?])?
+        .refused("models push damaged", "before pushing")?;
+    let audit = f.admin(&["audit", "-o", "json"])?.json("audit")?;
+    let pushes = audit.as_array().map_or(0, |a| a.iter().filter(|r| r["action"] == "PushModel").count());
+    ensure!(pushes == 2, "both pushes that reached the controller are audited: {audit}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fleetctl_command_against_a_real_controller() -> anyhow::Result<()> {
     let mut f = Fleet::start().await?;
@@ -227,6 +265,7 @@ async fn every_fleetctl_command_against_a_real_controller() -> anyhow::Result<()
     nodes_and_telemetry(&f).await?;
     desired_and_jobs(&f).await?;
     tokens_and_audit(&f).await?;
+    models(&f).await?;
     settings_and_errors(&f).await?;
     // Admin actions on the node last: a rotation is accepted, a revocation ends it.
     let r = f.admin(&["nodes", "rotate-key", NODE])?;
