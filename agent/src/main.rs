@@ -155,7 +155,7 @@ fn run(rt: &tokio::runtime::Runtime, cfg: AgentConfig) -> ExitCode {
         // Handlers are in place before the agent says READY: on this
         // one-thread runtime a spawned task is first polled only later, and
         // a SIGTERM before that would kill the agent without its clean stop.
-        let signals = Signals::install();
+        let signals = fleet_net::signals::Signals::install();
         let cancel = shutdown.clone();
         tokio::spawn(async move {
             signals.wait().await;
@@ -221,44 +221,4 @@ async fn enroll(
         cfg.data_dir.join(fleet_agent::enroll::ENROLLMENT_FILE).display()
     );
     Ok(())
-}
-
-/// SIGTERM and SIGINT, registered when made (not when first awaited).
-struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    async fn wait(self) {
-        #[cfg(unix)]
-        {
-            let (mut term, mut int) = (self.term, self.int);
-            if term.is_none() && int.is_none() {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-            tokio::select! {
-                Some(()) = async { term.as_mut()?.recv().await } => {}
-                Some(()) = async { int.as_mut()?.recv().await } => {}
-                else => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -67,16 +67,5 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> Result<(
 
 /// Resolves on SIGINT or SIGTERM (systemd and Kubernetes stop with SIGTERM).
 pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    fleet_net::signals::Signals::install().wait().await;
 }

@@ -226,10 +226,12 @@ async fn report_until_stopped(cli: &Cli, access: &fleet_controller::ApiAccess, s
     let mut summary = tokio::time::interval(Duration::from_secs(5));
     summary.tick().await;
     let mut last = (Instant::now(), 0u64);
+    let stop = fleet_controller::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
-            _ = fleet_controller::shutdown_signal() => break,
+            () = &mut stop => break,
             () = tokio::time::sleep(until_deadline) => break,
             _ = summary.tick() => {
                 match fleet_summary(access).await {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 pub mod otel;
 pub mod overlay;
+pub mod signals;
 pub mod systemd;
 
 pub use error::NetError;

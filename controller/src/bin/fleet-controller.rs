@@ -148,9 +148,10 @@ fn main() -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
+        let signals = fleet_net::signals::Signals::install();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            fleet_controller::shutdown_signal().await;
+            signals.wait().await;
             s.cancel();
         });
         fleet_controller::run(cfg, shutdown).await
