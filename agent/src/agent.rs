@@ -14,8 +14,11 @@ use tokio::sync::{mpsc, watch};
 use crate::config::AgentConfig;
 use crate::delivery::Delivery;
 use crate::desired::{self, Applier, Outcome};
+use crate::health::Window;
 use crate::identity::Identity;
 use crate::jobs::Jobs;
+use crate::models::ModelStore;
+use crate::models::update::{Origin, Updater};
 use crate::outbox::Outbox;
 use crate::overlay::NodeOverlay;
 use crate::power::Profile;
@@ -27,6 +30,8 @@ use crate::telemetry::Batcher;
 use crate::uplink::trust::{Controller, Trust, TrustReport};
 use crate::uplink::{self, Uplink, UplinkEvent, UplinkKind};
 use crate::{AgentError, board, enroll, local};
+
+mod updates;
 
 /// Which node and which run of it this is.
 pub struct Node {
@@ -62,6 +67,10 @@ pub struct Agent {
     nagged: Option<std::time::Instant>,
     /// The controller's messages it did not believe.
     trust: Arc<TrustReport>,
+    /// Model versions the desired state asks for.
+    pub updater: Updater,
+    /// The desired state being watched after it was applied.
+    window: Option<Window>,
 }
 
 /// Said at start and once a minute by a node that is not enrolled and hears no ack.
@@ -84,13 +93,13 @@ pub fn resolve_node_id(cfg: &AgentConfig) -> Result<String, AgentError> {
 
 /// What enrollment gave this node: the overlay brought up, its signer, and
 /// whose word it takes for the controller's.
-type Enrolled = (Option<NodeOverlay>, Option<Signer>, Controller);
+type Enrolled = (Option<NodeOverlay>, Option<Signer>, Controller, Option<Origin>);
 
 /// The enrollment (applied to the config), the overlay brought up, and the signer.
 fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<Enrolled, AgentError> {
     let Some(e) = enroll::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))? else {
         *node_id = resolve_node_id(cfg)?;
-        return Ok((None, None, Controller::Lab));
+        return Ok((None, None, Controller::Lab, None));
     };
     cfg.apply_enrollment(&e)?;
     let controller = Controller::of(&e);
@@ -102,11 +111,17 @@ fn identity(cfg: &mut AgentConfig, node_id: &mut String) -> Result<Enrolled, Age
     }
     *node_id = resolve_node_id(cfg)?;
     let keys = Identity::load(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+    let origin = (!e.controller_api_url.is_empty()).then(|| Origin {
+        node_id: node_id.clone(),
+        key: keys.signing_key().clone(),
+        url: e.controller_api_url.clone(),
+        ca_pem: (!e.controller_ca_pem.is_empty()).then(|| e.controller_ca_pem.clone().into_bytes()),
+    });
     let overlay = NodeOverlay::new(e, cfg.data_dir.clone(), cfg.overlay.clone());
     overlay.bring_up(keys.wg_private()).map_err(|x| AgentError::Config(x.to_string()))?;
     let signer = Signer::start(keys.signing_key().clone(), node_id, &cfg.data_dir)
         .map_err(|x| AgentError::Config(x.to_string()))?;
-    Ok((Some(overlay), Some(signer), controller))
+    Ok((Some(overlay), Some(signer), controller, origin))
 }
 
 /// The uplink the config names, with the signed last will on MQTT.
@@ -138,7 +153,7 @@ impl Agent {
     /// Bad configuration, or a data directory that cannot be used.
     pub fn start(mut cfg: AgentConfig) -> Result<(Self, mpsc::Receiver<crate::jobs::Finished>), AgentError> {
         let mut node_id = String::new();
-        let (overlay, signer, controller) = identity(&mut cfg, &mut node_id)?;
+        let (overlay, signer, controller, origin) = identity(&mut cfg, &mut node_id)?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             AgentError::Config(format!(
                 "cannot create data_dir {}: {e}; set `data_dir` to a writable directory",
@@ -167,8 +182,11 @@ impl Agent {
             // Kafka has no connection to wait for: replay the backlog from the start.
             delivery.start_replay();
         }
-        let (jobs, results) =
-            Jobs::start(&cfg.inference, &node.id, cfg.hardware.backend == board::HardwareBackend::Sim);
+        let store = ModelStore::open(&cfg.data_dir).map_err(|e| AgentError::Config(e.to_string()))?;
+        let base_dir = (!cfg.inference.model_dir.as_os_str().is_empty()).then(|| cfg.inference.model_dir.clone());
+        let updater = Updater::new(store, cfg.models.clone(), base_dir, origin);
+        let sim = cfg.hardware.backend == board::HardwareBackend::Sim;
+        let (jobs, results) = Jobs::start(&cfg.inference, updater.dirs(), &node.id, sim);
         let batcher =
             Batcher::new(&node.id, &node.boot_id, cfg.telemetry.max_batch_samples, cfg.mqtt.max_payload_bytes);
         let mut agent = Agent {
@@ -187,6 +205,8 @@ impl Agent {
             metrics: None,
             nagged: None,
             trust,
+            updater,
+            window: None,
             node,
             cfg,
         };
@@ -300,6 +320,7 @@ impl Agent {
             jobs_active: self.jobs.active(),
             thermal_limit_c: Some(self.power.policy().hot_c),
             controller_key_generation: self.trust.controller_key_generation(),
+            model_versions: self.updater.in_force(),
         }
     }
 
@@ -313,7 +334,7 @@ impl Agent {
     /// Publishes what runs of the desired state, and the WireGuard keys (retained).
     fn report(&mut self) {
         let keys = self.overlay.as_ref().map(NodeOverlay::keys).unwrap_or_default();
-        let r = self.desired.report(&self.node.id, keys);
+        let r = self.desired.report(&self.node.id, keys, self.updater.reports());
         self.out.reported(&r);
     }
 
@@ -365,6 +386,9 @@ impl Agent {
         let reading = self.sampler.power;
         let temp = self.sampler.temp_c;
         let step = self.power.step(&reading, temp, self.sampler.board_mut());
+        if let Some(w) = &mut self.window {
+            w.power_ran();
+        }
         if let Some(reason) = step.shutdown {
             // Before the battery dies: the spool durable, then the command once.
             self.delivery.make_durable();
@@ -383,6 +407,7 @@ impl Agent {
     /// Validates and applies a desired state (`fresh`: from the controller,
     /// not from disk). Returns the new sampling interval if it changed.
     fn apply_desired(&mut self, d: &fleet_proto::v1::DesiredState, fresh: bool) -> Option<Duration> {
+        let before = self.desired.current().cloned();
         match self.desired.take(d, fresh, &self.node.id) {
             Outcome::Already => {
                 // Already running it (a retained copy after a reconnect): just say so again.
@@ -390,12 +415,9 @@ impl Agent {
                 return None;
             }
             Outcome::Apply(a) => {
-                let a = *a;
-                self.power.set_policy(a.policy);
-                self.base_interval = a.telemetry_interval.unwrap_or(self.cfg.telemetry.interval);
-                if !a.labels.is_empty() {
-                    self.labels = a.labels;
-                }
+                let length = a.health_window.unwrap_or(self.cfg.health.window);
+                self.window = Some(Window::start(a.version, length, before));
+                self.take_accepted(*a);
             }
             Outcome::Refused => {}
         }
@@ -445,7 +467,12 @@ impl Agent {
                 self.publish_status(NodeState::Online);
                 return every;
             }
-            UplinkEvent::Disconnected | UplinkEvent::Failed(_) | UplinkEvent::Ack(_) | UplinkEvent::Delivered(_) => {}
+            UplinkEvent::Ack(_) | UplinkEvent::Delivered(_) => {
+                if let Some(w) = &mut self.window {
+                    w.heard();
+                }
+            }
+            UplinkEvent::Disconnected | UplinkEvent::Failed(_) => {}
         }
         None
     }

@@ -54,6 +54,10 @@ pub struct AgentConfig {
     pub otel: fleet_net::otel::OtelConfig,
     /// The Prometheus endpoint (docs/metrics.md). Default off.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Model versions the controller sends (docs/rollouts.md).
+    pub models: crate::models::update::ModelsConfig,
+    /// The health window after a change the controller sent (docs/rollouts.md).
+    pub health: crate::health::HealthConfig,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +77,8 @@ impl Default for AgentConfig {
             overlay: OverlayConfig::default(),
             otel: fleet_net::otel::OtelConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            models: crate::models::update::ModelsConfig::default(),
+            health: crate::health::HealthConfig::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::v1::{DesiredState, ReportedState};
+use fleet_proto::v1::{DesiredState, ModelReport, ReportedState};
 use prost::Message;
 
 use crate::AgentError;
@@ -15,6 +15,8 @@ use crate::power::PowerPolicy;
 
 /// File in `data_dir` holding the last desired state applied.
 pub const DESIRED_FILE: &str = "desired.pb";
+/// File in `data_dir` naming the version the node reverted, and why.
+pub const REVERTED_FILE: &str = "desired.reverted";
 
 /// A desired state that passed validation, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +26,14 @@ pub struct Accepted {
     pub telemetry_interval: Option<Duration>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub models: Vec<String>,
+    /// Model versions from the controller (name -> version).
+    pub model_versions: std::collections::HashMap<String, String>,
+    /// The health window this state asks for (None: the agent's).
+    pub health_window: Option<Duration>,
 }
+
+/// Model versions one desired state may name at most.
+const MAX_MODEL_VERSIONS: usize = 32;
 
 /// Checks a desired state for this node; `base` is the policy used when it carries none.
 ///
@@ -44,12 +53,22 @@ pub fn validate(d: &DesiredState, node_id: &str, base: &PowerPolicy) -> Result<A
         ms if ms < 100 => return Err(AgentError::Invalid(format!("telemetry_interval_ms {ms} is below 100"))),
         ms => Some(Duration::from_millis(ms)),
     };
+    if d.model_versions.len() > MAX_MODEL_VERSIONS {
+        return Err(AgentError::Invalid(format!("model_versions: at most {MAX_MODEL_VERSIONS} models")));
+    }
+    for (name, version) in &d.model_versions {
+        fleet_inference::registry::check_name(name)
+            .and_then(|()| fleet_inference::registry::check_version(version))
+            .map_err(|e| AgentError::Invalid(format!("model_versions: {e}")))?;
+    }
     Ok(Accepted {
         version: d.version,
         policy,
         telemetry_interval,
         labels: d.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         models: d.models.clone(),
+        model_versions: d.model_versions.clone(),
+        health_window: (d.health_window_ms > 0).then(|| Duration::from_millis(d.health_window_ms)),
     })
 }
 
@@ -96,13 +115,74 @@ pub struct Applier {
     rejected: Option<(u64, String)>,
     /// Models the desired state asks for (empty: every loaded model).
     models: Vec<String>,
+    /// The state in force as the controller sent it (None: the config's).
+    current: Option<DesiredState>,
+    /// The newest version that passed its health window.
+    confirmed: u64,
+    /// A version the node reverted: not applied again when the broker
+    /// delivers it again (the controller sends a newer one).
+    reverted: u64,
 }
 
 impl Applier {
     /// Nothing applied yet; `base_policy` is the config's; states are kept in `data_dir`.
     #[must_use]
     pub fn new(base_policy: PowerPolicy, data_dir: PathBuf) -> Self {
-        Self { base_policy, data_dir, version: 0, rejected: None, models: Vec::new() }
+        let (reverted, why) = std::fs::read_to_string(data_dir.join(REVERTED_FILE))
+            .ok()
+            .and_then(|t| t.split_once('\n').and_then(|(v, why)| Some((v.parse().ok()?, why.to_owned()))))
+            .unwrap_or((0, String::new()));
+        let rejected = (reverted > 0).then_some((reverted, why));
+        Self { base_policy, data_dir, version: 0, rejected, models: Vec::new(), current: None, confirmed: 0, reverted }
+    }
+
+    /// The state in force as the controller sent it (None: the config's).
+    #[must_use]
+    pub fn current(&self) -> Option<&DesiredState> {
+        self.current.as_ref()
+    }
+
+    /// `version` passed its health window.
+    pub fn confirm(&mut self, version: u64) {
+        self.confirmed = self.confirmed.max(version);
+    }
+
+    /// Goes back from `failed` to `previous` (None: the config's) because
+    /// of `reason`, remembered on disk so the failed version is not applied
+    /// again. Returns what to apply.
+    pub fn revert(&mut self, failed: u64, reason: &str, previous: Option<DesiredState>, node_id: &str) -> Accepted {
+        tracing::warn!(version = failed, %reason, "Desired state reverted by the node.");
+        self.rejected = Some((failed, format!("reverted: {reason}")));
+        self.reverted = failed;
+        let keep = fleet_durable::replace(
+            &self.data_dir.join(REVERTED_FILE),
+            format!("{failed}\nreverted: {reason}").as_bytes(),
+            0o644,
+        );
+        let back = previous.unwrap_or_else(|| DesiredState { node_id: node_id.to_owned(), ..Default::default() });
+        let kept = if back.version == 0 {
+            std::fs::remove_file(self.data_dir.join(DESIRED_FILE))
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        } else {
+            store(&self.data_dir, &back)
+        };
+        if let Err(e) = keep.and(kept) {
+            tracing::error!(error = %e, "Cannot keep the revert on disk; a restart may apply the failed state again.");
+        }
+        // The previous state passed validation when it was taken.
+        let a = validate(&back, node_id, &self.base_policy).unwrap_or_else(|_| Accepted {
+            version: 0,
+            policy: self.base_policy.clone(),
+            telemetry_interval: None,
+            labels: std::collections::BTreeMap::new(),
+            models: Vec::new(),
+            model_versions: std::collections::HashMap::new(),
+            health_window: None,
+        });
+        self.version = back.version;
+        self.models.clone_from(&a.models);
+        self.current = (back.version > 0).then_some(back);
+        a
     }
 
     /// The version in force (0: none).
@@ -120,7 +200,7 @@ impl Applier {
     /// Validates a desired state for `node_id`; keeps it on disk when it
     /// came from the controller (`fresh`) and is valid.
     pub fn take(&mut self, d: &DesiredState, fresh: bool, node_id: &str) -> Outcome {
-        if fresh && d.version <= self.version {
+        if fresh && (d.version <= self.version || d.version == self.reverted) {
             return Outcome::Already;
         }
         match validate(d, node_id, &self.base_policy) {
@@ -130,6 +210,7 @@ impl Applier {
                 }
                 self.models.clone_from(&a.models);
                 self.version = a.version;
+                self.current = Some(d.clone());
                 tracing::info!(version = a.version, fresh, "Desired state applied.");
                 Outcome::Apply(Box::new(a))
             }
@@ -143,7 +224,7 @@ impl Applier {
 
     /// What runs, as the node reports it (with its WireGuard keys).
     #[must_use]
-    pub fn report(&self, node_id: &str, keys: KeysReport) -> ReportedState {
+    pub fn report(&self, node_id: &str, keys: KeysReport, models: Vec<ModelReport>) -> ReportedState {
         let (rejected_version, rejected_reason) = self.rejected.clone().unwrap_or_default();
         ReportedState {
             node_id: node_id.to_owned(),
@@ -154,6 +235,8 @@ impl Applier {
             wg_public_key: keys.current,
             wg_next_public_key: keys.next,
             wg_generation: keys.generation,
+            confirmed_version: self.confirmed,
+            models,
         }
     }
 }

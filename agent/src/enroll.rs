@@ -61,6 +61,12 @@ pub struct Enrollment {
     pub controller_next_signing_key: String,
     #[serde(default)]
     pub controller_next_key_generation: u64,
+    /// The controller's API as the node enrolled through it, and its CA
+    /// (PEM; empty: the system's roots): model downloads go there.
+    #[serde(default)]
+    pub controller_api_url: String,
+    #[serde(default)]
+    pub controller_ca_pem: String,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -154,6 +160,8 @@ pub async fn enroll(o: &EnrollOptions) -> Result<Enrollment, EnrollError> {
         controller_key_generation: r.controller_key_generation,
         controller_next_signing_key: String::new(),
         controller_next_key_generation: 0,
+        controller_api_url: o.controller_url.clone(),
+        controller_ca_pem: o.ca_pem.as_deref().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
     };
     save(&file, &e)?;
     Ok(e)

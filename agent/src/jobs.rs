@@ -64,8 +64,8 @@ impl InferenceConfig {
     }
 }
 
-/// A run's result, and the span it ran in (its result is sent within it).
-pub type Finished = (JobResult, tracing::Span);
+/// A run's result, the span it ran in (its result is sent within it), and its model.
+pub type Finished = (JobResult, tracing::Span, String);
 
 /// What the agent holds of its inference jobs.
 pub struct Jobs {
@@ -134,11 +134,19 @@ async fn run(
 
 impl Jobs {
     /// Starts loading the models (when enabled). The receiver gets every result to publish.
+    /// `dirs` are the model directories, a later one's model replacing an earlier one's of the same name.
     #[must_use]
-    pub fn start(cfg: &InferenceConfig, node_id: &str, sim_hardware: bool) -> (Self, mpsc::Receiver<Finished>) {
+    pub fn start(
+        cfg: &InferenceConfig,
+        dirs: Vec<PathBuf>,
+        node_id: &str,
+        sim_hardware: bool,
+    ) -> (Self, mpsc::Receiver<Finished>) {
         let loading = cfg.enabled.then(|| {
-            let dir = (!cfg.model_dir.as_os_str().is_empty()).then(|| cfg.model_dir.clone());
-            tokio::task::spawn_blocking(move || Runtime::open(dir.as_deref(), &[]))
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+                Runtime::open_dirs(&refs, &[])
+            })
         });
         let (results_tx, results) = mpsc::channel(cfg.workers + cfg.queue + 1);
         let jobs = Self {
@@ -172,6 +180,24 @@ impl Jobs {
                 self.pool = Some(Pool::new(Arc::new(rt), self.workers, self.queue).with_slowdown(self.slowdown));
             }
             Err(e) => tracing::error!(error = %e, "Loading the inference models failed; this node takes no jobs."),
+        }
+    }
+
+    /// Runs jobs on `rt` from now on (a model version changed); runs in
+    /// progress finish on the models they started with.
+    pub fn replace_runtime(&mut self, rt: Runtime) {
+        match &self.pool {
+            Some(p) => self.pool = Some(p.with_runtime(Arc::new(rt))),
+            // Still loading at start: the new models win over what loads.
+            None if self.enabled => {
+                self.loading = None;
+                let pool = Pool::new(Arc::new(rt), self.workers, self.queue).with_slowdown(self.slowdown);
+                self.pool = Some(pool);
+            }
+            None => {}
+        }
+        if let Some(p) = &self.pool {
+            tracing::info!(models = ?p.runtime().names(), "Inference models now offered.");
         }
     }
 
@@ -254,8 +280,8 @@ impl Jobs {
         let run_span = span.clone();
         self.tasks.spawn(tracing::Instrument::instrument(
             async move {
-                let r = run(place, job.model, text, received, deadline, r).await;
-                let _ = tx.send((r, span)).await;
+                let r = run(place, job.model.clone(), text, received, deadline, r).await;
+                let _ = tx.send((r, span, job.model)).await;
             },
             run_span,
         ));
@@ -291,7 +317,7 @@ mod tests {
 
     async fn started(queue: usize) -> (Jobs, mpsc::Receiver<Finished>) {
         let cfg = InferenceConfig { workers: 1, queue, ..Default::default() };
-        let (mut jobs, rx) = Jobs::start(&cfg, "n1", false);
+        let (mut jobs, rx) = Jobs::start(&cfg, Vec::new(), "n1", false);
         assert!(jobs.models(&[]).is_empty(), "nothing offered before the models are loaded");
         jobs.loaded().await;
         (jobs, rx)
@@ -302,7 +328,8 @@ mod tests {
         let (mut jobs, mut rx) = started(1).await;
         assert_eq!(jobs.models(&[]), ["severity"]);
         assert!(jobs.take(job("severity", 5000), tracing::Span::none(), 4, "performance", &[]).is_none());
-        let (r, _span) = rx.recv().await.unwrap();
+        let (r, _span, model) = rx.recv().await.unwrap();
+        assert_eq!(model, "severity");
         assert_eq!((r.status, r.attempt, r.label.as_str(), r.node_id.as_str()), (3, 2, "critical", "n1"));
         let t = r.timings.unwrap();
         assert!(t.total_us >= t.inference_us && r.confidence > 0.5);

@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod desired;
 pub mod enroll;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod jobs;
 pub mod local;
@@ -59,6 +60,8 @@ pub struct AgentReport {
 
 /// How often the delivery tick runs (replay is paced per tick).
 const DELIVER_TICK: Duration = Duration::from_millis(100);
+/// How often model updates and the health window are looked at.
+const UPDATE_TICK: Duration = Duration::from_secs(1);
 /// When start-up is over and its code pages are given back (`trim`).
 const TRIM_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping agent lets running jobs finish.
@@ -80,6 +83,8 @@ struct Ticks {
     deliver: Interval,
     /// systemd's watchdog (`WatchdogSec=`): pinged from this loop, so a hung loop gets the agent restarted.
     watchdog: Interval,
+    /// Model updates and the health window.
+    updates: Interval,
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops cleanly: the last
@@ -99,6 +104,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
         status: ticker(t.status_interval, MissedTickBehavior::Delay),
         deliver: ticker(DELIVER_TICK, MissedTickBehavior::Delay),
         watchdog: ticker(systemd::watchdog_every().unwrap_or(NO_WATCHDOG), MissedTickBehavior::Delay),
+        updates: ticker(UPDATE_TICK, MissedTickBehavior::Delay),
     };
     systemd::ready(&format!("node {} sampling", a.node.id));
     let trim = tokio::time::sleep(TRIM_AFTER);
@@ -129,7 +135,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             _ = ticks.status.tick() => a.publish_status(NodeState::Online),
             _ = ticks.watchdog.tick() => systemd::watchdog(),
             () = a.jobs.loaded(), if a.jobs.is_loading() => a.publish_status(NodeState::Online),
-            Some((r, span)) = results.recv() => span.in_scope(|| a.out.result(&r)),
+            Some((r, span, model)) = results.recv() => a.job_done(&r, &span, &model),
+            done = a.updater.next() => a.update_done(done),
+            _ = ticks.updates.tick() => {
+                if let Some(every) = a.update_tick() {
+                    ticks.sample = ticker(every, MissedTickBehavior::Skip);
+                }
+            }
             ev = a.out.next_event() => {
                 if let Some(every) = a.on_event(ev) {
                     ticks.sample = ticker(every, MissedTickBehavior::Skip);
@@ -152,7 +164,7 @@ async fn stop(
     a.jobs.stop();
     a.publish_status(NodeState::Online);
     a.jobs.drain(JOB_DRAIN).await;
-    while let Ok((r, span)) = results.try_recv() {
+    while let Ok((r, span, _)) = results.try_recv() {
         span.in_scope(|| a.out.result(&r));
     }
     a.flush();

@@ -13,6 +13,9 @@ use crate::store::Store;
 /// Longest model name a desired state may carry.
 const MAX_MODEL_LEN: usize = 128;
 
+/// Longest health window a desired state may ask for: a day.
+const MAX_HEALTH_WINDOW_MS: u64 = 86_400_000;
+
 /// The desired-state component. Cheap to clone.
 #[derive(Clone)]
 pub struct DesiredStates {
@@ -50,6 +53,14 @@ impl DesiredStates {
         }
         if let Some(m) = desired.models.iter().find(|m| m.is_empty() || m.len() > MAX_MODEL_LEN) {
             return Err(bad("desired.models", format!("bad model name {m:?}")));
+        }
+        for (name, version) in &desired.model_versions {
+            fleet_inference::registry::check_name(name)
+                .and_then(|()| fleet_inference::registry::check_version(version))
+                .map_err(|e| bad("desired.model_versions", e))?;
+        }
+        if desired.health_window_ms > MAX_HEALTH_WINDOW_MS {
+            return Err(bad("desired.health_window_ms", "at most a day (86400000)"));
         }
         let stored =
             self.store.put_desired(desired, req.expected_version).await.map_err(Status::from)?.ok_or_else(|| {

@@ -77,6 +77,13 @@ impl Pool {
         self
     }
 
+    /// The same pool (its threads and places) over other models: runs
+    /// already reserved finish on the models they started with.
+    #[must_use]
+    pub fn with_runtime(&self, runtime: Arc<Runtime>) -> Self {
+        Self { runtime, ..self.clone() }
+    }
+
     /// The models it runs.
     #[must_use]
     pub fn runtime(&self) -> &Runtime {

@@ -88,11 +88,9 @@ impl ModelManifest {
     /// What is wrong, to be fixed in the manifest.
     pub fn parse(text: &str) -> Result<Self, String> {
         let m: ModelManifest = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        if !is_name(&m.name, "-_.") {
-            return Err(format!("name {:?}: use 1-64 letters, digits, '-', '_' or '.'", m.name));
-        }
-        if !m.version.is_empty() && !is_name(&m.version, "-_.+") {
-            return Err(format!("version {:?}: use 1-64 letters, digits, '-', '_', '.' or '+'", m.version));
+        check_name(&m.name)?;
+        if !m.version.is_empty() {
+            check_version(&m.version)?;
         }
         if m.files.is_empty() {
             return Err("no [[files]]: list every file with its sha256".into());
@@ -123,7 +121,34 @@ impl ModelManifest {
 
 /// 1-64 ASCII letters, digits or one of `extra`.
 fn is_name(s: &str, extra: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+/// A model's name: it names a folder on the controller and on nodes.
+///
+/// # Errors
+/// What to use instead.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if is_name(name, "-_.") {
+        Ok(())
+    } else {
+        Err(format!("model name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"))
+    }
+}
+
+/// A model's version: it names a folder on the controller and on nodes.
+///
+/// # Errors
+/// What to use instead.
+pub fn check_version(version: &str) -> Result<(), String> {
+    if is_name(version, "-_.+") {
+        Ok(())
+    } else {
+        Err(format!("version {version:?}: use 1-64 letters, digits, '-', '_', '.' or '+', not starting with '.'"))
+    }
 }
 
 /// A model whose files were checked.

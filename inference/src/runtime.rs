@@ -111,6 +111,14 @@ impl Runtime {
     /// reported in the second value.
     #[must_use]
     pub fn open(dir: Option<&Path>, only: &[String]) -> (Self, Vec<InferenceError>) {
+        Self::open_dirs(dir.as_slice(), only)
+    }
+
+    /// As `open`, over several model directories: a model in a later one
+    /// replaces one of the same name in an earlier one (the node's versions
+    /// from the controller over the models placed by hand).
+    #[must_use]
+    pub fn open_dirs(dirs: &[&Path], only: &[String]) -> (Self, Vec<InferenceError>) {
         let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
         let mut rt = Runtime::default();
         let mut errors = Vec::new();
@@ -118,7 +126,7 @@ impl Runtime {
         if wanted(BUILTIN_NAME) {
             rt.models.insert(BUILTIN_NAME.to_owned(), slot(Source::Builtin));
         }
-        if let Some(dir) = dir {
+        for dir in dirs {
             match ModelRegistry::open(dir) {
                 Ok(reg) => {
                     for (what, why) in reg.refused() {

@@ -5,13 +5,16 @@
 //! - `versions/<name>/<version>/`: whole, checked versions;
 //! - `active/<name>`: a symlink to the version in force; the inference
 //!   runtime reads `active/` as its model directory;
-//! - `previous/<name>`: a symlink to the version it replaced, kept for a revert.
+//! - `previous/<name>`: a symlink to the version it replaced, kept for a revert;
+//! - `failed/<name>`: the version that failed here and why, so a restart
+//!   does not fetch and fail it again (a newer version clears it).
 //!
 //! Switching is one rename of a new symlink over the old, so a power cut
 //! leaves the old version or the new one in force, never neither. At most the
 //! active and the previous version of each model are kept.
 
 pub mod fetch;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +35,7 @@ impl ModelStore {
     /// When the folders cannot be made.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let root = data_dir.join("models");
-        for sub in ["staging", "versions", "active", "previous"] {
+        for sub in ["staging", "versions", "active", "previous", "failed"] {
             fleet_durable::create_dir(&root.join(sub)).map_err(|e| io("cannot create", &root.join(sub), &e))?;
         }
         Ok(Self { root })
@@ -54,6 +57,13 @@ impl ModelStore {
     #[must_use]
     pub fn used(&self) -> u64 {
         du(&self.root.join("versions"))
+    }
+
+    /// Bytes of `name` `version` on the node: kept, or staged so far.
+    #[must_use]
+    pub fn bytes_of(&self, name: &str, version: &str) -> u64 {
+        let kept = self.root.join("versions").join(name).join(version);
+        if kept.is_dir() { du(&kept) } else { du(&self.staging().join(name).join(version)) }
     }
 
     /// Whether `name` `version` is kept whole.
@@ -153,6 +163,23 @@ impl ModelStore {
         Ok(back)
     }
 
+    /// Remembers that `version` of `name` failed here, and why.
+    ///
+    /// # Errors
+    /// Disk errors.
+    pub fn mark_failed(&self, name: &str, version: &str, reason: &str) -> std::io::Result<()> {
+        let text = format!("{version}\n{reason}");
+        fleet_durable::replace(&self.root.join("failed").join(name), text.as_bytes(), 0o644)
+    }
+
+    /// The version of `name` that failed here last, and why.
+    #[must_use]
+    pub fn failed(&self, name: &str) -> Option<(String, String)> {
+        let text = std::fs::read_to_string(self.root.join("failed").join(name)).ok()?;
+        let (version, reason) = text.split_once('\n')?;
+        Some((version.to_owned(), reason.to_owned()))
+    }
+
     /// `dir/name` -> `../versions/name/version`, by rename.
     fn point(&self, dir: &Path, name: &str, version: &str) -> std::io::Result<()> {
         let link = dir.join(name);
@@ -224,5 +251,8 @@ mod tests {
         assert_eq!(s.revert("m").unwrap(), None);
         assert!(s.current("m").is_none());
         assert!(s.activate("m", "9").is_err());
+        assert!(s.failed("m").is_none());
+        s.mark_failed("m", "3", "self-test: case 1 is \"x\"").unwrap();
+        assert_eq!(s.failed("m"), Some(("3".into(), "self-test: case 1 is \"x\"".into())));
     }
 }

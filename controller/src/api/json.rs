@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_proto::v1::{
     AuditRecord, BootstrapTokenInfo, DesiredStateView, Event, EventSeverity, GetUsageResponse, JobTimings, JobView,
-    Node, QueryTelemetryResponse, Site, UsagePeriod,
+    ModelReport, ModelUpdateState, Node, QueryTelemetryResponse, Site, UsagePeriod,
 };
 use serde_json::{Value, json};
 
@@ -92,12 +92,27 @@ pub fn desired_json(v: &DesiredStateView) -> Value {
         "labels": d.labels,
         "models": d.models,
         "power_policy_toml": d.power_policy_toml,
+        "model_versions": d.model_versions.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "health_window_ms": d.health_window_ms,
         "reported": {
             "applied_version": r.applied_version,
+            "confirmed_version": r.confirmed_version,
             "rejected_version": r.rejected_version,
             "rejected_reason": r.rejected_reason,
             "time_unix_ms": r.time_unix_ms,
+            "models": r.models.iter().map(model_report_json).collect::<Vec<_>>(),
         },
+    })
+}
+
+/// A node's report on one model update.
+#[must_use]
+pub fn model_report_json(m: &ModelReport) -> Value {
+    let state = ModelUpdateState::try_from(m.state).unwrap_or_default().as_str_name();
+    json!({
+        "name": m.name, "version": m.version, "wanted": m.wanted,
+        "state": state.trim_start_matches("MODEL_UPDATE_").to_lowercase(), "reason": m.reason,
+        "bytes_received": m.bytes_received, "changed_unix_ms": m.changed_unix_ms,
     })
 }
 

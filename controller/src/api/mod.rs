@@ -120,7 +120,10 @@ impl FleetService for Api {
     async fn set_desired_state(&self, req: Request<SetDesiredStateRequest>) -> Result<Response<DesiredState>, Status> {
         let actor = caller(&req).name;
         let target = req.get_ref().desired.as_ref().map(|d| d.node_id.clone()).unwrap_or_default();
-        let r = self.desired.set(req.into_inner()).await;
+        let r = match models::held(&self.artifacts, req.get_ref().desired.as_ref()).await {
+            Ok(()) => self.desired.set(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.security.audit.record_result(&actor, "SetDesiredState", &target, &r).await;
         r.map(Response::new)
     }

@@ -123,3 +123,23 @@ impl ArtifactService for Fetch {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+/// Every model version a desired state names must be held here: a node
+/// cannot download one the controller does not have.
+///
+/// # Errors
+/// `NOT_FOUND` naming the version and how to push it.
+pub async fn held(artifacts: &Artifacts, desired: Option<&fleet_proto::v1::DesiredState>) -> Result<(), Status> {
+    for (name, version) in desired.map(|d| &d.model_versions).into_iter().flatten() {
+        if let Err(e) = artifacts.get(name, version).await {
+            let status = Status::from(e);
+            if status.code() == tonic::Code::NotFound {
+                return Err(Status::not_found(format!(
+                    "desired.model_versions: the controller holds no {name} {version}; push it first: fleetctl models push DIR"
+                )));
+            }
+            return Err(status);
+        }
+    }
+    Ok(())
+}

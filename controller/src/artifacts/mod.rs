@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use fleet_inference::ModelManifest;
+use fleet_inference::registry::{check_name, check_version};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ControllerError;
@@ -47,15 +48,6 @@ fn io(what: &str, path: &Path, e: &std::io::Error) -> ControllerError {
 /// A file path inside a version's folder: plain components only.
 fn inside(path: &str) -> bool {
     !path.is_empty() && path.len() <= 255 && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
-}
-
-/// A name or version usable as one folder name.
-fn folder_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
-        && s != "."
-        && s != ".."
 }
 
 impl Artifacts {
@@ -135,7 +127,7 @@ impl Artifacts {
     pub async fn get(&self, name: &str, version: &str) -> Result<Stored, ControllerError> {
         let not_found =
             || ControllerError::NotFound(format!("no model {name:?} version {version:?} (fleetctl models list)"));
-        if !folder_name(name) || !folder_name(version) {
+        if check_name(name).and_then(|()| check_version(version)).is_err() {
             return Err(not_found());
         }
         let dir = self.root.join(name).join(version);
