@@ -1,11 +1,14 @@
 //! Router throughput and latency with 10,000 nodes in the live view.
 //!
-//! `cargo run --release --bin route-bench [-- --nodes N --decisions N]`
+//! `cargo run --release --bin route-bench [-- --nodes N --decisions N --model-version]`
 //!
 //! One decision = `route` (pick the best site for a job and write its reason)
 //! plus `dispatched` (count the job on the node, re-keying it); a job finishes
 //! 64 decisions later (`finished`, untimed), so queues stay realistic.
-//! Labels: every 10th job must stay at one site. Prints as its last line
+//! Labels: every 10th job must stay at one site. With `--model-version`
+//! every job also asks for a model version (as during a rollout): `minilm`
+//! version 2, which a third of the synthetic fleet runs, and `severity`
+//! version 1. Prints as its last line
 //! `router_decisions_per_s=<x> p99_us=<y>`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,6 +28,9 @@ struct Opts {
     /// Decisions timed (after 10,000 untimed warm-up ones).
     #[arg(long, default_value_t = 1_000_000)]
     decisions: usize,
+    /// Every job asks for a model version.
+    #[arg(long)]
+    model_version: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,8 +47,15 @@ fn main() -> anyhow::Result<()> {
     let (mut edge, mut to_cloud, mut refused) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     for i in 0..(o.decisions + 10_000) {
+        let model = if i % 3 == 0 { "severity" } else { "minilm" };
+        let version = match (o.model_version, model) {
+            (false, _) => "",
+            (true, "minilm") => "2",
+            (true, _) => "1",
+        };
         let spec = JobSpec {
-            model: if i % 3 == 0 { "severity" } else { "minilm" },
+            model,
+            version,
             labels: if i % 10 == 0 { &site } else { &none },
             placement: Placement::Any,
             node: "",

@@ -14,7 +14,7 @@ fn decide(c: &mut Criterion) {
     }
     let cloud = CloudView { enabled: true, has_model: true, saturated: false };
     let none = BTreeMap::new();
-    let spec = JobSpec { model: "minilm", labels: &none, placement: Placement::Any, node: "", tried: &[] };
+    let spec = JobSpec { model: "minilm", labels: &none, placement: Placement::Any, node: "", version: "", tried: &[] };
     c.bench_function("route_dispatch_finish_10k_nodes", |b| {
         b.iter(|| {
             if let Ok(d) = r.route(&spec, cloud)

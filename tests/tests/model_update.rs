@@ -14,8 +14,8 @@ use std::time::Duration;
 use fleet_agent::AgentConfig;
 use fleet_agent::models::ModelStore;
 use fleet_proto::v1::{
-    DesiredState, GetDesiredStateRequest, JobStatus, ModelChunk, ModelReport, ModelUpdateState, ReportedState,
-    SetDesiredStateRequest, SubmitJobRequest,
+    DesiredState, GetDesiredStateRequest, JobConstraints, JobStatus, ModelChunk, ModelReport, ModelUpdateState,
+    ReportedState, SetDesiredStateRequest, SubmitJobRequest,
 };
 use fleet_tests::{AgentHandle, agent_config, controller_config, enroll_agent, grpc, wait_for};
 use sha2::{Digest, Sha256};
@@ -91,7 +91,19 @@ impl Fleet {
     }
 
     async fn job(&self) -> anyhow::Result<fleet_proto::v1::JobView> {
-        let req = SubmitJobRequest { model: "sev".into(), text: TEXT.into(), timeout_ms: 20_000, ..Default::default() };
+        self.job_of("").await
+    }
+
+    /// A job that asks for `version` of sev (any when empty).
+    async fn job_of(&self, version: &str) -> anyhow::Result<fleet_proto::v1::JobView> {
+        let constraints = JobConstraints { model_version: version.into(), ..Default::default() };
+        let req = SubmitJobRequest {
+            model: "sev".into(),
+            text: TEXT.into(),
+            timeout_ms: 20_000,
+            constraints: Some(constraints),
+            ..Default::default()
+        };
         Ok(grpc(&self.c).await?.submit_job(req).await?.into_inner())
     }
 }
@@ -143,8 +155,12 @@ async fn versions_are_taken_checked_and_reverted_by_the_nodes() -> anyhow::Resul
     let m = f.wait_sev("up-1", v2, ModelUpdateState::ModelUpdateFailed).await?;
     assert!(m.reason.contains("self-test failed") && m.reason.contains("version 1 runs again"), "{}", m.reason);
     assert_eq!(m.version, "1");
-    let j = f.job().await?;
+    let j = f.job_of("1").await?;
     assert_eq!((j.status, j.node_id.as_str()), (JobStatus::Succeeded as i32, "up-1"), "{j:?}");
+    let reason = &j.attempts[0].reason;
+    assert!(reason.contains("runs sev version 1"), "the router says why: {reason}");
+    let refused = f.job_of("2").await.unwrap_err();
+    assert!(refused.to_string().contains("1 runs another version (up-1)"), "{refused}");
 
     // A damaged file: refused by its sha256, nothing activated.
     let v3 = f.set("up-2", &[("sev", "3")]).await?;

@@ -37,6 +37,9 @@ pub enum JobsCommand {
         /// Only this node.
         #[arg(long)]
         node: Option<String>,
+        /// Only nodes running this version of the model (keeps the job at the edge).
+        #[arg(long)]
+        model_version: Option<String>,
         /// Return at once with the job id instead of waiting.
         #[arg(long)]
         detach: bool,
@@ -78,7 +81,17 @@ fn show(j: &JobView, out: Output) -> Result<(), CtlError> {
 /// that did not succeed (after it is printed).
 pub async fn run(client: &mut FleetClient, command: JobsCommand, out: Output) -> Result<(), CtlError> {
     match command {
-        JobsCommand::Submit { model, text, timeout, min_confidence, labels, placement, node, detach } => {
+        JobsCommand::Submit {
+            model,
+            text,
+            timeout,
+            min_confidence,
+            labels,
+            placement,
+            node,
+            model_version,
+            detach,
+        } => {
             let placement = match placement {
                 Where::Any => Placement::Any,
                 Where::Edge => Placement::EdgeOnly,
@@ -93,6 +106,7 @@ pub async fn run(client: &mut FleetClient, command: JobsCommand, out: Output) ->
                     required_labels: labels.into_iter().collect(),
                     placement: placement as i32,
                     node_id: node.unwrap_or_default(),
+                    model_version: model_version.unwrap_or_default(),
                 }),
                 detach,
             };

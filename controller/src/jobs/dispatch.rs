@@ -21,7 +21,8 @@ impl JobManager {
                     let cloud = self.cloud_view(&l.view.model);
                     let (labels, placement, node, tried) = (&l.labels, l.placement, &l.pin, &l.tried);
                     let _in = tracing::debug_span!(parent: &l.span, "job.route").entered();
-                    st.router.route(&JobSpec { model: &l.view.model, labels, placement, node, tried }, cloud)
+                    let spec = JobSpec { model: &l.view.model, labels, placement, node, version: &l.version, tried };
+                    st.router.route(&spec, cloud)
                 }
             };
             let route_us = us(t.elapsed());

@@ -158,6 +158,8 @@ struct Live {
     labels: BTreeMap<String, String>,
     placement: Placement,
     pin: String,
+    /// Only nodes running this version of the model (empty: any).
+    version: String,
     tried: Vec<Arc<str>>,
     current: Option<Current>,
     submitted: Instant,
@@ -279,6 +281,10 @@ impl JobManager {
         if !c.node_id.is_empty() {
             fleet_proto::validate_node_id(&c.node_id).map_err(|e| bad("constraints.node_id", e))?;
         }
+        if !c.model_version.is_empty() {
+            fleet_inference::registry::check_version(&c.model_version)
+                .map_err(|e| bad("constraints.model_version", e))?;
+        }
         let placement = Placement::try_from(c.placement).map_err(|_| bad("constraints.placement", "unknown value"))?;
         let timeout = if req.timeout_ms == 0 {
             self.inner.cfg.default_timeout
@@ -305,6 +311,7 @@ impl JobManager {
             labels: c.required_labels.into_iter().collect(),
             placement,
             pin: c.node_id,
+            version: c.model_version,
             tried: Vec::new(),
             current: None,
             submitted,

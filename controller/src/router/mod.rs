@@ -120,6 +120,8 @@ pub struct JobSpec<'a> {
     pub placement: Placement,
     /// Only this node, when not empty.
     pub node: &'a str,
+    /// Only nodes running this version of the model, when not empty.
+    pub version: &'a str,
     /// Nodes this job already failed on (or left).
     pub tried: &'a [Arc<str>],
 }
@@ -242,6 +244,9 @@ impl Router {
         if !e.facts.has_model(spec.model) {
             return Err(Exclusion::ModelMissing);
         }
+        if !e.facts.runs_version(spec.model, spec.version) {
+            return Err(Exclusion::WrongVersion);
+        }
         if !labels_match(&e.facts.labels, spec.labels) {
             return Err(Exclusion::Labels);
         }
@@ -256,7 +261,10 @@ impl Router {
         }
         for (_, id, slot) in self.index.get(spec.model)? {
             let Some((_, e)) = self.entries.get(*slot) else { continue };
-            if spec.tried.contains(id) || !labels_match(&e.facts.labels, spec.labels) {
+            if spec.tried.contains(id)
+                || !labels_match(&e.facts.labels, spec.labels)
+                || !e.facts.runs_version(spec.model, spec.version)
+            {
                 continue;
             }
             if let Ok(b) = score::score(&e.facts, e.inflight, e.rtt_ms, &self.cfg.score) {
@@ -272,13 +280,19 @@ impl Router {
     /// No site can run it: the reason says what stopped each.
     pub fn route(&self, spec: &JobSpec<'_>, cloud: CloudView) -> Result<Decision, NoSite> {
         let edge_ok = spec.placement != Placement::CloudOnly;
-        let cloud_allowed = spec.placement != Placement::EdgeOnly && spec.labels.is_empty() && spec.node.is_empty();
+        let cloud_allowed = spec.placement != Placement::EdgeOnly
+            && spec.labels.is_empty()
+            && spec.node.is_empty()
+            && spec.version.is_empty();
         let cloud_ok = cloud_allowed && cloud.enabled && cloud.has_model && !cloud.saturated;
         let edge = if edge_ok { self.best_edge(spec) } else { None };
         match edge {
             Some((id, b)) if !cloud_ok || b.total() >= self.cfg.cloud_score => {
                 let e = &self.entries[self.slots[&id]].1;
                 let mut reason = edge_reason(&id, e, &b);
+                if !spec.version.is_empty() {
+                    let _ = write!(reason, "; runs {} version {}", spec.model, spec.version);
+                }
                 if cloud_ok {
                     let _ = write!(reason, "; the cloud tier scores {}", self.cfg.cloud_score);
                 } else if cloud_allowed {

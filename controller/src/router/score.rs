@@ -54,6 +54,7 @@ pub enum Exclusion {
     Throttled,
     SlowLink,
     Labels,
+    WrongVersion,
     NotPinned,
     AlreadyTried,
 }
@@ -64,6 +65,7 @@ impl Exclusion {
     pub fn as_str(self) -> &'static str {
         match self {
             Exclusion::Offline => "offline",
+            Exclusion::WrongVersion => "runs another version",
             Exclusion::ModelMissing => "model missing",
             Exclusion::PowerSaving => "saving power",
             Exclusion::AdmitsNone => "admits no jobs",
@@ -92,6 +94,8 @@ pub struct NodeFacts {
     pub throttle_bits: u32,
     pub models: Vec<String>,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Versions of the models the controller sent (name -> version).
+    pub model_versions: std::collections::BTreeMap<String, String>,
 }
 
 impl NodeFacts {
@@ -114,7 +118,14 @@ impl NodeFacts {
             throttle_bits: s.throttle_bits,
             models,
             labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            model_versions: s.model_versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
+    }
+
+    /// True when the node runs `version` of `model` (any version when empty).
+    #[must_use]
+    pub fn runs_version(&self, model: &str, version: &str) -> bool {
+        version.is_empty() || self.model_versions.get(model).is_some_and(|v| v == version)
     }
 
     /// True when the node holds `model`.

@@ -1,5 +1,7 @@
 //! A seeded synthetic fleet for the router's benchmarks and tests: nodes
-//! with a spread of loads, temperatures, power states, models and sites.
+//! with a spread of loads, temperatures, power states, models and sites,
+//! caught a third of the way through a rollout of `minilm` version 2 (the
+//! other nodes run version 1; every node runs `severity` version 1).
 
 use fleet_proto::v1::{NodeState, NodeStatus, NodeVitals, PowerProfile};
 
@@ -35,6 +37,11 @@ pub fn fleet(n: usize, seed: u64) -> Vec<NodeStatus> {
                     ..Default::default()
                 }),
                 thermal_limit_c: Some(75.0),
+                model_versions: [
+                    ("severity".to_owned(), "1".to_owned()),
+                    ("minilm".to_owned(), if i % 3 == 0 { "2" } else { "1" }.to_owned()),
+                ]
+                .into(),
                 ..Default::default()
             }
         })

@@ -33,7 +33,7 @@ const CLOUD: CloudView = CloudView { enabled: true, has_model: true, saturated: 
 const NO_CLOUD: CloudView = CloudView { enabled: false, has_model: true, saturated: false };
 
 fn spec(model: &str) -> JobSpec<'_> {
-    JobSpec { model, labels: NO_LABELS, placement: Placement::Any, node: "", tried: &[] }
+    JobSpec { model, labels: NO_LABELS, placement: Placement::Any, node: "", version: "", tried: &[] }
 }
 
 fn edge(d: &Decision) -> &str {
@@ -127,6 +127,24 @@ fn labels_and_pins_are_honoured() {
     assert_eq!(edge(&r.route(&JobSpec { node: "a", ..spec("minilm") }, CLOUD).unwrap()), "a");
     let tried: Vec<Arc<str>> = vec!["b".into()];
     assert_eq!(edge(&r.route(&JobSpec { tried: &tried, ..spec("minilm") }, CLOUD).unwrap()), "a");
+}
+
+#[test]
+fn a_model_version_is_only_found_on_the_nodes_that_run_it() {
+    let mut old = node("a");
+    old.model_versions.insert("minilm".into(), "1".into());
+    old.vitals.as_mut().unwrap().cpu_usage_pct = Some(0.0); // a scores higher
+    let mut new = node("b");
+    new.model_versions.insert("minilm".into(), "2".into());
+    let r = router(&[old, new, node("c")]);
+    assert_eq!(edge(&r.route(&spec("minilm"), CLOUD).unwrap()), "a", "no version asked: the best node");
+    let d = r.route(&JobSpec { version: "2", ..spec("minilm") }, CLOUD).unwrap();
+    assert_eq!(edge(&d), "b");
+    assert!(d.reason.contains("runs minilm version 2"), "{}", d.reason);
+    assert!(!d.reason.contains("cloud"), "a version keeps the job at the edge: {}", d.reason);
+    let err = r.route(&JobSpec { version: "3", ..spec("minilm") }, CLOUD).unwrap_err().0;
+    assert!(err.contains("3 runs another version (a, b, c)"), "{err}");
+    assert!(err.contains("cloud tier not allowed"), "{err}");
 }
 
 #[test]
