@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fleet/v1/jobs.proto",
         "fleet/v1/security.proto",
         "fleet/v1/models.proto",
+        "fleet/v1/rollouts.proto",
         "fleet/v1/fleet.proto",
     ];
     for f in files {

@@ -25,6 +25,7 @@ use crate::jobs::JobManager;
 use crate::link::{Link, Verifier};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::rollouts::Rollouts;
 use crate::security::enroll::Enrollment;
 use crate::security::service::NodeFacing;
 use crate::security::setup::{Prepared, ServiceParts, Services};
@@ -160,15 +161,13 @@ impl Controller {
         readers.spawn_on(&tasks, &owners, &shutdown);
         wait_subscribed(&link, &mqtt_url).await;
         tasks.spawn(job_tasks.run(shutdown.clone()));
-        let desired = DesiredStates::new(store.clone(), link);
-        tasks.spawn(desired.clone().run(shutdown.clone()));
+        let (desired, rollouts) = desired_and_rollouts(&tasks, &store, link, &registry, &artifacts, &shutdown);
         tasks.spawn(Upkeep::new(store.clone(), cfg.storage.clone()).run(shutdown.clone()));
         tasks.spawn(security::mark::keep(clock, store.clone(), shutdown.clone()));
         tasks.spawn(usage.clone().run(shutdown.clone()));
         link::verify::spawn_keepers(&tasks, &verifier, &store, services.changes.subscribe(), &shutdown);
         if cfg.wireguard.enabled {
-            let iface = cfg.wireguard.interface.clone();
-            let changes = services.changes.subscribe();
+            let (iface, changes) = (cfg.wireguard.interface.clone(), services.changes.subscribe());
             tasks.spawn(security::overlay::keep_in_step(iface, store.clone(), changes, shutdown.clone()));
         }
         let api = Arc::new(Api {
@@ -182,6 +181,7 @@ impl Controller {
             controller_key: services.controller_key,
             usage: usage.clone(),
             artifacts: artifacts.clone(),
+            rollouts,
         });
         let access = api_access(&cfg, &prepared, grpc_addr);
         let http_tls = match (&prepared.tls, cfg.http.tls) {
@@ -240,6 +240,22 @@ fn security_services(
 
 /// Waits until the link is subscribed, so nothing published right after
 /// start is missed; an external broker that is down only delays this.
+/// Desired states and the rollouts that change them, with their tasks.
+fn desired_and_rollouts(
+    tasks: &TaskTracker,
+    store: &Store,
+    link: Link,
+    registry: &Registry,
+    artifacts: &Artifacts,
+    shutdown: &CancellationToken,
+) -> (DesiredStates, Rollouts) {
+    let desired = DesiredStates::new(store.clone(), link);
+    tasks.spawn(desired.clone().run(shutdown.clone()));
+    let rollouts = Rollouts::new(store.clone(), registry.clone(), desired.clone(), artifacts.clone());
+    tasks.spawn(rollouts.clone().run(shutdown.clone()));
+    (desired, rollouts)
+}
+
 async fn wait_subscribed(link: &Link, mqtt_url: &str) {
     let mut connected = link.connected();
     let subscribed = tokio::time::timeout(SUBSCRIBED_WAIT, connected.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok());

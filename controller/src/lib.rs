@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod link;
 pub mod metrics;
 pub mod registry;
+pub mod rollouts;
 pub mod router;
 pub mod security;
 pub mod store;

@@ -108,6 +108,22 @@ impl Fleet {
     }
 }
 
+/// up-1 started again: version 1 still in force, version 2 not fetched again.
+async fn restarted(f: &Fleet) -> anyhow::Result<AgentHandle> {
+    let served = f.c.metrics.model_bytes_served.get();
+    let agent = AgentHandle::spawn(f.node_config("up-1"));
+    let m = wait_for(Duration::from_secs(30), "up-1 reports again after its restart", || async {
+        let r = f.reported("up-1").await.ok()?;
+        r.models.into_iter().find(|m| m.name == "sev" && m.reason.contains("failed here before"))
+    })
+    .await?;
+    assert_eq!((m.version.as_str(), m.state), ("1", ModelUpdateState::ModelUpdateFailed as i32));
+    let j = f.job().await?;
+    assert_eq!((j.status, j.node_id.as_str()), (JobStatus::Succeeded as i32, "up-1"), "{j:?}");
+    assert_eq!(f.c.metrics.model_bytes_served.get(), served, "nothing downloaded again");
+    Ok(agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_taken_checked_and_reverted_by_the_nodes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -178,17 +194,7 @@ async fn versions_are_taken_checked_and_reverted_by_the_nodes() -> anyhow::Resul
     // A restart keeps version 1 in force and does not fetch 2 again.
     let first = agents.remove(0);
     first.stop().await?;
-    let served = f.c.metrics.model_bytes_served.get();
-    agents.push(AgentHandle::spawn(f.node_config("up-1")));
-    let m = wait_for(Duration::from_secs(30), "up-1 reports again after its restart", || async {
-        let r = f.reported("up-1").await.ok()?;
-        r.models.into_iter().find(|m| m.name == "sev" && m.reason.contains("failed here before"))
-    })
-    .await?;
-    assert_eq!((m.version.as_str(), m.state), ("1", ModelUpdateState::ModelUpdateFailed as i32));
-    let j = f.job().await?;
-    assert_eq!((j.status, j.node_id.as_str()), (JobStatus::Succeeded as i32, "up-1"), "{j:?}");
-    assert_eq!(f.c.metrics.model_bytes_served.get(), served, "nothing downloaded again");
+    agents.push(restarted(&f).await?);
 
     for a in agents {
         a.stop().await?;

@@ -20,6 +20,7 @@ const MAX_FN_LINES: usize = 85;
 const CONTROLLER_LAYERS: &[&[&str]] = &[
     &["lib", "controller", "config", "inbound", "fleetctl", "backup", "bin"],
     &["api", "http", "dashboard"],
+    &["rollouts"],
     &["desired", "jobs", "ingest", "security"],
     &["link"],
     &["router", "registry", "usage"],

@@ -11,11 +11,12 @@ pub mod server;
 use fleet_proto::v1::fleet_service_server::FleetService;
 use fleet_proto::v1::{
     ControllerKeyStatus, CreateApiTokenRequest, CreateApiTokenResponse, CreateBootstrapTokenRequest,
-    CreateBootstrapTokenResponse, DesiredState, DesiredStateView, GetControllerKeyRequest, GetDesiredStateRequest,
-    GetJobRequest, GetNodeRequest, JobView, ListAuditLogRequest, ListAuditLogResponse, ListBootstrapTokensRequest,
-    ListBootstrapTokensResponse, ListJobsRequest, ListJobsResponse, ListNodesRequest, ListNodesResponse, Node,
-    QueryTelemetryRequest, QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse,
-    RevokeBootstrapTokenRequest, RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse,
+    CreateBootstrapTokenResponse, CreateRolloutRequest, DesiredState, DesiredStateView, GetControllerKeyRequest,
+    GetDesiredStateRequest, GetJobRequest, GetNodeRequest, GetRolloutRequest, JobView, ListAuditLogRequest,
+    ListAuditLogResponse, ListBootstrapTokensRequest, ListBootstrapTokensResponse, ListJobsRequest, ListJobsResponse,
+    ListNodesRequest, ListNodesResponse, ListRolloutsRequest, ListRolloutsResponse, Node, QueryTelemetryRequest,
+    QueryTelemetryResponse, RevokeApiTokenRequest, RevokeApiTokenResponse, RevokeBootstrapTokenRequest,
+    RevokeBootstrapTokenResponse, RevokeNodeRequest, RevokeNodeResponse, Rollout, RolloutActionRequest,
     RotateControllerKeyRequest, RotateNodeKeyRequest, RotateNodeKeyResponse, SetDesiredStateRequest,
     SetTokenQuotaRequest, SetTokenQuotaResponse, SubmitJobRequest, WatchNodesRequest,
 };
@@ -62,6 +63,8 @@ pub struct Api {
     pub usage: Usage,
     /// Model versions kept for nodes.
     pub artifacts: crate::artifacts::Artifacts,
+    /// Staged rollouts.
+    pub rollouts: crate::rollouts::Rollouts,
 }
 
 /// The caller the guard put on the call: its name and quotas (none when no guard ran).
@@ -335,6 +338,56 @@ impl FleetService for Api {
 
     async fn list_models(&self, req: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
         models::list(&self.artifacts, &req.into_inner().name).await.map(Response::new)
+    }
+
+    async fn create_rollout(&self, req: Request<CreateRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let actor = caller(&req).name;
+        let r = self.rollouts.create(req.into_inner(), &actor).await;
+        let target = r.as_ref().map(|r| r.rollout_id.clone()).unwrap_or_default();
+        self.security.audit.record_result(&actor, "CreateRollout", &target, &r).await;
+        r.map(Response::new)
+    }
+
+    async fn get_rollout(&self, req: Request<GetRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        self.rollouts.get(&req.into_inner().rollout_id).await.map(Response::new)
+    }
+
+    async fn list_rollouts(
+        &self,
+        _req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        Ok(Response::new(ListRolloutsResponse { rollouts: self.rollouts.list().await? }))
+    }
+
+    async fn pause_rollout(&self, req: Request<RolloutActionRequest>) -> Result<Response<Rollout>, Status> {
+        self.rollout_action(req, "PauseRollout").await
+    }
+
+    async fn resume_rollout(&self, req: Request<RolloutActionRequest>) -> Result<Response<Rollout>, Status> {
+        self.rollout_action(req, "ResumeRollout").await
+    }
+
+    async fn abort_rollout(&self, req: Request<RolloutActionRequest>) -> Result<Response<Rollout>, Status> {
+        self.rollout_action(req, "AbortRollout").await
+    }
+}
+
+impl Api {
+    /// Pauses, resumes or aborts a rollout, audited.
+    async fn rollout_action(
+        &self,
+        req: Request<RolloutActionRequest>,
+        what: &str,
+    ) -> Result<Response<Rollout>, Status> {
+        let actor = caller(&req).name;
+        let id = req.into_inner().rollout_id;
+        let r = match what {
+            "PauseRollout" => self.rollouts.pause(&id, &actor).await,
+            "ResumeRollout" => self.rollouts.resume(&id, &actor).await,
+            _ => self.rollouts.abort(&id, &actor).await,
+        };
+        self.security.audit.record_result(&actor, what, &id, &r).await;
+        r.map(Response::new)
     }
 }
 

@@ -41,13 +41,17 @@ pub struct Caller {
 pub fn required_role(method: &str) -> Role {
     match method {
         "ListNodes" | "GetNode" | "WatchNodes" | "QueryTelemetry" | "GetDesiredState" | "GetJob" | "ListJobs"
-        | "ListAuditLog" | "ListModels" => Role::Viewer,
+        | "ListAuditLog" | "ListModels" | "GetRollout" | "ListRollouts" => Role::Viewer,
         "SetDesiredState"
         | "SubmitJob"
         | "CreateBootstrapToken"
         | "ListBootstrapTokens"
         | "RevokeBootstrapToken"
-        | "PushModel" => Role::Operator,
+        | "PushModel"
+        | "CreateRollout"
+        | "PauseRollout"
+        | "ResumeRollout"
+        | "AbortRollout" => Role::Operator,
         _ => Role::Admin,
     }
 }

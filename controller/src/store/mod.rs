@@ -1,7 +1,7 @@
 //! The controller's store: SQLite (embedded default) or PostgreSQL, behind
 //! one type, opened and migrated here. Each concern has its file:
 //! `telemetry` (bulk writes with the ack marks), `query` (reads),
-//! `tiers` (rollups, retention, partitions), `desired`, `jobs`, `security`,
+//! `tiers` (rollups, retention, partitions), `desired`, `jobs`, `rollouts`, `security`,
 //! `usage` (what each API token used, and its quotas).
 
 use std::path::Path;
@@ -14,11 +14,23 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::ControllerError;
 
+/// Runs `$body` with `$p` bound to whichever pool the store has (the SQL
+/// must suit both: `$1` placeholders, no dialect features).
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($p, _) => $body,
+            Store::Sqlite($p) => $body,
+        }
+    };
+}
+
 pub mod acks;
 mod desired;
 pub mod jobs;
 mod query;
 pub mod replay;
+mod rollouts;
 mod rollup_query;
 pub mod security;
 mod sessions;
@@ -27,6 +39,7 @@ mod tiers;
 mod upkeep;
 pub mod usage;
 pub use query::QueryResult;
+pub use rollouts::{RolloutLock, Which};
 pub use telemetry::{RunRange, Written};
 pub use tiers::{JOB_LOCK, PostgresSchema, Retention, StorageConfig};
 pub use upkeep::Upkeep;

@@ -8,15 +8,6 @@ use crate::ControllerError;
 use crate::auth::{Quota, Role};
 
 /// Runs the same statement text on whichever pool the store has.
-macro_rules! on_pool {
-    ($store:expr, $p:ident => $body:expr) => {
-        match $store {
-            Store::Postgres($p, _) => $body,
-            Store::Sqlite($p) => $body,
-        }
-    };
-}
-
 /// A bootstrap token as stored (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapToken {
