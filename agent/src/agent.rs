@@ -416,7 +416,13 @@ impl Agent {
             }
             Outcome::Apply(a) => {
                 let length = a.health_window.unwrap_or(self.cfg.health.window);
-                self.window = Some(Window::start(a.version, length, before));
+                let mut w = Window::start(a.version, length, before);
+                if !fresh {
+                    // From disk at start: a node that boots without its
+                    // network must not give up the state it last took.
+                    w.heard();
+                }
+                self.window = Some(w);
                 self.take_accepted(*a);
             }
             Outcome::Refused => {}

@@ -59,7 +59,9 @@ impl Window {
         Self { version, length, until: Instant::now() + length, heard: false, power_ran: false, previous }
     }
 
-    /// The controller acknowledged something the node sent after the change.
+    /// The controller acknowledged something the node sent after the change
+    /// (also said of a state taken from disk at start, which the controller
+    /// need not answer for).
     pub fn heard(&mut self) {
         self.heard = true;
     }
