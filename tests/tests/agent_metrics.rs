@@ -47,8 +47,14 @@ async fn the_agent_serves_its_counters_and_vitals_for_prometheus() -> anyhow::Re
     })
     .await?;
     agent.stop().await?;
-    // Stopped with the agent.
-    assert!(http_get(addr, "/metrics").await.is_err() || !http_get(addr, "/metrics").await?.contains("fleet_agent"));
+    // Stopped with the agent (its listener task may answer one last request while it ends).
+    wait_for(T, "the endpoint to close with the agent", || async {
+        match http_get(addr, "/metrics").await {
+            Err(_) => Some(()),
+            Ok(t) => (!t.contains("fleet_agent")).then_some(()),
+        }
+    })
+    .await?;
     stop.cancel();
     c.wait().await;
     Ok(())
