@@ -320,7 +320,7 @@ impl Agent {
             jobs_active: self.jobs.active(),
             thermal_limit_c: Some(self.power.policy().hot_c),
             controller_key_generation: self.trust.controller_key_generation(),
-            model_versions: self.updater.in_force(),
+            model_versions: self.updater.in_force().clone(),
         }
     }
 

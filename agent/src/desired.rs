@@ -57,8 +57,7 @@ pub fn validate(d: &DesiredState, node_id: &str, base: &PowerPolicy) -> Result<A
         return Err(AgentError::Invalid(format!("model_versions: at most {MAX_MODEL_VERSIONS} models")));
     }
     for (name, version) in &d.model_versions {
-        fleet_inference::registry::check_name(name)
-            .and_then(|()| fleet_inference::registry::check_version(version))
+        fleet_inference::registry::check_model_ref(name, version)
             .map_err(|e| AgentError::Invalid(format!("model_versions: {e}")))?;
     }
     Ok(Accepted {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_inference::{InferenceError, Output, Place, Pool, RunError, Runtime};
+use fleet_inference::{Output, Place, Pool, RunError, Runtime};
 use fleet_proto::v1::{Job, JobResult, JobStatus, JobTimings, job};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -64,6 +64,18 @@ impl InferenceConfig {
     }
 }
 
+/// The models of `dirs` (a later one's model replacing an earlier one's of
+/// the same name), listed, not loaded; the ones refused are logged.
+#[must_use]
+pub fn open_models(dirs: &[PathBuf]) -> Runtime {
+    let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let (rt, errors) = Runtime::open_dirs(&refs, &[]);
+    for e in errors {
+        tracing::error!(error = %e, "A model was not loaded; jobs for it go to other nodes.");
+    }
+    rt
+}
+
 /// A run's result, the span it ran in (its result is sent within it), and its model.
 pub type Finished = (JobResult, tracing::Span, String);
 
@@ -75,7 +87,7 @@ pub struct Jobs {
     queue: usize,
     slowdown: f64,
     /// The model directory being read on a blocking thread; taken when done.
-    loading: Option<JoinHandle<(Runtime, Vec<InferenceError>)>>,
+    loading: Option<JoinHandle<Runtime>>,
     /// None until the models are loaded (or when jobs are disabled).
     pool: Option<Pool>,
     /// Results of finished runs, for the event loop to publish. Bounded by
@@ -142,12 +154,7 @@ impl Jobs {
         node_id: &str,
         sim_hardware: bool,
     ) -> (Self, mpsc::Receiver<Finished>) {
-        let loading = cfg.enabled.then(|| {
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-                Runtime::open_dirs(&refs, &[])
-            })
-        });
+        let loading = cfg.enabled.then(|| tokio::task::spawn_blocking(move || open_models(&dirs)));
         let (results_tx, results) = mpsc::channel(cfg.workers + cfg.queue + 1);
         let jobs = Self {
             node_id: node_id.to_owned(),
@@ -172,10 +179,7 @@ impl Jobs {
         let r = h.await;
         self.loading = None;
         match r {
-            Ok((rt, errors)) => {
-                for e in errors {
-                    tracing::error!(error = %e, "A model was not loaded; jobs for it go to other nodes.");
-                }
+            Ok(rt) => {
                 tracing::info!(models = ?rt.names(), "Inference models available (each loaded by its first job).");
                 self.pool = Some(Pool::new(Arc::new(rt), self.workers, self.queue).with_slowdown(self.slowdown));
             }

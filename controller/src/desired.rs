@@ -55,9 +55,7 @@ impl DesiredStates {
             return Err(bad("desired.models", format!("bad model name {m:?}")));
         }
         for (name, version) in &desired.model_versions {
-            fleet_inference::registry::check_name(name)
-                .and_then(|()| fleet_inference::registry::check_version(version))
-                .map_err(|e| bad("desired.model_versions", e))?;
+            fleet_inference::registry::check_model_ref(name, version).map_err(|e| bad("desired.model_versions", e))?;
         }
         if desired.health_window_ms > MAX_HEALTH_WINDOW_MS {
             return Err(bad("desired.health_window_ms", "at most a day (86400000)"));

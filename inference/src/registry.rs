@@ -139,6 +139,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A model version named by its name and version (a desired state, a rollout).
+///
+/// # Errors
+/// What to use instead.
+pub fn check_model_ref(name: &str, version: &str) -> Result<(), String> {
+    check_name(name).and_then(|()| check_version(version))
+}
+
 /// A model's version: it names a folder on the controller and on nodes.
 ///
 /// # Errors

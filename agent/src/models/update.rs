@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ModelStore;
 use super::fetch::{FetchError, Source, fetch_version};
+use crate::jobs::open_models;
 
 /// `[models]`: model versions the controller sends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,6 +83,9 @@ pub struct Updater {
     busy: Option<(String, CancellationToken)>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
+    /// The versions in force, read from the store when they change (the
+    /// status is written every few seconds; the disk is read only then).
+    in_force: HashMap<String, String>,
 }
 
 fn now_ms() -> i64 {
@@ -93,7 +97,9 @@ impl Updater {
     pub fn new(store: ModelStore, cfg: ModelsConfig, base_dir: Option<PathBuf>, origin: Option<Origin>) -> Self {
         let (done_tx, done_rx) = mpsc::channel(4);
         let window = Duration::from_secs(60);
-        Self { store, cfg, base_dir, origin, wanted: BTreeMap::new(), window, busy: None, done_tx, done_rx }
+        let in_force = store.in_force().into_iter().collect();
+        let wanted = BTreeMap::new();
+        Self { store, cfg, base_dir, origin, wanted, window, busy: None, done_tx, done_rx, in_force }
     }
 
     /// The model directories the runtime reads, the store's last.
@@ -197,6 +203,7 @@ impl Updater {
         if self.busy.as_ref().is_some_and(|(b, _)| *b == name) {
             self.busy = None;
         }
+        self.in_force = self.store.in_force().into_iter().collect();
         let window = self.window;
         if let Some(w) = self.wanted.get_mut(&name).filter(|w| w.version == version) {
             w.changed_unix_ms = now_ms();
@@ -239,8 +246,8 @@ impl Updater {
 
     /// Version in force of each model the controller sent.
     #[must_use]
-    pub fn in_force(&self) -> HashMap<String, String> {
-        self.store.in_force().into_iter().collect()
+    pub fn in_force(&self) -> &HashMap<String, String> {
+        &self.in_force
     }
 
     /// Some(true): every wanted version runs and passed its window;
@@ -353,23 +360,13 @@ impl Task {
     }
 }
 
-/// The models of `dirs` as a runtime (errors logged).
-fn open(dirs: &[PathBuf]) -> Runtime {
-    let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-    let (rt, errors) = Runtime::open_dirs(&refs, &[]);
-    for e in errors {
-        tracing::error!(error = %e, "A model was not loaded; jobs for it go to other nodes.");
-    }
-    rt
-}
-
 /// Puts a kept version in force and runs its self-test (or loads it, when
 /// its manifest has none); on failure goes back to the previous version.
 fn activate(store: &ModelStore, dirs: &[PathBuf], name: String, version: String) -> Done {
     if let Err(e) = store.activate(&name, &version) {
         return Done::Failed { name, version, reason: e.to_string(), runtime: None };
     }
-    let rt = open(dirs);
+    let rt = open_models(dirs);
     let manifest = std::fs::read_to_string(store.active_dir().join(&name).join("model.toml"))
         .map_err(|e| e.to_string())
         .and_then(|t| ModelManifest::parse(&t));
@@ -397,5 +394,5 @@ fn revert(store: &ModelStore, dirs: &[PathBuf], name: String, version: String, r
     };
     tracing::warn!(model = %name, %version, %reason, "Model version reverted.");
     let _ = store.mark_failed(&name, &version, &reason);
-    Done::Failed { name, version, reason, runtime: Some(open(dirs)) }
+    Done::Failed { name, version, reason, runtime: Some(open_models(dirs)) }
 }

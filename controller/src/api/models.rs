@@ -131,15 +131,10 @@ impl ArtifactService for Fetch {
 /// `NOT_FOUND` naming the version and how to push it.
 pub async fn held(artifacts: &Artifacts, desired: Option<&fleet_proto::v1::DesiredState>) -> Result<(), Status> {
     for (name, version) in desired.map(|d| &d.model_versions).into_iter().flatten() {
-        if let Err(e) = artifacts.get(name, version).await {
-            let status = Status::from(e);
-            if status.code() == tonic::Code::NotFound {
-                return Err(Status::not_found(format!(
-                    "desired.model_versions: the controller holds no {name} {version}; push it first: fleetctl models push DIR"
-                )));
-            }
-            return Err(status);
-        }
+        artifacts.get(name, version).await.map_err(|e| {
+            let s = Status::from(e);
+            Status::new(s.code(), format!("desired.model_versions: {}", s.message()))
+        })?;
     }
     Ok(())
 }

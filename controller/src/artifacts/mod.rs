@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use fleet_inference::ModelManifest;
-use fleet_inference::registry::{check_name, check_version};
+use fleet_inference::registry::check_model_ref;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ControllerError;
@@ -125,9 +125,13 @@ impl Artifacts {
     /// # Errors
     /// `NotFound` when the controller does not hold it.
     pub async fn get(&self, name: &str, version: &str) -> Result<Stored, ControllerError> {
-        let not_found =
-            || ControllerError::NotFound(format!("no model {name:?} version {version:?} (fleetctl models list)"));
-        if check_name(name).and_then(|()| check_version(version)).is_err() {
+        let not_found = || {
+            ControllerError::NotFound(format!(
+                "the controller holds no model {name:?} version {version:?}; push it first: fleetctl models push DIR \
+                 (fleetctl models list shows what it holds)"
+            ))
+        };
+        if check_model_ref(name, version).is_err() {
             return Err(not_found());
         }
         let dir = self.root.join(name).join(version);

@@ -14,6 +14,7 @@ use fleet_proto::v1::{
     RolloutNodeState as NodeState, RolloutSpec, RolloutState as State, SetDesiredStateRequest,
 };
 
+use super::plan::{busy, failed, is};
 use super::{Inner, spec_of};
 use crate::ControllerError;
 use crate::store::{Store, Which};
@@ -47,18 +48,6 @@ async fn step_all(inner: &Inner) -> Result<(), ControllerError> {
         }
     }
     Ok(())
-}
-
-fn is(n: &RolloutNode, s: NodeState) -> bool {
-    n.state == s as i32
-}
-
-fn failed(n: &RolloutNode) -> bool {
-    is(n, NodeState::RolloutNodeFailed) || is(n, NodeState::RolloutNodeTimedOut)
-}
-
-fn busy(n: &RolloutNode) -> bool {
-    is(n, NodeState::RolloutNodeWaiting) || is(n, NodeState::RolloutNodeUpdating)
 }
 
 async fn step(inner: &Inner, mut r: Rollout) -> Result<(), ControllerError> {

@@ -57,14 +57,7 @@ impl Rollouts {
         if !change.model.is_empty() {
             self.inner.artifacts.get(&change.model, &change.model_version).await.map_err(|e| {
                 let s = Status::from(e);
-                if s.code() == tonic::Code::NotFound {
-                    Status::not_found(format!(
-                        "spec.change: the controller holds no {} {}; push it first: fleetctl models push DIR",
-                        change.model, change.model_version
-                    ))
-                } else {
-                    s
-                }
+                Status::new(s.code(), format!("spec.change: {}", s.message()))
             })?;
         }
         let nodes = plan::targets(&spec, &self.inner.registry.list())?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_proto::v1::{Node, Rollout, RolloutBatch, RolloutNodeState as NodeState, RolloutSpec};
+use fleet_proto::v1::{Node, Rollout, RolloutBatch, RolloutNode, RolloutNodeState as NodeState, RolloutSpec};
 use tonic::Status;
 
 /// Batches a spec may give at most.
@@ -35,9 +35,7 @@ pub fn check(s: &RolloutSpec) -> Result<(), Status> {
         _ => {}
     }
     if !c.model.is_empty() {
-        fleet_inference::registry::check_name(&c.model)
-            .and_then(|()| fleet_inference::registry::check_version(&c.model_version))
-            .map_err(|e| bad("change", e))?;
+        fleet_inference::registry::check_model_ref(&c.model, &c.model_version).map_err(|e| bad("change", e))?;
     }
     if c.telemetry_interval_ms != 0 && c.telemetry_interval_ms < 100 {
         return Err(bad("change.telemetry_interval_ms", "use 0 (unchanged) or at least 100"));
@@ -140,8 +138,19 @@ pub fn batches_of(s: &RolloutSpec, n: usize) -> Vec<u32> {
     sizes
 }
 
-fn is(n: &fleet_proto::v1::RolloutNode, s: NodeState) -> bool {
+/// Whether a node of a rollout is in state `s`.
+pub(super) fn is(n: &RolloutNode, s: NodeState) -> bool {
     n.state == s as i32
+}
+
+/// Failed, or timed out (both count against the failure threshold).
+pub(super) fn failed(n: &RolloutNode) -> bool {
+    is(n, NodeState::RolloutNodeFailed) || is(n, NodeState::RolloutNodeTimedOut)
+}
+
+/// Not started yet, or updating.
+pub(super) fn busy(n: &RolloutNode) -> bool {
+    is(n, NodeState::RolloutNodeWaiting) || is(n, NodeState::RolloutNodeUpdating)
 }
 
 /// Fills in the per-batch progress from the node rows.
@@ -167,16 +176,10 @@ pub fn summarize(mut r: Rollout) -> Rollout {
 /// Failures so far, and the batches done so far: what a resume forgives.
 #[must_use]
 pub fn forgive(r: &Rollout) -> (u32, u32) {
-    let failed =
-        r.nodes.iter().filter(|n| is(n, NodeState::RolloutNodeFailed) || is(n, NodeState::RolloutNodeTimedOut)).count();
-    let busy = |b: u32| {
-        r.nodes
-            .iter()
-            .any(|n| n.batch == b && (is(n, NodeState::RolloutNodeWaiting) || is(n, NodeState::RolloutNodeUpdating)))
-    };
+    let failures = r.nodes.iter().filter(|n| failed(n)).count();
     let last = r.nodes.iter().map(|n| n.batch).max().unwrap_or(0);
-    let cleared = (0..=last).find(|b| busy(*b)).unwrap_or(last + 1);
-    (u32::try_from(failed).unwrap_or(u32::MAX), cleared)
+    let cleared = (0..=last).find(|b| r.nodes.iter().any(|n| n.batch == *b && busy(n))).unwrap_or(last + 1);
+    (u32::try_from(failures).unwrap_or(u32::MAX), cleared)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use fleet_proto::v1::{Rollout, RolloutNode, RolloutSpec};
 use prost::Message;
 use sqlx::Row;
 
-use super::Store;
+use super::{Store, i64_of};
 use crate::ControllerError;
 
 type NodeRow = (String, String, i32, i32, i64, String, i64, i64);
@@ -24,10 +24,6 @@ fn node_of(r: NodeRow) -> (String, RolloutNode) {
         finished_unix_ms: finished,
     };
     (rollout_id, node)
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Store {
