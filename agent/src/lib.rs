@@ -137,7 +137,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<AgentR
             () = a.jobs.loaded(), if a.jobs.is_loading() => a.publish_status(NodeState::Online),
             Some((r, span, model)) = results.recv() => a.job_done(&r, &span, &model),
             done = a.updater.next() => a.update_done(done),
-            _ = ticks.updates.tick() => {
+            _ = ticks.updates.tick(), if a.updating() => {
                 if let Some(every) = a.update_tick() {
                     ticks.sample = ticker(every, MissedTickBehavior::Skip);
                 }

@@ -45,6 +45,13 @@ impl Agent {
         self.publish_status(NodeState::Online);
     }
 
+    /// Whether the once-a-second update step has anything to do (a node
+    /// with no update under way keeps that code out of its working set).
+    #[must_use]
+    pub fn updating(&self) -> bool {
+        self.window.is_some() || !self.updater.is_idle()
+    }
+
     /// Once a second: model updates go on, the health window is judged.
     /// Returns a new sampling interval when a revert changed it.
     pub fn update_tick(&mut self) -> Option<Duration> {

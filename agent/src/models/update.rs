@@ -250,6 +250,13 @@ impl Updater {
         &self.in_force
     }
 
+    /// True when no model is wanted that is not active or failed, and no task runs.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.busy.is_none()
+            && self.wanted.values().all(|w| matches!(w.state, State::ModelUpdateActive | State::ModelUpdateFailed))
+    }
+
     /// Some(true): every wanted version runs and passed its window;
     /// Some(false): one failed; None: still at work.
     #[must_use]
